@@ -1,0 +1,384 @@
+"""CaptioningSolver: trains a captioning model by minibatch stochastic gradient descent.
+
+With only the CS231n keyword arguments it behaves exactly like CS231n's solver: one
+``model.loss`` call per iteration, ``num_epochs * max(num_train // batch_size, 1)``
+iterations, minibatches drawn with replacement by ``sample_coco_minibatch`` from the
+global NumPy random state, and the learning rate multiplied by ``lr_decay`` after each
+epoch. Everything else is opt-in (see ``__init__``).
+
+The solver knows nothing of images or sentences: it needs a model with ``params``,
+``loss(features, captions)`` and ``sample(features, max_length)``, and a data dict in
+the format of ``load_coco_data``.
+"""
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from capmodel import checkpoints, optim, schedules
+from capmodel.coco_utils import sample_coco_minibatch
+
+CS231N_KWARGS = ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs", "print_every", "verbose")
+EXTRA_KWARGS = (
+    "seed", "grad_clip", "validate", "val_size", "val_metric", "val_metric_images", "val_max_length",
+    "patience", "lr_schedule", "lr_step_size", "lr_gamma", "warmup_iterations", "min_lr",
+    "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "progress", "max_iterations",
+)
+VAL_METRICS = ("bleu4", "cider")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example a non-finite loss or gradient)."""
+
+
+class CaptioningSolver:
+    """Trains a captioning model.
+
+    Example (as in the CS231n notebook):
+        solver = CaptioningSolver(model, data, update_rule='adam', num_epochs=50,
+                                  batch_size=25, optim_config={'learning_rate': 5e-3},
+                                  lr_decay=0.995, verbose=True, print_every=10)
+        solver.train()
+        plt.plot(solver.loss_history)
+    """
+
+    def __init__(self, model, data, **kwargs):
+        """Construct a new CaptioningSolver instance.
+
+        Required arguments:
+        - model: A model object with params, loss(features, captions) and sample()
+        - data: A dictionary of training and validation data from load_coco_data
+
+        Optional arguments (CS231n):
+        - update_rule: Name of an update rule in capmodel.optim. Default 'sgd'.
+        - optim_config: Hyperparameters for the update rule, e.g. learning_rate.
+        - lr_decay: Learning rate multiplier applied after each epoch.
+        - batch_size: Size of minibatches used for training.
+        - num_epochs: Number of epochs to run for during training.
+        - print_every: Print the training loss every print_every iterations.
+        - verbose: Whether to print progress during training.
+
+        Optional arguments (capmodel, all off by default):
+        - seed: int; minibatches come from np.random.default_rng(seed) instead of the
+          global NumPy state, making runs reproducible and resumable.
+        - grad_clip: Rescale the gradients when their global L2 norm exceeds this.
+        - validate: Compute the validation loss after every epoch (val_history).
+        - val_size: Number of validation captions for the loss (default 5000).
+        - val_metric: 'bleu4' or 'cider', computed after every epoch on greedy captions
+          of val_metric_images validation images (default 200).
+        - val_max_length: Caption length for the validation metric (default 16).
+        - patience: Stop when the validation score has not improved for this many
+          epochs. The best parameters are restored at the end when validating.
+        - lr_schedule: 'exponential' (per-epoch lr_decay, per iteration), 'step',
+          'cosine' or 'constant'; replaces the CS231n in-place decay.
+        - lr_step_size, lr_gamma: Epochs per step and the factor, for 'step'.
+        - warmup_iterations: Linear warm-up of the learning rate.
+        - min_lr: Final learning rate of 'cosine'.
+        - checkpoint_dir: Directory for resumable checkpoints; train() resumes from the
+          newest valid one found there.
+        - checkpoint_every: Also checkpoint every this many iterations (besides every
+          epoch end).
+        - keep_checkpoints: How many checkpoints to keep (default 2).
+        - progress: Show a tqdm progress bar (when verbose).
+        - max_iterations: Stop after this many iterations in total.
+        """
+        unknown = sorted(set(kwargs) - set(CS231N_KWARGS) - set(EXTRA_KWARGS))
+        if unknown:
+            raise ValueError(f"Unrecognized arguments {', '.join(unknown)}")
+        self.model = model
+        self.data = data
+        self.update_rule_name = kwargs.get("update_rule", "sgd")
+        if self.update_rule_name not in optim.RULES:
+            raise ValueError(f'Invalid update_rule "{self.update_rule_name}"; choose one of {sorted(optim.RULES)}')
+        self.update_rule = optim.RULES[self.update_rule_name]
+        self.optim_config = dict(kwargs.get("optim_config", {}))
+        self.lr_decay = kwargs.get("lr_decay", 1.0)
+        self.batch_size = int(kwargs.get("batch_size", 100))
+        self.num_epochs = int(kwargs.get("num_epochs", 10))
+        self.print_every = int(kwargs.get("print_every", 10))
+        self.verbose = bool(kwargs.get("verbose", True))
+
+        self.seed = kwargs.get("seed")
+        self.grad_clip = kwargs.get("grad_clip")
+        self.val_metric = kwargs.get("val_metric")
+        self.validate = bool(kwargs.get("validate", False)) or self.val_metric is not None
+        self.val_size = int(kwargs.get("val_size", 5000))
+        self.val_metric_images = int(kwargs.get("val_metric_images", 200))
+        self.val_max_length = int(kwargs.get("val_max_length", 16))
+        self.patience = kwargs.get("patience")
+        self.lr_schedule = kwargs.get("lr_schedule")
+        self.schedule_kwargs = {
+            "step_size": int(kwargs.get("lr_step_size", 1)),
+            "gamma": float(kwargs.get("lr_gamma", 0.1)),
+            "warmup_iterations": int(kwargs.get("warmup_iterations", 0)),
+            "min_lr": float(kwargs.get("min_lr", 0.0)),
+        }
+        self.checkpoint_dir = kwargs.get("checkpoint_dir")
+        self.checkpoint_every = kwargs.get("checkpoint_every")
+        self.keep_checkpoints = int(kwargs.get("keep_checkpoints", 2))
+        self.progress = bool(kwargs.get("progress", False))
+        self.max_iterations = kwargs.get("max_iterations")
+        self._check_options()
+        self._reset()
+
+    def _check_options(self):
+        if self.batch_size < 1 or self.num_epochs < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_epochs >= 0, got {self.batch_size}, {self.num_epochs}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.val_metric is not None and self.val_metric not in VAL_METRICS:
+            raise ValueError(f'Invalid val_metric "{self.val_metric}"; choose one of {VAL_METRICS}')
+        if self.patience is not None and (not self.validate or int(self.patience) < 1):
+            raise ValueError("patience must be >= 1 and needs validate=True or a val_metric")
+        if self.lr_schedule is not None and self.lr_schedule not in schedules.SCHEDULES:
+            raise ValueError(f'Invalid lr_schedule "{self.lr_schedule}"; choose one of {schedules.SCHEDULES}')
+        if self.checkpoint_every is not None and int(self.checkpoint_every) < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+    def _reset(self):
+        """Set up book-keeping variables for optimization."""
+        self.epoch = 0
+        self.iteration = 0
+        self.best_score = None
+        self.best_params = {}
+        self.bad_epochs = 0
+        self.finished = False
+        self.loss_history = []
+        self.val_history = []
+        self.lr_history = []
+        self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
+        use_rng = self.seed is not None or self.checkpoint_dir is not None
+        self.rng = np.random.default_rng(self.seed) if use_rng else None
+
+    # ------------------------------------------------------------ one step
+
+    def _base_lr(self):
+        return self.optim_config.get("learning_rate", optim.DEFAULT_LEARNING_RATE[self.update_rule_name])
+
+    def _step(self, t, num_iterations, iterations_per_epoch):
+        """Make a single gradient update. This is called by train() and should not be called manually."""
+        captions, features, _ = sample_coco_minibatch(self.data, batch_size=self.batch_size, split="train",
+                                                      rng=self.rng)
+        loss, grads = self.model.loss(features, captions)
+        norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            what = "loss" if not math.isfinite(loss) else "gradient"
+            raise TrainingError(
+                f"non-finite {what} at iteration {t + 1} (loss {loss}, gradient norm {norm}); "
+                "try a lower learning rate or grad_clip"
+            )
+        self.loss_history.append(loss)
+        if self.grad_clip is not None and norm > self.grad_clip:
+            scale = self.grad_clip / norm
+            for g in grads.values():
+                g *= g.dtype.type(scale)
+        if self.lr_schedule is not None:
+            lr = schedules.learning_rate(t, self._base_lr(), self.lr_schedule,
+                                         iterations_per_epoch=iterations_per_epoch,
+                                         num_iterations=num_iterations, lr_decay=self.lr_decay,
+                                         **self.schedule_kwargs)
+            for config in self.optim_configs.values():
+                config["learning_rate"] = lr
+        for p, w in self.model.params.items():
+            next_w, next_config = self.update_rule(w, grads[p], self.optim_configs[p])
+            self.model.params[p] = next_w
+            self.optim_configs[p] = next_config
+        self.lr_history.append(self.optim_configs[next(iter(self.optim_configs))]["learning_rate"])
+
+    # ---------------------------------------------------------- validation
+
+    def _val_subset(self):
+        n = self.data["val_captions"].shape[0]
+        idx = np.random.default_rng(0).permutation(n)[: self.val_size]
+        return np.sort(idx)
+
+    def val_loss(self, batch_size=500):
+        """Mean loss per caption over a fixed subset of the validation captions."""
+        idx = self._val_subset()
+        total = 0.0
+        for s in range(0, len(idx), batch_size):
+            b = idx[s : s + batch_size]
+            captions = self.data["val_captions"][b]
+            features = self.data["val_features"][self.data["val_image_idxs"][b]]
+            loss, _ = self.model.loss(features, captions)
+            total += loss * len(b)
+        return total / max(len(idx), 1)
+
+    def val_score(self):
+        """Corpus BLEU-4 or CIDEr-D of greedy captions on the first val_metric_images images."""
+        from capmodel import metrics
+
+        return metrics.score_split(self.model, self.data, "val", self.val_metric,
+                                   num_images=self.val_metric_images, max_length=self.val_max_length)
+
+    def _validate(self):
+        record = {"epoch": self.epoch, "iteration": self.iteration}
+        # Validation measures the deterministic model: switch dropout off meanwhile, which
+        # also leaves the model's dropout random stream untouched.
+        dropout = getattr(self.model, "dropout", 0.0)
+        if dropout:
+            self.model.dropout = 0.0
+        try:
+            record["val_loss"] = self.val_loss()
+            if self.val_metric:
+                record[self.val_metric] = self.val_score()
+        finally:
+            if dropout:
+                self.model.dropout = dropout
+        score = record[self.val_metric] if self.val_metric else -record["val_loss"]
+        if self.best_score is None or score > self.best_score:
+            self.best_score = score
+            self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+            self.bad_epochs = 0
+            record["best"] = True
+        else:
+            self.bad_epochs += 1
+            record["best"] = False
+        self.val_history.append(record)
+        if self.verbose:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
+            print(f"(Epoch {self.epoch}) {shown}{' (best)' if record['best'] else ''}")
+
+    # --------------------------------------------------------- checkpoints
+
+    def _checkpoint_state(self):
+        arrays = {f"params/{k}": v for k, v in self.model.params.items()}
+        optim_scalars = {}
+        for p, config in self.optim_configs.items():
+            scalars = {}
+            for k, v in config.items():
+                if isinstance(v, np.ndarray):
+                    arrays[f"optim/{p}/{k}"] = v
+                else:
+                    scalars[k] = v
+            optim_scalars[p] = scalars
+        for k, v in self.best_params.items():
+            arrays[f"best/{k}"] = v
+        meta = {
+            "kind": "training_state",
+            "model": checkpoints.model_meta(self.model),
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "finished": self.finished,
+            "best_score": self.best_score,
+            "bad_epochs": self.bad_epochs,
+            "loss_history": self.loss_history,
+            "lr_history": self.lr_history,
+            "val_history": self.val_history,
+            "optim_scalars": optim_scalars,
+            "solver_rng": None if self.rng is None else self.rng.bit_generator.state,
+            "model_rng": self.model.rng.bit_generator.state if hasattr(self.model, "rng") else None,
+            "settings": {"update_rule": self.update_rule_name, "batch_size": self.batch_size,
+                         "num_epochs": self.num_epochs, "seed": self.seed},
+        }
+        return arrays, meta
+
+    def save_checkpoint(self):
+        """Write a resumable checkpoint of everything training depends on; prune old ones."""
+        d = Path(self.checkpoint_dir)
+        arrays, meta = self._checkpoint_state()
+        checkpoints.save(d / f"ckpt-{self.iteration:09d}", arrays, meta)
+        old = sorted(d.glob("ckpt-*.json"))[: -self.keep_checkpoints]
+        for js in old:
+            js.with_suffix(".npz").unlink(missing_ok=True)
+            js.unlink(missing_ok=True)
+
+    def _restore(self, arrays, meta):
+        checkpoints.check_model_fits(self.model, meta, arrays, self.checkpoint_dir)
+        for k in self.model.params:
+            self.model.params[k] = arrays[f"params/{k}"].copy()
+        self.optim_configs = {}
+        for p, scalars in meta["optim_scalars"].items():
+            config = dict(scalars)
+            prefix = f"optim/{p}/"
+            for key, value in arrays.items():
+                if key.startswith(prefix):
+                    config[key[len(prefix):]] = value.copy()
+            self.optim_configs[p] = config
+        self.best_params = {k[5:]: v.copy() for k, v in arrays.items() if k.startswith("best/")}
+        for key in ("iteration", "epoch", "finished", "best_score", "bad_epochs", "loss_history",
+                    "lr_history", "val_history"):
+            setattr(self, key, meta[key])
+        if meta["solver_rng"] is not None:
+            self.rng = np.random.default_rng()
+            self.rng.bit_generator.state = meta["solver_rng"]
+        if meta["model_rng"] is not None and hasattr(self.model, "rng"):
+            self.model.rng.bit_generator.state = meta["model_rng"]
+
+    def resume(self):
+        """Load the newest valid checkpoint from checkpoint_dir; return True if one was found.
+
+        A corrupt or truncated checkpoint is reported and the previous one is used; a
+        checkpoint for another vocabulary or other shapes raises CheckpointError.
+        """
+        d = Path(self.checkpoint_dir)
+        for js in sorted(d.glob("ckpt-*.json"), reverse=True):
+            try:
+                arrays, meta = checkpoints.load(js.with_suffix(""))
+            except checkpoints.CheckpointError as e:
+                print(f"warning: skipping unusable checkpoint: {e}")
+                continue
+            self._restore(arrays, meta)
+            if self.verbose:
+                print(f"Resumed from {js.with_suffix('.npz')} at iteration {self.iteration}")
+            return True
+        return False
+
+    # --------------------------------------------------------------- train
+
+    def train(self):
+        """Run optimization to train the model."""
+        num_train = self.data["train_captions"].shape[0]
+        iterations_per_epoch = max(num_train // self.batch_size, 1)
+        num_iterations = self.num_epochs * iterations_per_epoch
+        if self.max_iterations is not None:
+            num_iterations = min(num_iterations, int(self.max_iterations))
+        if self.checkpoint_dir is not None:
+            Path(self.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            self.resume()
+        bar = None
+        if self.verbose and self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=num_iterations, initial=self.iteration, unit="it")
+        start = time.perf_counter()
+        try:
+            for t in range(self.iteration, num_iterations):
+                if self.finished:
+                    break
+                self._step(t, num_iterations, iterations_per_epoch)
+                self.iteration = t + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}")
+                elif self.verbose and t % self.print_every == 0:
+                    print("(Iteration %d / %d) loss: %f" % (t + 1, num_iterations, self.loss_history[-1]))
+
+                epoch_end = (t + 1) % iterations_per_epoch == 0
+                if epoch_end:
+                    self.epoch += 1
+                    if self.lr_schedule is None:
+                        for k in self.optim_configs:
+                            self.optim_configs[k]["learning_rate"] *= self.lr_decay
+                    if self.validate:
+                        self._validate()
+                        if self.patience is not None and self.bad_epochs >= int(self.patience):
+                            self.finished = True
+                            if self.verbose:
+                                print(f"Early stopping after epoch {self.epoch}: no improvement in {self.patience} epochs")
+                if self.checkpoint_dir is not None and (
+                    epoch_end or self.finished or t + 1 == num_iterations
+                    or (self.checkpoint_every and (t + 1) % int(self.checkpoint_every) == 0)
+                ):
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        self.train_seconds = time.perf_counter() - start
+        if self.validate and self.best_params:
+            for k, v in self.best_params.items():
+                self.model.params[k] = v.copy()

@@ -1,0 +1,121 @@
+"""Checkpoints as plain data: arrays in an .npz file, everything else in a JSON file.
+
+A checkpoint ``NAME`` is the pair ``NAME.npz`` + ``NAME.json``. Both are written
+atomically, the .npz first; the JSON records the SHA-256 of the .npz, so a pair torn by a
+crash, a truncated file or a corrupt one is detected on load. Nothing is pickled: arrays
+load with ``allow_pickle=False``.
+"""
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from capmodel.atomic import atomic_path, write_json
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model."""
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save(base, arrays, meta):
+    """Write base.npz (arrays, a dict of name -> ndarray) and base.json (meta, a JSON-able dict)."""
+    base = Path(base)
+    with atomic_path(base.with_suffix(".npz"), suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    meta = dict(meta, format_version=FORMAT_VERSION, npz_sha256=_sha256(base.with_suffix(".npz")))
+    write_json(base.with_suffix(".json"), meta)
+
+
+def load(base):
+    """Read a checkpoint pair; return (arrays, meta) or raise CheckpointError naming the file."""
+    base = Path(base)
+    npz, js = base.with_suffix(".npz"), base.with_suffix(".json")
+    for f in (npz, js):
+        if not f.exists():
+            raise CheckpointError(f"checkpoint file {f} does not exist")
+    try:
+        meta = json.loads(js.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint metadata {js} is not valid JSON ({e}); the file is corrupt or truncated")
+    if not isinstance(meta, dict) or "npz_sha256" not in meta:
+        raise CheckpointError(f"checkpoint metadata {js} has no npz_sha256 field; not a capmodel checkpoint")
+    if _sha256(npz) != meta["npz_sha256"]:
+        raise CheckpointError(f"checkpoint arrays {npz} do not match the checksum in {js}: corrupt, truncated or torn write")
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"cannot read checkpoint arrays {npz}: {e}")
+    return arrays, meta
+
+
+# ------------------------------------------------------------------ models
+
+
+def model_meta(model):
+    """The JSON-able description of a CaptioningRNN: enough to rebuild it."""
+    return {
+        "cell_type": model.cell_type,
+        "input_dim": model.input_dim,
+        "wordvec_dim": model.wordvec_dim,
+        "hidden_dim": model.hidden_dim,
+        "dropout": model.dropout,
+        "dtype": model.dtype.name,
+        "word_to_idx": model.word_to_idx,
+    }
+
+
+def check_model_fits(model, meta, arrays, where):
+    """Raise CheckpointError unless the checkpoint's vocabulary and shapes match the model."""
+    saved_vocab = meta.get("model", {}).get("word_to_idx")
+    V = len(model.word_to_idx)
+    if saved_vocab != model.word_to_idx:
+        n = 0 if saved_vocab is None else len(saved_vocab)
+        raise CheckpointError(
+            f"vocabulary mismatch: checkpoint {where} has {n} words, the model {V}"
+            + ("" if n != V else " (same size, different words)")
+        )
+    for name, value in model.params.items():
+        key = f"params/{name}"
+        if key not in arrays:
+            raise CheckpointError(f"checkpoint {where} has no parameter {name}")
+        if arrays[key].shape != value.shape:
+            raise CheckpointError(
+                f"shape mismatch for parameter {name}: checkpoint {where} has {arrays[key].shape}, model has {value.shape}"
+            )
+
+
+def save_model(base, model, extra=None):
+    """Save a trained model as base.npz (params) + base.json (config and vocabulary)."""
+    arrays = {f"params/{k}": v for k, v in model.params.items()}
+    save(base, arrays, {"kind": "model", "model": model_meta(model), **(extra or {})})
+
+
+def load_model(base):
+    """Rebuild a CaptioningRNN from save_model's files; returns (model, meta)."""
+    from capmodel.classifiers.rnn import CaptioningRNN
+
+    arrays, meta = load(base)
+    m = meta.get("model")
+    if not m:
+        raise CheckpointError(f"{Path(base).with_suffix('.json')} does not describe a model")
+    model = CaptioningRNN(m["word_to_idx"], input_dim=m["input_dim"], wordvec_dim=m["wordvec_dim"],
+                          hidden_dim=m["hidden_dim"], cell_type=m["cell_type"], dtype=np.dtype(m["dtype"]),
+                          dropout=m.get("dropout", 0.0), seed=0)
+    check_model_fits(model, meta, arrays, Path(base).with_suffix(".npz"))
+    for k in model.params:
+        model.params[k] = arrays[f"params/{k}"].astype(model.dtype)
+    return model, meta

@@ -1,0 +1,235 @@
+"""The CS231n COCO captioning on-disk format, defined once.
+
+A dataset directory holds:
+- coco2014_captions.h5: train_captions (Nc, 17) int32, train_image_idxs (Nc,) int32,
+  val_captions, val_image_idxs
+- train2014_vgg16_fc7.h5 / val2014_vgg16_fc7.h5: dataset `features`, (Ni, F) float32
+- train2014_vgg16_fc7_pca.h5 / val2014_vgg16_fc7_pca.h5: dataset `features`, (Ni, 512) float32
+- coco2014_vocab.json: {"idx_to_word": [...], "word_to_idx": {...}}, with <NULL>=0,
+  <START>=1, <END>=2, <UNK>=3
+- train2014_urls.txt / val2014_urls.txt: one image URL per line, Ni lines
+
+The writer, the loader (capmodel.coco_utils), the validator and every generator use the
+names and checks below.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
+
+SPLITS = ("train", "val")
+CAPTIONS_FILE = "coco2014_captions.h5"
+VOCAB_FILE = "coco2014_vocab.json"
+FEATURES_KEY = "features"
+PCA_DIM = 512
+
+
+def features_file(split, pca=True):
+    """File name of a split's features, e.g. train2014_vgg16_fc7_pca.h5."""
+    return f"{split}2014_vgg16_fc7{'_pca' if pca else ''}.h5"
+
+
+def urls_file(split):
+    """File name of a split's image URLs, e.g. val2014_urls.txt."""
+    return f"{split}2014_urls.txt"
+
+
+def required_files():
+    """Every file a complete dataset directory has."""
+    names = [CAPTIONS_FILE, VOCAB_FILE]
+    for split in SPLITS:
+        names += [features_file(split, True), features_file(split, False), urls_file(split)]
+    return names
+
+
+def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, idx_to_word):
+    """Write a complete dataset directory atomically.
+
+    Everything is written into a temporary sibling directory that is renamed onto
+    out_dir at the end, so out_dir is either absent, the old dataset, or complete.
+
+    Inputs (dicts keyed by 'train' and 'val'):
+    - captions: int32 arrays (Nc, 17); image_idxs: int32 arrays (Nc,)
+    - features: float32 (Ni, F); pca_features: float32 (Ni, 512); urls: lists of Ni str
+    - idx_to_word: list of words, starting with the special tokens
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        _write_h5(tmp / CAPTIONS_FILE, {
+            f"{s}_{k}": np.asarray(v[s], dtype=np.int32)
+            for s in SPLITS for k, v in (("captions", captions), ("image_idxs", image_idxs))
+        })
+        for s in SPLITS:
+            _write_h5(tmp / features_file(s, False), {FEATURES_KEY: np.asarray(features[s], dtype=np.float32)})
+            _write_h5(tmp / features_file(s, True), {FEATURES_KEY: np.asarray(pca_features[s], dtype=np.float32)})
+            (tmp / urls_file(s)).write_text("".join(u + "\n" for u in urls[s]))
+        vocab = {"idx_to_word": list(idx_to_word), "word_to_idx": {w: i for i, w in enumerate(idx_to_word)}}
+        (tmp / VOCAB_FILE).write_text(json.dumps(vocab))
+        replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def replace_dir(src, dst):
+    """Move directory src onto dst, replacing any previous dst only once src is complete."""
+    dst = Path(dst)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _write_h5(path, datasets):
+    # Fixed creation settings keep the bytes identical for identical arrays.
+    with h5py.File(path, "w", track_order=False, libver="earliest") as f:
+        for name, value in datasets.items():
+            f.create_dataset(name, data=value, track_times=False)
+
+
+def _gather(base_dir, kinds):
+    """Read what can be read of a dataset; return (data, problems), one message per problem."""
+    base = Path(base_dir)
+    if not base.is_dir():
+        return {}, [f"{base}: dataset directory does not exist"]
+    readers = [lambda: _read_captions(base), lambda: _read_vocab(base)]
+    for split in SPLITS:
+        readers.append(lambda s=split: {f"{s}_urls": _read_urls(base, s)})
+        for pca in kinds:
+            key = f"{split}_features" + ("_pca" if pca and len(kinds) > 1 else "")
+            readers.append(lambda s=split, p=pca, k=key: {k: _read_features(base, s, p)})
+    data, found = {}, []
+    for read in readers:
+        try:
+            data.update(read())
+        except DatasetError as e:
+            found.append(str(e))
+    return data, found + problems_in_data(data, base)
+
+
+def problems(base_dir, pca_features=None):
+    """Every way in which base_dir deviates from the format, as one message per problem.
+
+    pca_features None checks both feature sets; True or False checks only that one.
+    Returns an empty list for a valid dataset.
+    """
+    kinds = (True, False) if pca_features is None else (bool(pca_features),)
+    return _gather(base_dir, kinds)[1]
+
+
+def problems_in_data(data, where="data"):
+    """Consistency problems between the loaded arrays of a dataset (see problems())."""
+    found = []
+    V = len(data["idx_to_word"]) if "idx_to_word" in data else None
+    if "idx_to_word" in data:
+        for i, tok in enumerate(SPECIAL_TOKENS):
+            w2i = data.get("word_to_idx", {})
+            if w2i.get(tok) != i or data["idx_to_word"][i:i + 1] != [tok]:
+                found.append(f"{where}/{VOCAB_FILE}: special token {tok} must have id {i}")
+        if data.get("word_to_idx") and any(data["idx_to_word"][i] != w for w, i in data["word_to_idx"].items()
+                                           if 0 <= i < V):
+            found.append(f"{where}/{VOCAB_FILE}: idx_to_word and word_to_idx disagree")
+    for split in SPLITS:
+        caps, idxs = data.get(f"{split}_captions"), data.get(f"{split}_image_idxs")
+        if caps is not None and V is not None and caps.size and (caps.min() < 0 or caps.max() >= V):
+            found.append(f"{where}/{CAPTIONS_FILE}: {split}_captions has word ids in "
+                         f"[{caps.min()}, {caps.max()}], outside the vocabulary [0, {V})")
+        sizes = {}
+        for key in (f"{split}_features", f"{split}_features_pca", f"{split}_urls"):
+            if data.get(key) is not None:
+                sizes[key] = len(data[key])
+        if len(set(sizes.values())) > 1:
+            found.append(f"{where}: {split} image counts disagree: "
+                         + ", ".join(f"{k} has {n}" for k, n in sizes.items()))
+        if idxs is not None and sizes and idxs.size:
+            n_img = min(sizes.values())
+            if idxs.min() < 0 or idxs.max() >= n_img:
+                found.append(f"{where}/{CAPTIONS_FILE}: {split}_image_idxs has values in "
+                             f"[{idxs.min()}, {idxs.max()}], but there are only {n_img} {split} images")
+    return found
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or does not follow the format."""
+
+
+def _open_h5(path):
+    if not path.exists():
+        raise DatasetError(f"{path}: missing file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({e})")
+
+
+def _read_captions(base):
+    path = base / CAPTIONS_FILE
+    out = {}
+    with _open_h5(path) as f:
+        for split in SPLITS:
+            caps_key, idx_key = f"{split}_captions", f"{split}_image_idxs"
+            for key in (caps_key, idx_key):
+                if key not in f:
+                    raise DatasetError(f"{path}: missing dataset '{key}'")
+                if not np.issubdtype(f[key].dtype, np.integer):
+                    raise DatasetError(f"{path}: '{key}' must be integer, got {f[key].dtype}")
+            caps, idxs = np.asarray(f[caps_key]), np.asarray(f[idx_key])
+            if caps.ndim != 2 or caps.shape[1] != CAPTION_LENGTH:
+                raise DatasetError(f"{path}: '{caps_key}' must have shape (N, {CAPTION_LENGTH}), got {caps.shape}")
+            if idxs.shape != (caps.shape[0],):
+                raise DatasetError(f"{path}: '{idx_key}' must have shape ({caps.shape[0]},) to match "
+                                   f"'{caps_key}', got {idxs.shape}")
+            out[caps_key], out[idx_key] = caps, idxs
+    return out
+
+
+def _read_features(base, split, pca):
+    path = base / features_file(split, pca)
+    with _open_h5(path) as f:
+        if FEATURES_KEY not in f:
+            raise DatasetError(f"{path}: missing dataset '{FEATURES_KEY}'")
+        d = f[FEATURES_KEY]
+        if d.ndim != 2 or not np.issubdtype(d.dtype, np.floating):
+            raise DatasetError(f"{path}: '{FEATURES_KEY}' must be a 2-D float array, got {d.dtype} {d.shape}")
+        return np.asarray(d)
+
+
+def _read_vocab(base):
+    path = base / VOCAB_FILE
+    if not path.exists():
+        raise DatasetError(f"{path}: missing file")
+    try:
+        vocab = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})")
+    for key, kind in (("idx_to_word", list), ("word_to_idx", dict)):
+        if not isinstance(vocab.get(key), kind):
+            raise DatasetError(f"{path}: missing key '{key}' ({kind.__name__})")
+    return {"idx_to_word": vocab["idx_to_word"], "word_to_idx": vocab["word_to_idx"]}
+
+
+def _read_urls(base, split):
+    path = base / urls_file(split)
+    if not path.exists():
+        raise DatasetError(f"{path}: missing file")
+    return np.asarray([line.strip() for line in path.read_text().splitlines()])
+
+
+def load(base_dir, pca_features=True):
+    """Read every part of a dataset; raise DatasetError listing all problems found."""
+    data, found = _gather(base_dir, (bool(pca_features),))
+    if found:
+        raise DatasetError(f"invalid dataset {base_dir}:\n" + "\n".join(f"- {p}" for p in found))
+    return data

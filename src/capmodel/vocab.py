@@ -1,0 +1,60 @@
+"""The vocabulary contract: special tokens, building a vocabulary and encoding captions.
+
+Every dataset, the model and the decoders import the special tokens from here.
+"""
+
+import re
+from collections import Counter
+
+import numpy as np
+
+NULL, START, END, UNK = "<NULL>", "<START>", "<END>", "<UNK>"
+SPECIAL_TOKENS = (NULL, START, END, UNK)  # ids 0, 1, 2, 3 in every vocabulary we build
+MAX_WORDS = 15  # CS231n keeps at most 15 words, so captions are 17 tokens with <START>/<END>
+CAPTION_LENGTH = MAX_WORDS + 2
+
+
+def tokenize(caption):
+    """Lower-case a caption and split it into words, dropping punctuation."""
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", caption.lower())
+
+
+def build_vocab(captions, min_count=1):
+    """Build a vocabulary from caption strings.
+
+    Words seen fewer than min_count times are left out (they encode as <UNK>). Ids 0-3
+    are <NULL>, <START>, <END>, <UNK>; the remaining words follow by decreasing count,
+    ties broken alphabetically, so the result depends only on the captions.
+
+    Inputs:
+    - captions: Iterable of caption strings
+    - min_count: Minimum number of occurrences for a word to get its own id
+
+    Returns a tuple of:
+    - word_to_idx: Dict mapping words to ids
+    - idx_to_word: List mapping ids to words
+    """
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    counts = Counter(w for c in captions for w in tokenize(c))
+    words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+    idx_to_word = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
+    return {w: i for i, w in enumerate(idx_to_word)}, idx_to_word
+
+
+def encode_captions(captions, word_to_idx, max_words=MAX_WORDS):
+    """Encode caption strings as the CS231n int32 array of shape (N, max_words + 2).
+
+    Each row is <START>, the first max_words words (unknown words as <UNK>), <END>,
+    then <NULL> padding.
+    """
+    for tok in SPECIAL_TOKENS:
+        if tok not in word_to_idx:
+            raise ValueError(f"vocabulary is missing the special token {tok}")
+    out = np.full((len(captions), max_words + 2), word_to_idx[NULL], dtype=np.int32)
+    unk = word_to_idx[UNK]
+    for i, caption in enumerate(captions):
+        ids = [word_to_idx.get(w, unk) for w in tokenize(caption)][:max_words]
+        row = [word_to_idx[START], *ids, word_to_idx[END]]
+        out[i, : len(row)] = row
+    return out
