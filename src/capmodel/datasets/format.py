@@ -49,7 +49,7 @@ def required_files():
     return names
 
 
-def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, idx_to_word):
+def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, idx_to_word, extra=None):
     """Write a complete dataset directory atomically.
 
     Everything is written into a temporary sibling directory that is renamed onto
@@ -59,6 +59,8 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     - captions: int32 arrays (Nc, 17); image_idxs: int32 arrays (Nc,)
     - features: float32 (Ni, F); pca_features: float32 (Ni, 512); urls: lists of Ni str
     - idx_to_word: list of words, starting with the special tokens
+    - extra: optional function called with the temporary directory to add more files
+      (the shapes dataset's images) before the rename
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,8 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
             (tmp / urls_file(s)).write_text("".join(u + "\n" for u in urls[s]))
         vocab = {"idx_to_word": list(idx_to_word), "word_to_idx": {w: i for i, w in enumerate(idx_to_word)}}
         (tmp / VOCAB_FILE).write_text(json.dumps(vocab))
+        if extra is not None:
+            extra(tmp)
         replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():

@@ -1,0 +1,150 @@
+"""Caption metrics from the coco-caption toolkit (pycocoevalcap): BLEU-1..4, METEOR,
+ROUGE-L and CIDEr-D, corpus level, each candidate against all references of its image.
+
+Tokenisation: with ``java`` on the PATH, the toolkit's own Stanford PTB tokenizer jar is
+run (its temporary file goes to the system temp directory, not the package directory,
+so a read-only install works) and METEOR is computed. Without java, a documented
+pure-Python tokenizer is used (lower-case, split on anything that is not a letter, digit
+or apostrophe, which drops the same punctuation) and METEOR is skipped with one warning.
+SPICE is never computed: it downloads Stanford CoreNLP models on first use, which is not
+possible offline.
+"""
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+
+import numpy as np
+
+from capmodel.coco_utils import decode_captions
+
+METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+
+
+def java_available():
+    return shutil.which("java") is not None
+
+
+def simple_tokenize(text):
+    """The fallback tokenizer: lower-case words, punctuation dropped."""
+    return " ".join(re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower()))
+
+
+def ptb_tokenize(captions_for_image):
+    """Tokenize {id: [str, ...]} with the toolkit's PTB tokenizer jar -> {id: [str, ...]}."""
+    from pycocoevalcap.tokenizer import ptbtokenizer as ptb
+
+    jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)), ptb.STANFORD_CORENLP_3_4_1_JAR)
+    ids = [k for k, v in captions_for_image.items() for _ in v]
+    text = "\n".join(c.replace("\n", " ") for v in captions_for_image.values() for c in v)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write(text)
+        path = f.name
+    try:
+        out = subprocess.run(["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+                              "-lowerCase", path], capture_output=True, check=True).stdout.decode()
+    finally:
+        os.unlink(path)
+    result = {}
+    for k, line in zip(ids, out.split("\n")):
+        words = [w for w in line.rstrip().split(" ") if w not in ptb.PUNCTUATIONS]
+        result.setdefault(k, []).append(" ".join(words))
+    return result
+
+
+def evaluate_captions(references, candidates, use_java=None, metrics=METRIC_NAMES):
+    """Corpus-level caption metrics.
+
+    Inputs:
+    - references: {image id: [reference caption strings]}
+    - candidates: {image id: generated caption string}, same ids
+    - use_java: force (True) or forbid (False) the PTB tokenizer and METEOR; None = if found
+    - metrics: which of METRIC_NAMES to compute
+
+    Returns a dict with the requested metric values plus 'tokenizer' ('ptb' or 'simple'),
+    'num_images' and 'skipped' (metrics that could not be computed).
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if set(references) != set(candidates):
+        missing = sorted(set(references) ^ set(candidates), key=str)[:5]
+        raise ValueError(f"references and candidates must cover the same images; differing ids: {missing}")
+    if not references:
+        raise ValueError("no captions to evaluate")
+    unknown = sorted(set(metrics) - set(METRIC_NAMES))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {METRIC_NAMES}")
+    java = java_available() if use_java is None else use_java
+    skipped = []
+    if java:
+        gts = ptb_tokenize({k: list(v) for k, v in references.items()})
+        res = ptb_tokenize({k: [v] for k, v in candidates.items()})
+        tokenizer = "ptb"
+    else:
+        gts = {k: [simple_tokenize(c) for c in v] for k, v in references.items()}
+        res = {k: [simple_tokenize(v)] for k, v in candidates.items()}
+        tokenizer = "simple"
+    out = {}
+    if any(m.startswith("Bleu") for m in metrics):
+        with contextlib.redirect_stdout(io.StringIO()):  # the scorer prints its internals
+            bleu, _ = Bleu(4).compute_score(gts, res)
+        out.update({f"Bleu_{n}": float(bleu[n - 1]) for n in range(1, 5) if f"Bleu_{n}" in metrics})
+    if "METEOR" in metrics:
+        if java:
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            meteor = Meteor()
+            try:
+                out["METEOR"] = float(meteor.compute_score(gts, res)[0])
+            finally:
+                meteor.meteor_p.kill()
+                meteor.meteor_p.wait()
+        else:
+            skipped.append("METEOR")
+            why = "java not found" if use_java is None else "java disabled"
+            print(f"warning: {why}: using the pure-Python tokenizer and skipping METEOR", file=sys.stderr)
+    if "ROUGE_L" in metrics:
+        out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    if "CIDEr" in metrics:
+        out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    out.update({"tokenizer": tokenizer, "num_images": len(references), "skipped": skipped})
+    return out
+
+
+def references_by_image(data, split, num_images=None):
+    """{image index: [reference strings]} for the first num_images images of a split."""
+    idx_to_word = data["idx_to_word"]
+    image_idxs = data[f"{split}_image_idxs"]
+    texts = decode_captions(data[f"{split}_captions"], idx_to_word, strip_special=True)
+    refs = {}
+    for i, t in zip(image_idxs.tolist(), texts):
+        refs.setdefault(i, []).append(t)
+    ids = sorted(refs)[:num_images] if num_images else sorted(refs)
+    return {i: refs[i] for i in ids}
+
+
+def most_frequent_caption(data):
+    """The most frequent training caption (as text): the baseline every model must beat."""
+    texts = decode_captions(data["train_captions"], data["idx_to_word"], strip_special=True)
+    counts = Counter(texts)
+    return min(counts, key=lambda t: (-counts[t], t))
+
+
+def score_split(model, data, split, metric, num_images=200, max_length=16):
+    """BLEU-4 ('bleu4') or CIDEr-D ('cider') of greedy captions on a split, without java
+    (fast enough to run after every epoch)."""
+    refs = references_by_image(data, split, num_images)
+    ids = np.array(list(refs))
+    caps = model.sample(data[f"{split}_features"][ids], max_length=max_length)
+    texts = decode_captions(caps, data["idx_to_word"], strip_special=True)
+    name = {"bleu4": "Bleu_4", "cider": "CIDEr"}[metric]
+    cands = dict(zip(ids.tolist(), texts))
+    return evaluate_captions(refs, cands, use_java=False, metrics=(name,))[name]

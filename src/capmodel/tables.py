@@ -1,0 +1,21 @@
+"""Small CSV helpers shared by the pipeline stages (atomic writes, no pandas needed)."""
+
+import csv
+import io
+
+from capmodel.atomic import write_text
+
+
+def write_csv(path, rows, fieldnames):
+    """Atomically write a list of dicts as CSV with the given columns."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def read_csv(path):
+    """Read a CSV written by write_csv into a list of dicts (strings)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
