@@ -22,8 +22,9 @@ def _special_ids(model):
 
 def _log_softmax(scores, banned):
     """Row-wise log-softmax of (M, V) scores with the banned ids at -inf."""
-    scores = scores - scores.max(axis=1, keepdims=True)
-    scores[:, banned] = -np.inf
+    scores = scores.copy()
+    scores[:, banned] = -np.inf  # before the max, so a banned maximum cannot underflow the rest
+    scores -= scores.max(axis=1, keepdims=True)
     scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))
     return scores
 

@@ -3,8 +3,13 @@
 No pretrained weights can be fetched here, so features come from a small random
 convolutional network whose filters are drawn from a fixed seed (the same on every
 machine and for every dataset): conv 5x5/2 (24 filters) -> ReLU -> conv 3x3/2 (128
-filters) -> ReLU -> 4x4 average-pooling grid, a 2048-d fc7-like feature that keeps
-colour, shape and position. Like CS231n, a 512-d PCA fitted on train is applied to val.
+filters) -> ReLU. The feature concatenates a 4x4 average-pooling grid of the second layer
+(2048, keeps position) with global max and mean pooling of the second layer and global
+max pooling of the first (280, translation invariant: colour and shape wherever the
+object is), 2328-d in all. Like CS231n, a 512-d PCA fitted on train is applied to val.
+
+Measured with a linear probe on single-object images (held-out 25%): colour 93%, shape
+56% (chance 25%), size 91%, row and column ~100%. Shape is the hard part, as it should be.
 
 Dimension letters: N images, S image side, C channels, F feature dimension.
 """
@@ -38,7 +43,7 @@ def _im2col(x, k, stride, pad):
 
 
 def extract(images, batch_size=256):
-    """Features of uint8 images (N, 64, 64, 3) -> float32 (N, 2048)."""
+    """Features of uint8 images (N, 64, 64, 3) -> float32 (N, 2328)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"images must have shape (N, S, S, 3), got {images.shape}")
@@ -46,12 +51,13 @@ def extract(images, batch_size=256):
     feats = []
     for s in range(0, len(images), batch_size):
         x = images[s : s + batch_size].astype(np.float32) / 255.0 - 0.5
-        h = np.maximum(_im2col(x, 5, 2, 2) @ w1 + b1, 0)  # (n, S/2, S/2, CONV1)
-        h = np.maximum(_im2col(h, 3, 2, 1) @ w2 + b2, 0)  # (n, S/4, S/4, CONV2)
+        h1 = np.maximum(_im2col(x, 5, 2, 2) @ w1 + b1, 0)  # (n, S/2, S/2, CONV1)
+        h = np.maximum(_im2col(h1, 3, 2, 1) @ w2 + b2, 0)  # (n, S/4, S/4, CONV2)
         n, side = h.shape[0], h.shape[1]
         cell = side // GRID
-        h = h[:, : cell * GRID, : cell * GRID].reshape(n, GRID, cell, GRID, cell, CONV2).mean(axis=(2, 4))
-        feats.append(h.reshape(n, -1))
+        grid = h[:, : cell * GRID, : cell * GRID].reshape(n, GRID, cell, GRID, cell, CONV2).mean(axis=(2, 4))
+        feats.append(np.concatenate([grid.reshape(n, -1), h.max(axis=(1, 2)), h.mean(axis=(1, 2)),
+                                     h1.max(axis=(1, 2))], axis=1))
     return np.concatenate(feats).astype(np.float32)
 
 

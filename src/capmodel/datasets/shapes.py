@@ -35,7 +35,7 @@ SHAPES = {  # name -> (plural, common synonyms)
     "diamond": ("diamonds", ("diamond", "diamond", "rhombus")),
 }
 SIZES = {"small": ((5, 6), ("small", "small", "little", "tiny")), "large": ((9, 10), ("large", "big", "large"))}
-BACKGROUNDS = {"black": (25, 25, 25), "white": (230, 230, 230), "gray": (120, 120, 120), "dark blue": (25, 30, 80)}
+BACKGROUNDS = {"black": (25, 25, 25), "white": (230, 230, 230), "gray": (120, 120, 120), "navy": (25, 30, 80)}
 CELL_CENTERS = (11, 32, 53)
 POSITIONS = {
     (0, 0): "in the top left corner", (0, 1): "at the top", (0, 2): "in the top right corner",

@@ -1,0 +1,111 @@
+"""Tests of the embedded shapes dataset (capmodel.datasets.shapes)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from capmodel.coco_utils import decode_captions, load_coco_data
+from capmodel.datasets import format as fmt
+from capmodel.datasets import shapes
+from capmodel.image_utils import image_from_url
+
+
+def _digest(d):
+    h = hashlib.sha256()
+    for name in sorted(fmt.required_files()):
+        if name.endswith(".h5") or name.endswith(".json"):
+            h.update((d / name).read_bytes())
+    return h.hexdigest()
+
+
+def test_dataset_is_valid_and_loads(shapes_dir):
+    assert fmt.problems(shapes_dir) == []
+    data = load_coco_data(shapes_dir)
+    assert data["train_captions"].shape == (300, 17) and data["train_captions"].dtype == np.int32
+    assert data["train_features"].shape == (60, 512) and data["train_features"].dtype == np.float32
+    assert data["val_features"].shape == (12, 512)
+    assert load_coco_data(shapes_dir, pca_features=False)["train_features"].shape == (60, 2328)
+    assert data["idx_to_word"][:4] == ["<NULL>", "<START>", "<END>", "<UNK>"]
+    assert np.bincount(data["train_image_idxs"]).tolist() == [5] * 60
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path, shapes_dir):
+    shapes.generate(tmp_path / "again", num_train=60, num_val=12, seed=3)
+    shapes.generate(tmp_path / "other", num_train=60, num_val=12, seed=4)
+    assert _digest(tmp_path / "again") == _digest(shapes_dir)
+    assert _digest(tmp_path / "other") != _digest(shapes_dir)
+
+
+def test_val_does_not_depend_on_num_train(tmp_path):
+    shapes.generate(tmp_path / "a", num_train=10, num_val=5, seed=1)
+    shapes.generate(tmp_path / "b", num_train=20, num_val=5, seed=1)
+    for name in ("val2014_vgg16_fc7.h5",):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_images_are_pngs_behind_file_urls_and_match_their_scene(shapes_dir):
+    data = load_coco_data(shapes_dir)
+    img = image_from_url(data["train_urls"][0])
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    scenes, images, _ = shapes.generate_split(60, 3, "train")
+    assert np.array_equal(img, images[0])
+    o = scenes[0]["objects"][0]
+    cy, cx = shapes.CELL_CENTERS[o["row"]] + o["dy"], shapes.CELL_CENTERS[o["col"]] + o["dx"]
+    expected = np.clip(np.array(shapes.COLORS[o["color"]][0]) + o["jitter"], 0, 255)
+    assert np.abs(img[cy, cx].astype(int) - expected).max() <= 1  # the object's colour at its centre
+
+
+def test_captions_describe_the_scene_with_variety():
+    rng = np.random.default_rng(0)
+    scenes = [shapes.sample_scene(rng) for _ in range(200)]
+    all_caps = [shapes.captions_for(s, rng) for s in scenes]
+    for s, caps in zip(scenes, all_caps):
+        assert len(caps) == 5
+        colors = {o["color"] for o in s["objects"]}
+        for c in caps:
+            named = {w for w in c.split() if w in shapes.COLORS}
+            assert named <= colors  # never a colour that is not in the image
+        assert len(set(caps)) >= 4  # paraphrases, not copies
+    flat = [c for caps in all_caps for c in caps]
+    assert any("to the left of" in c for c in flat) and any("above" in c for c in flat)
+    assert any(c.startswith("two") for c in flat) and any(c.startswith("there is") for c in flat)
+    assert any(len(c.split()) > 15 for c in flat)  # some are truncated by the encoder
+
+
+def test_rare_words_become_unk():
+    from capmodel.vocab import build_vocab
+
+    _, i2w = build_vocab(["a crimson ball"] + ["a red ball"] * 10, min_count=5)
+    assert "crimson" not in i2w and "red" in i2w
+
+
+@pytest.fixture(scope="module")
+def single_object_features():
+    from capmodel.datasets import features as feat
+
+    scenes, images, _ = shapes.generate_split(2400, 11, "train")
+    single = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
+    return scenes, single, feat.extract(images[single])
+
+
+@pytest.mark.parametrize("attr, chance, least", [("color", 1 / 6, 0.8), ("size", 0.5, 0.8), ("col", 1 / 3, 0.9),
+                                                 ("shape", 1 / 4, 0.4)])
+def test_features_encode_the_scene(single_object_features, attr, chance, least):
+    """A ridge-regression probe on held-out single-object images reads each attribute back."""
+    scenes, single, X = single_object_features
+    y = np.array([str(scenes[i]["objects"][0][attr]) for i in single])
+    names = sorted(set(y))
+    Y = (y[:, None] == np.array(names)[None]).astype(float)
+    n = int(0.75 * len(X))
+    X = (X - X[:n].mean(0)) / (X[:n].std(0) + 1e-6)
+    X = np.hstack([X, np.ones((len(X), 1))])
+    W = np.linalg.solve(X[:n].T @ X[:n] + 10 * np.eye(X.shape[1]), X[:n].T @ Y[:n])
+    accuracy = np.mean(np.argmax(X[n:] @ W, 1) == np.argmax(Y[n:], 1))
+    assert accuracy > least > chance
+
+
+def test_decode_round_trip(shapes_dir):
+    data = load_coco_data(shapes_dir)
+    text = decode_captions(data["train_captions"][0], data["idx_to_word"])
+    assert text.startswith("<START> ") and text.endswith(" <END>")

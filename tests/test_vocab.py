@@ -1,0 +1,30 @@
+"""Tests of capmodel.vocab: building a vocabulary and encoding captions the CS231n way."""
+
+import numpy as np
+import pytest
+
+from capmodel.vocab import build_vocab, encode_captions, tokenize
+
+
+def test_tokenize_lowercases_and_drops_punctuation():
+    assert tokenize("A red Ball, next to: a BOX!") == ["a", "red", "ball", "next", "to", "a", "box"]
+
+
+def test_build_vocab_specials_first_then_by_count_and_min_count():
+    w2i, i2w = build_vocab(["a cat", "a dog", "a cat sat"], min_count=2)
+    assert i2w == ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat"]
+    assert all(w2i[w] == i for i, w in enumerate(i2w))
+
+
+def test_encode_pads_truncates_and_maps_unknown_words():
+    w2i, _ = build_vocab(["a cat"], min_count=1)
+    long = " ".join(["cat"] * 20)
+    enc = encode_captions(["a dog", long], w2i)
+    assert enc.dtype == np.int32 and enc.shape == (2, 17)
+    assert enc[0].tolist()[:5] == [1, w2i["a"], 3, 2, 0]
+    assert enc[1].tolist() == [1] + [w2i["cat"]] * 15 + [2]  # 15 words + <END>, like CS231n
+
+
+def test_encode_needs_the_special_tokens():
+    with pytest.raises(ValueError, match="missing the special token <UNK>"):
+        encode_captions(["a"], {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3})
