@@ -49,7 +49,7 @@ def _download(url, part, progress, timeout):
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise FetchError(
-            f"cannot reach {url} ({reason}). Download coco_captioning.zip by other means and "
+            f"cannot reach {url} ({reason}). Download the archive by other means and "
             f"place it at {part.with_suffix('')}, or pass --url with a mirror or a file:// URL"
         ) from e
     with resp:
@@ -139,8 +139,7 @@ def fetch(out_dir, url=DEFAULT_URL, sha256=None, progress=True, timeout=30, keep
     if out_dir.is_dir() and not fmt.problems(out_dir):
         return "present"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    name = Path(urllib.parse.urlparse(url).path).name or "coco_captioning.zip"
-    archive = out_dir.parent / f"{out_dir.name}.{name}"
+    archive = out_dir.parent / f"{out_dir.name}.zip"  # where a zip placed by hand is picked up
     part = archive.with_name(archive.name + ".part")
     if not archive.exists():
         _download(url, part, progress, timeout)

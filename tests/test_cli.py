@@ -1,0 +1,92 @@
+"""Tests of the capmodel command line: each stage by hand, and one clear error per bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from capmodel.cli import build_parser, main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "capmodel.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_every_flag_has_help():
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if action.choices and isinstance(action.choices, dict):
+                stack.extend(action.choices.values())
+            elif action.dest not in ("help", "version", "command", "data_command"):
+                assert action.help, f"{p.prog} {action.dest}"
+
+
+def test_stages_by_hand(shapes_dir, tmp_path):
+    m = tmp_path / "m"
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(m), "--cell-type", "gru", "--hidden-dim", "32",
+                 "--num-epochs", "2", "--batch-size", "25", "--val-metric", "bleu4", "--print-every", "1000"]) == 0
+    info = json.loads((m / "model.json").read_text())
+    assert info["model"]["cell_type"] == "gru" and info["iterations"] == 24
+    with open(m / "history.csv") as f:
+        hist = list(csv.DictReader(f))
+    assert len(hist) == 24 and float(hist[0]["loss"]) > float(hist[-1]["loss"])
+    with open(m / "val.csv") as f:
+        val = list(csv.DictReader(f))
+    assert [r["epoch"] for r in val] == ["1", "2"] and val[0]["metric"] == "bleu4"
+    assert main(["sample", "--model", str(m / "model"), "--data", str(shapes_dir), "--out", str(m / "s.csv"),
+                 "--method", "beam", "--beam-size", "2"]) == 0
+    with open(m / "s.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and rows[0]["url"].startswith("file://") and len(rows[0]["references"].split(" ||| ")) == 5
+    assert main(["evaluate", "--samples", str(m / "s.csv"), "--out", str(m / "metrics.json"), "--no-java",
+                 "--settings", '{"method": "beam", "beam_size": 2}']) == 0
+    met = json.loads((m / "metrics.json").read_text())
+    assert 0 <= met["Bleu_4"] <= 1 and met["settings"]["beam_size"] == 2 and met["model"] == "m"
+    assert main(["summarize", "--metrics", str(m / "metrics.json"), "--out-csv", str(tmp_path / "s.csv"),
+                 "--out-md", str(tmp_path / "s.md")]) == 0
+    assert "| m | gru | 32 |" in (tmp_path / "s.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data", "check", "{tmp}/nothing"], "dataset directory does not exist"),
+    (["train", "--data", "{tmp}/nothing", "--out-dir", "{tmp}/o"], "capmodel train: error: invalid dataset"),
+    (["train", "--data", "{shapes}", "--out-dir", "{tmp}/o", "--dropout", "1.5"], "dropout must be in [0, 1)"),
+    (["train", "--data", "{shapes}", "--out-dir", "{tmp}/o", "--hidden-dim", "0"], "must be a positive integer"),
+    (["sample", "--model", "{tmp}/none", "--data", "{shapes}", "--out", "{tmp}/s.csv"], "does not exist"),
+    (["evaluate", "--samples", "{tmp}/empty.csv", "--out", "{tmp}/m.json"], "has no captions to evaluate"),
+    (["evaluate", "--samples", "{tmp}/empty.csv", "--out", "{tmp}/m.json", "--settings", "{{bad"], "error:"),
+    (["data", "shapes", "{tmp}/d", "--num-train", "0"], "must be a positive integer"),
+])
+def test_bad_input_one_clear_error(shapes_dir, tmp_path, args, message):
+    (tmp_path / "empty.csv").write_text("image_idx,url,generated,references\n")
+    args = [a.format(tmp=tmp_path, shapes=shapes_dir) for a in args]
+    r = run(*args)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m.json").exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_gradcheck_writes_table(tmp_path):
+    r = run("gradcheck", "--out", tmp_path / "g.csv")
+    assert r.returncode == 0
+    with open(tmp_path / "g.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == {"layer", "cell", "param", "rel_error", "tolerance", "ok"}
+    assert all(r["ok"] == "True" for r in rows)
+
+
+def test_sampling_with_another_vocabulary_is_refused(shapes_dir, tmp_path):
+    from capmodel.datasets import shapes
+
+    other = tmp_path / "other"
+    shapes.generate(other, num_train=20, num_val=4, seed=9, min_count=1)
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "m"), "--max-iterations", "1",
+                 "--hidden-dim", "8"]) == 0
+    r = run("sample", "--model", tmp_path / "m" / "model", "--data", other, "--out", tmp_path / "s.csv")
+    assert r.returncode == 2 and "vocabulary of" in r.stderr and not (tmp_path / "s.csv").exists()

@@ -1,0 +1,183 @@
+"""Training that survives and improves: resume after kill -9, corrupt checkpoints,
+validation, early stopping, schedules and dropout in the solver."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from capmodel import checkpoints
+from capmodel.captioning_solver import CaptioningSolver
+from capmodel.classifiers.rnn import CaptioningRNN
+from capmodel.datasets.synthetic import random_data
+
+# About 4 s of training (1200 iterations) so that kills land at many different points.
+TRAIN = ["--cell-type", "lstm", "--hidden-dim", "128", "--wordvec-dim", "32", "--batch-size", "10",
+         "--num-epochs", "16", "--checkpoint-every", "7", "--dropout", "0.2", "--val-metric", "bleu4",
+         "--val-metric-images", "12", "--print-every", "1000", "--seed", "5"]
+
+
+def _train_cmd(data, out, ckpt):
+    return [sys.executable, "-m", "capmodel.cli", "train", "--data", str(data), "--out-dir", str(out),
+            "--checkpoint-dir", str(ckpt), *TRAIN]
+
+
+def _params(out):
+    with np.load(out / "model.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def reference_run(shapes_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    subprocess.run(_train_cmd(shapes_dir, tmp / "out", tmp / "ckpt"), check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return tmp / "out"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_and_resume_is_bit_identical(shapes_dir, tmp_path, reference_run, seed):
+    rng = np.random.default_rng(seed)
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kills = 0
+    for _ in range(3):  # kill at a random moment, up to three times
+        proc = subprocess.Popen(_train_cmd(shapes_dir, out, ckpt), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
+        time.sleep(rng.uniform(0.3, 3.5))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    done = subprocess.run(_train_cmd(shapes_dir, out, ckpt), capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert kills >= 1
+    ref, got = _params(reference_run), _params(out)
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+    assert (reference_run / "history.csv").read_text() == (out / "history.csv").read_text()
+    assert not ckpt.exists()  # removed after success
+
+
+def _solver(data, model, tmp_path, **kw):
+    return CaptioningSolver(model, data, update_rule="adam", batch_size=8, num_epochs=3, seed=1, verbose=False,
+                            checkpoint_dir=tmp_path, **kw)
+
+
+def _small_model(data, seed=0, **kw):
+    return CaptioningRNN(data["word_to_idx"], input_dim=16, wordvec_dim=8, hidden_dim=12, seed=seed, **kw)
+
+
+def test_in_process_resume_equals_uninterrupted(tmp_path):
+    data = random_data()
+    full = _small_model(data)
+    full_solver = _solver(data, full, tmp_path / "a")
+    full_solver.train()
+    part = _small_model(data)
+    _solver(data, part, tmp_path / "b", max_iterations=8).train()
+    resumed = _small_model(data, seed=99)  # different init: everything must come from the checkpoint
+    s = _solver(data, resumed, tmp_path / "b")
+    assert s.resume() and s.iteration == 8
+    s.train()
+    assert s.loss_history == full_solver.loss_history and len(s.loss_history) == 15
+    assert all(np.array_equal(full.params[k], resumed.params[k]) for k in full.params)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, capsys):
+    data = random_data()
+    _solver(data, _small_model(data), tmp_path, checkpoint_every=2, max_iterations=6).train()
+    newest = sorted(tmp_path.glob("ckpt-*.npz"))[-1]
+    assert newest.name == "ckpt-000000006.npz"
+    newest.write_bytes(newest.read_bytes()[:50])  # truncated
+    s = _solver(data, _small_model(data), tmp_path)
+    assert s.resume() and s.iteration == 5  # epoch end at 5 (40 captions / 8)
+    assert "skipping unusable checkpoint" in capsys.readouterr().out
+
+
+def test_resume_refuses_other_vocabulary_or_shapes(tmp_path):
+    data = random_data()
+    _solver(data, _small_model(data), tmp_path, max_iterations=3).train()
+    other = random_data(num_words=13)
+    with pytest.raises(checkpoints.CheckpointError, match="vocabulary mismatch"):
+        _solver(other, _small_model(other), tmp_path).resume()
+    wide = CaptioningRNN(data["word_to_idx"], input_dim=16, wordvec_dim=8, hidden_dim=20)
+    with pytest.raises(checkpoints.CheckpointError, match="shape mismatch for parameter W_proj"):
+        _solver(data, wide, tmp_path).resume()
+
+
+def test_cli_refuses_a_checkpoint_dir_of_other_settings(shapes_dir, tmp_path, capsys):
+    from capmodel.cli import main
+
+    args = ["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), "--checkpoint-dir",
+            str(tmp_path / "c"), "--keep-checkpoints", "--max-iterations", "2", "--hidden-dim", "16"]
+    assert main(args) == 0
+    assert main([*args[:-1], "32"]) == 2
+    assert "belongs to a run with other settings (hidden_dim differ)" in capsys.readouterr().err
+
+
+def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path):
+    from capmodel.captioning_solver import TrainingError
+
+    data = random_data()
+    model = _small_model(data)
+    s = _solver(data, model, tmp_path, checkpoint_every=1, optim_config={"learning_rate": 1e-3})
+    s.max_iterations = 4
+    s.train()
+    good = {k: v.copy() for k, v in model.params.items()}
+    real_loss = model.loss
+    model.loss = lambda f, c: (float("nan"), real_loss(f, c)[1])  # the 5th step diverges
+    s2 = _solver(data, model, tmp_path)
+    with pytest.raises(TrainingError, match="non-finite loss at iteration 5"):
+        s2.train()
+    arrays, meta = checkpoints.load(sorted(tmp_path.glob("ckpt-*.json"))[-1].with_suffix(""))
+    assert meta["iteration"] == 4
+    assert all(np.array_equal(arrays[f"params/{k}"], good[k]) for k in good)
+
+
+def test_validation_keeps_best_and_early_stops():
+    data = random_data(num_images=30, num_val_images=10)
+    model = _small_model(data)
+    # A learning rate this high makes validation worse after the first epochs.
+    s = CaptioningSolver(model, data, update_rule="sgd", optim_config={"learning_rate": 3.0}, batch_size=10,
+                         num_epochs=30, seed=0, verbose=False, validate=True, patience=2)
+    s.train()
+    assert s.finished and s.epoch < 30
+    best = min(s.val_history, key=lambda r: r["val_loss"])
+    assert best["best"] and s.val_history[-1]["epoch"] - best["epoch"] == 2
+    assert s.val_loss() == pytest.approx(best["val_loss"], rel=1e-5)  # best params restored
+
+
+def test_val_metric_is_recorded():
+    data = random_data()
+    s = CaptioningSolver(_small_model(data), data, update_rule="adam", batch_size=10, num_epochs=2, seed=0,
+                         verbose=False, val_metric="cider", val_metric_images=5)
+    s.train()
+    assert [r["epoch"] for r in s.val_history] == [1, 2]
+    assert all(r["cider"] >= 0 and "val_loss" in r for r in s.val_history)
+
+
+def test_schedule_and_warmup_reach_the_optimizer():
+    data = random_data()
+    s = CaptioningSolver(_small_model(data), data, update_rule="adam", optim_config={"learning_rate": 0.01},
+                         batch_size=10, num_epochs=2, seed=0, verbose=False, lr_schedule="cosine",
+                         warmup_iterations=2)
+    s.train()
+    assert s.lr_history[0] == pytest.approx(0.005) and s.lr_history[1] == pytest.approx(0.01)
+    assert s.lr_history[-1] < 0.001
+
+
+def test_dropout_is_deterministic_given_the_seed_and_off_when_sampling():
+    data = random_data()
+    runs = []
+    for _ in range(2):
+        m = _small_model(data, dropout=0.5)
+        CaptioningSolver(m, data, update_rule="adam", batch_size=10, num_epochs=1, seed=3, verbose=False).train()
+        runs.append(m)
+    assert all(np.array_equal(runs[0].params[k], runs[1].params[k]) for k in runs[0].params)
+    f = data["val_features"]
+    assert np.array_equal(runs[0].sample(f, 10), runs[0].sample(f, 10))
