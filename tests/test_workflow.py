@@ -1,0 +1,107 @@
+"""End-to-end tests of the Snakemake workflow on the .test configuration."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir, *args, config=TEST_CONFIG, timeout=600):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def test_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("wf")
+    r = snakemake(work, "--cores", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work
+
+
+def test_dry_run_lists_every_stage(tmp_path):
+    r = snakemake(tmp_path, "-n")
+    assert r.returncode == 0, r.stderr
+    for rule in ("make_shapes_data", "gradcheck", "train_model", "sample_captions", "baseline_captions",
+                 "evaluate_captions", "summarize", "report_model", "report_summary"):
+        assert rule in r.stdout
+
+
+def test_lint_is_clean(tmp_path):
+    r = snakemake(tmp_path, "--lint")
+    assert r.returncode == 0 and "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
+
+
+def test_full_run_outputs(test_run):
+    with open(test_run / "results" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["tiny_lstm", "tiny_rnn", "baseline"]
+    assert all(0 <= float(r["Bleu_4"]) <= 1 and float(r["CIDEr"]) >= 0 for r in rows)
+    for name in ("tiny_lstm", "tiny_rnn", "summary"):
+        html = (test_run / "reports" / f"{name}.html").read_text()
+        assert html.count("data:image/png;base64") >= 2, name  # figures embedded: self-contained
+        assert "<table" in html and "Bleu_4" in html
+    with open(test_run / "results" / "models" / "tiny_lstm" / "samples_val.csv") as f:
+        first = next(csv.DictReader(f))
+    assert f">{first['generated']}<" in (test_run / "reports" / "tiny_lstm.html").read_text()
+    meta = json.loads((test_run / "results" / "models" / "tiny_rnn" / "model.json").read_text())
+    assert meta["model"]["cell_type"] == "rnn" and meta["iterations"] == 40
+    with open(test_run / "results" / "gradcheck.csv") as f:
+        assert all(r["ok"] == "True" for r in csv.DictReader(f))
+    assert not (test_run / "results" / "resume" / "tiny_rnn").exists()
+
+
+def test_rerun_does_nothing(test_run):
+    r = snakemake(test_run, "-n")
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_snakemake_report(test_run):
+    r = snakemake(test_run, "--report", "report.html")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (test_run / "report.html").stat().st_size > 10000
+
+
+def _config_with(tmp_path, text):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(TEST_CONFIG.read_text() + "\n" + text)
+    return cfg
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("sampel: {method: beam}", "Additional properties are not allowed ('sampel' was unexpected)"),
+    ("sample: {method: beam, beam_size: three}", "'three' is not of type 'integer'"),
+    ("train_defaults: {hiden_dim: 3}", "'hiden_dim' was unexpected"),
+    ("models: {bad: {cell_type: transformer}}", "'transformer' is not one of ['rnn', 'lstm', 'gru']"),
+])
+def test_config_errors_fail_at_start_with_the_schema_message(tmp_path, extra, message):
+    r = snakemake(tmp_path, "-n", config=_config_with(tmp_path, extra))
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+    assert not (tmp_path / "results").exists()
+
+
+def test_failing_stage_leaves_no_partial_outputs(test_run, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(test_run, work, ignore=shutil.ignore_patterns(".snakemake", "reports", "notebooks"))
+    # A model whose training diverges: plain SGD with a learning rate of 1e30 overflows.
+    cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn}\n  boom: {cell_type: rnn, update_rule: sgd,"
+                                 " learning_rate: 1.0e+30, grad_clip: null}\n")
+    r = snakemake(work, "--cores", "1", "--keep-going", config=cfg)
+    assert r.returncode != 0
+    assert "non-finite" in (work / "logs" / "train" / "boom.log").read_text()
+    assert not (work / "results" / "models" / "boom").exists() or not any(
+        (work / "results" / "models" / "boom").iterdir())
+    assert not (work / "reports" / "boom.html").exists()
+    assert (work / "results" / "models" / "tiny_rnn" / "model.npz").exists()  # untouched

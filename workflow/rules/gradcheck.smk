@@ -1,0 +1,22 @@
+# Stage 2: numeric gradient checks of every layer and of the model loss per cell type.
+# The job fails, naming the layer, when a relative error exceeds its tolerance.
+
+
+rule gradcheck:
+    output:
+        report(
+            "results/gradcheck.csv",
+            caption="../report/gradcheck.rst",
+            category="Gradient checks",
+        ),
+    log:
+        "logs/gradcheck.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=config["resources"]["small_mem_mb"],
+        runtime=config["resources"]["small_runtime"],
+    params:
+        seed=config["gradcheck"]["seed"],
+    shell:
+        "capmodel gradcheck --out {output} --seed {params.seed} > {log} 2>&1"

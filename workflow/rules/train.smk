@@ -1,0 +1,32 @@
+# Stage 3: one training job per model. Resume state lives in results/resume/<model>,
+# outside the declared outputs, so Snakemake's cleanup of a failed job keeps it and the
+# rerun continues from the last checkpoint.
+
+
+rule train_model:
+    input:
+        data=get_data_dir(),
+        gradcheck="results/gradcheck.csv",
+    output:
+        model="results/models/{model}/model.npz",
+        meta="results/models/{model}/model.json",
+        history="results/models/{model}/history.csv",
+        val="results/models/{model}/val.csv",
+    log:
+        "logs/train/{model}.log",
+    benchmark:
+        "results/benchmarks/train_{model}.tsv"
+    conda:
+        ENV
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime"],
+    params:
+        args=get_train_args,
+        out_dir=lambda wildcards, output: Path(output.model).parent,
+        resume="results/resume/{model}",
+    shell:
+        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+        " capmodel train --data {input.data} --out-dir {params.out_dir}"
+        " --checkpoint-dir {params.resume} {params.args} > {log} 2>&1"
