@@ -105,3 +105,9 @@ def test_failing_stage_leaves_no_partial_outputs(test_run, tmp_path):
         (work / "results" / "models" / "boom").iterdir())
     assert not (work / "reports" / "boom.html").exists()
     assert (work / "results" / "models" / "tiny_rnn" / "model.npz").exists()  # untouched
+
+
+def test_snakefmt_check():
+    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(ROOT / "Snakefile"),
+                        str(ROOT / "workflow" / "rules")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

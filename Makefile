@@ -1,0 +1,36 @@
+# Quick start: `make run` (the default workflow -> reports/) and `make test` (the full suite).
+# Both create a local virtualenv in .venv on first use and install the project into it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+CORES ?= 2
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[metrics,workflow,test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	@echo
+	@echo "Reports: $(CURDIR)/reports/summary.html and one per model in $(CURDIR)/reports/"
+	@echo "Tables:  $(CURDIR)/results/summary.md"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python benchmarks/bench_step.py
+	$(BIN)/python benchmarks/bench_decode.py
+
+clean:
+	rm -rf results logs reports/*.html .snakemake
