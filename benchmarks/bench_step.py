@@ -113,7 +113,7 @@ def main():
     tmodel.make_cell()
     tf, tc = torch.tensor(features), torch.tensor(captions)
     np_loss = model.loss(features, captions)[0]
-    t_loss = float(tmodel.loss(tf, tc))
+    t_loss = tmodel.loss(tf, tc).item()
     rel = abs(np_loss - t_loss) / abs(t_loss)
     print(f"same loss check: capmodel {np_loss:.6f}, torch {t_loss:.6f}, relative difference {rel:.1e}")
     if rel > (1e-4 if dtype == np.float32 else 1e-10):

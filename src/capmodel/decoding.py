@@ -20,13 +20,54 @@ def _special_ids(model):
     return w2i[START], w2i.get(END), w2i[NULL]
 
 
-def _log_softmax(scores, banned):
-    """Row-wise log-softmax of (M, V) scores with the banned ids at -inf."""
-    scores = scores.copy()
-    scores[:, banned] = -np.inf  # before the max, so a banned maximum cannot underflow the rest
+def _log_softmax_inplace(scores, banned):
+    """Row-wise log-softmax of (M, V) scores, in place, with the banned ids at -inf."""
+    scores[:, banned] = -np.inf
     scores -= scores.max(axis=1, keepdims=True)
-    scores -= np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    lse = np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    scores -= lse
     return scores
+
+
+def _top_k(values, k):
+    """Column indices of the k largest entries of each row, best first, ties by lower index."""
+    if k <= 4:  # a few argmax passes beat a partition of the whole row
+        work = values.copy()
+        rows = np.arange(len(values))
+        top = np.empty((len(values), k), dtype=np.int64)
+        for j in range(k):
+            top[:, j] = work.argmax(axis=1)
+            work[rows, top[:, j]] = -np.inf
+        return top
+    top = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    order = np.lexsort((top, -np.take_along_axis(values, top, axis=1)), axis=1)
+    return np.take_along_axis(top, order, axis=1)
+
+
+def _greedy_loop(state, step, max_length, start, end, null, with_logp=False):
+    """Greedy decoding from a decoder state; optionally also the captions' log-probabilities."""
+    N = state[0].shape[0]
+    captions = np.full((N, max_length), null, dtype=np.int64)
+    logp = np.zeros(N) if with_logp else None
+    words = np.full(N, start, dtype=np.int64)
+    done = np.zeros(N, dtype=bool)
+    banned = [start, null]
+    rows = np.arange(N)
+    for t in range(max_length):
+        state, scores = step(state, words)
+        scores[:, banned] = -np.inf
+        words = scores.argmax(axis=1)
+        if with_logp:
+            best = scores[rows, words]
+            lse = best + np.log(np.exp(scores - best[:, None]).sum(axis=1))
+            logp += np.where(done, 0.0, best - lse)
+        words[done] = null
+        captions[:, t] = words
+        if end is not None:
+            done |= words == end
+            if done.all():
+                break
+    return captions, logp
 
 
 def greedy(model, features, max_length=30):
@@ -37,22 +78,7 @@ def greedy(model, features, max_length=30):
     """
     start, end, null = _special_ids(model)
     state, step = model.decoder(features)
-    N = state[0].shape[0]
-    captions = np.full((N, max_length), null, dtype=np.int64)
-    words = np.full(N, start, dtype=np.int64)
-    done = np.zeros(N, dtype=bool)
-    banned = [start, null]
-    for t in range(max_length):
-        state, scores = step(state, words)
-        scores[:, banned] = -np.inf
-        words = scores.argmax(axis=1)
-        words[done] = null
-        captions[:, t] = words
-        if end is not None:
-            done |= words == end
-            if done.all():
-                break
-    return captions
+    return _greedy_loop(state, step, max_length, start, end, null)[0]
 
 
 def temperature_sample(model, features, max_length=30, temperature=1.0, rng=None):
@@ -76,7 +102,7 @@ def temperature_sample(model, features, max_length=30, temperature=1.0, rng=None
     done = np.zeros(N, dtype=bool)
     for t in range(max_length):
         state, scores = step(state, words)
-        logp = _log_softmax(scores.astype(np.float64) / temperature, [start, null])
+        logp = _log_softmax_inplace(scores / scores.dtype.type(temperature), [start, null]).astype(np.float64)
         cdf = np.cumsum(np.exp(logp), axis=1)
         u = rng.random(N) * cdf[:, -1]
         words = np.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)
@@ -95,8 +121,10 @@ def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, re
     Hypotheses are ranked by total log-probability while searching; a finished one (it
     produced <END>) keeps its score and only extends with <NULL>. The final choice divides
     each score by length ** length_norm (0 = no normalisation, 1 = mean log-probability).
-    The greedy caption is decoded too and returned when it scores better, so a beam never
-    yields a lower model log-probability than greedy; with beam_size=1 it is exactly greedy.
+    Each image's greedy path is followed inside the beam; when it is pruned, it goes on as
+    an extra "shadow" row of the same batched step and is returned if it ends up scoring
+    better, so a beam never yields a lower model log-probability than greedy. With
+    beam_size=1 the result is exactly greedy.
 
     Inputs:
     - beam_size: Number k of hypotheses kept per image
@@ -123,26 +151,43 @@ def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, re
     # Only the first copy of each image is live at t = 0, so the k beams differ.
     logp_beam = np.full((N, k), -np.inf)
     logp_beam[:, 0] = 0.0
+    images = np.arange(N)
+    greedy_slot = np.zeros(N, dtype=np.int64)  # where each image's greedy path sits in its beam
+    greedy_alive = np.ones(N, dtype=bool)
+    shadow = _Shadows(max_length, null)  # greedy paths that fell out of their beam
     banned = [start, null]
     for t in range(max_length):
-        state, scores = step(state, words)
+        M = N * k
+        new_state, scores = step(tuple(np.concatenate([s, h]) for s, h in zip(state, shadow.state))
+                                 if shadow.size else state, np.concatenate([words, shadow.words]))
+        if shadow.size:
+            shadow.advance(t, tuple(s[M:] for s in new_state), scores[M:], banned, end)
+            new_state, scores = tuple(s[:M] for s in new_state), scores[:M]
         V = scores.shape[1]
-        logp = _log_softmax(scores.astype(np.float64), banned).reshape(N, k, V)
+        logp = _log_softmax_inplace(scores, banned).reshape(N, k, V)
         # A finished hypothesis extends only with <NULL>, at no cost.
         logp[done] = -np.inf
         logp[done, null] = 0.0
-        total = (logp_beam[:, :, None] + logp).reshape(N, k * V)
-        if k * V > k:
-            top = np.argpartition(-total, k - 1, axis=1)[:, :k]
-        else:
-            top = np.broadcast_to(np.arange(k * V), (N, k * V)).copy()
-        top_scores = np.take_along_axis(total, top, axis=1)
-        order = np.lexsort((top, -top_scores), axis=1)  # best first; ties by lower index
-        top = np.take_along_axis(top, order, axis=1)
+        greedy_word = logp[images, greedy_slot].argmax(axis=1)
+        greedy_next = greedy_slot * V + greedy_word
+        logp += logp_beam[:, :, None].astype(logp.dtype)
+        total = logp.reshape(N, k * V)
+        top = _top_k(total, k)
+        kept = top == greedy_next[:, None]
+        pruned = np.flatnonzero(greedy_alive & ~kept.any(axis=1))
+        if len(pruned):  # continue these greedy paths as shadow rows
+            slot = greedy_slot[pruned]
+            seq = seqs[pruned, slot].copy()
+            seq[:, t] = greedy_word[pruned]
+            shadow.add(pruned, tuple(s[pruned * k + slot] for s in new_state), greedy_word[pruned],
+                       total[pruned, greedy_next[pruned]].astype(np.float64), seq,
+                       done[pruned, slot] | (greedy_word[pruned] == end), lengths[pruned, slot] + ~done[pruned, slot])
+            greedy_alive[pruned] = False
+        greedy_slot = kept.argmax(axis=1)
         parent, words2 = np.divmod(top, V)  # (N, k)
-        logp_beam = np.take_along_axis(total, top, axis=1)
-        rows = (parent + np.arange(N)[:, None] * k).reshape(-1)
-        state = tuple(s[rows] for s in state)
+        logp_beam = np.take_along_axis(total, top, axis=1).astype(np.float64)
+        rows = (parent + images[:, None] * k).reshape(-1)
+        state = tuple(s[rows] for s in new_state)
         seqs = np.take_along_axis(seqs, parent[:, :, None], axis=1)
         seqs[:, :, t] = words2
         done = np.take_along_axis(done, parent, axis=1)
@@ -150,24 +195,58 @@ def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, re
         if end is not None:
             done |= words2 == end
         words = words2.reshape(-1)
-        if done.all():
+        if done.all() and shadow.done.all():
             break
 
-    rank = logp_beam / np.maximum(lengths, 1) ** length_norm if length_norm else logp_beam
+    norm = lambda logp, n: logp / np.maximum(n, 1) ** length_norm if length_norm else logp
+    rank = norm(logp_beam, lengths)
     best = rank.argmax(axis=1)
-    captions = seqs[np.arange(N), best]
-    if k > 1:
-        greedy_caps = greedy(model, features, max_length)
-        greedy_logp = sequence_log_prob(model, features, greedy_caps)
-        if length_norm:
-            greedy_rank = greedy_logp / np.maximum(_lengths(greedy_caps, end, null), 1) ** length_norm
-        else:
-            greedy_rank = greedy_logp
-        better = greedy_rank > rank[np.arange(N), best]
-        captions[better] = greedy_caps[better]
+    captions = seqs[images, best]
+    if shadow.size:
+        better = norm(shadow.logp, shadow.lengths) > rank[shadow.image, best[shadow.image]]
+        captions[shadow.image[better]] = shadow.seqs[better]
     if return_all:
         return captions, seqs, logp_beam
     return captions
+
+
+class _Shadows:
+    """Greedy continuations of the images whose greedy path left the beam (M rows)."""
+
+    def __init__(self, max_length, null):
+        self.null = null
+        self.image = np.zeros(0, dtype=np.int64)
+        self.state = ()
+        self.words = np.zeros(0, dtype=np.int64)
+        self.logp = np.zeros(0)
+        self.seqs = np.zeros((0, max_length), dtype=np.int64)
+        self.done = np.zeros(0, dtype=bool)
+        self.lengths = np.zeros(0, dtype=np.int64)
+
+    @property
+    def size(self):
+        return len(self.image)
+
+    def add(self, image, state, words, logp, seqs, done, lengths):
+        cat = np.concatenate
+        self.state = tuple(cat([a, b]) for a, b in zip(self.state, state)) if self.size else state
+        self.image, self.words, self.logp = cat([self.image, image]), cat([self.words, words]), cat([self.logp, logp])
+        self.seqs, self.done = cat([self.seqs, seqs]), cat([self.done, done])
+        self.lengths = cat([self.lengths, lengths])
+
+    def advance(self, t, state, scores, banned, end):
+        """Take the greedy word of every live shadow row from this step's scores."""
+        logp = _log_softmax_inplace(scores, banned)
+        words = logp.argmax(axis=1)
+        gain = logp[np.arange(self.size), words].astype(np.float64)
+        live = ~self.done
+        self.logp += np.where(live, gain, 0.0)
+        self.lengths += live
+        words[~live] = self.null
+        self.seqs[:, t] = words
+        if end is not None:
+            self.done |= words == end
+        self.state, self.words = state, words
 
 
 def _lengths(captions, end, null):
@@ -193,7 +272,7 @@ def sequence_log_prob(model, features, captions):
     live = np.ones(N, dtype=bool)
     for t in range(L):
         state, scores = step(state, words)
-        logp = _log_softmax(scores.astype(np.float64), [start, null])
+        logp = _log_softmax_inplace(scores, [start, null]).astype(np.float64)
         words = captions[:, t]
         live &= words != null
         total += np.where(live, logp[np.arange(N), words], 0.0)

@@ -109,18 +109,20 @@ def adam(w, dw, config=None):
     b1, b2 = config["beta1"], config["beta2"]
     config["t"] += 1
     t = config["t"]
+    scratch = np.multiply(dw, f(1 - b1))
     m *= f(b1)
-    m += f(1 - b1) * dw
-    scratch = np.multiply(dw, dw)
+    m += scratch
+    np.multiply(dw, dw, out=scratch)
     scratch *= f(1 - b2)
     v *= f(b2)
     v += scratch
-    # w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), folded into two scalars
+    # w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    #    = [lr * sqrt(1 - b2^t) / (1 - b1^t)] * m / (sqrt(v) + eps * sqrt(1 - b2^t))
+    c2 = np.sqrt(1 - b2**t)
     np.sqrt(v, out=scratch)
-    scratch *= f(1 / np.sqrt(1 - b2**t))
-    scratch += f(config["epsilon"])
+    scratch += f(config["epsilon"] * c2)
     np.divide(m, scratch, out=scratch)
-    scratch *= f(config["learning_rate"] / (1 - b1**t))
+    scratch *= f(config["learning_rate"] * c2 / (1 - b1**t))
     w -= scratch
     return w, config
 

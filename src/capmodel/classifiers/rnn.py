@@ -179,24 +179,29 @@ class CaptioningRNN:
         table = p["W_embed"] @ p["Wx"] + p["b"]  # (V, kH)
         Wh, W_vocab, b_vocab = p["Wh"], p["W_vocab"], p["b_vocab"]
 
+        def vocab_scores(h):
+            scores = h @ W_vocab  # (M, V)
+            scores += b_vocab
+            return scores
+
         if self.cell_type == "rnn":
             state = (h0,)
 
             def step(state, words):
                 h = rl._rnn_core_forward(table[words], state[0], Wh)
-                return (h,), h @ W_vocab + b_vocab
+                return (h,), vocab_scores(h)
         elif self.cell_type == "lstm":
             state = (h0, np.zeros_like(h0))
 
             def step(state, words):
                 h, c, _, _ = rl._lstm_core_forward(table[words], state[0], state[1], Wh)
-                return (h, c), h @ W_vocab + b_vocab
+                return (h, c), vocab_scores(h)
         else:
             state = (h0,)
 
             def step(state, words):
                 h, _, _ = rl._gru_core_forward(table[words], state[0], Wh)
-                return (h,), h @ W_vocab + b_vocab
+                return (h,), vocab_scores(h)
 
         return state, step
 
