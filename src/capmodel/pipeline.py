@@ -47,6 +47,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
         raise ValueError(f"unknown training settings: {', '.join(unknown)}")
     s = {**TRAIN_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
     out_dir = Path(out_dir)
+    if verbose:
+        print(f"BLAS threads: {blas_threads()}", flush=True)
     if checkpoint_dir is not None:
         _claim_checkpoint_dir(Path(checkpoint_dir), data_dir, s)
     data = load_coco_data(data_dir, max_train=s["max_train"], pca_features=s["pca_features"], rng=s["seed"])
@@ -83,6 +85,14 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     if checkpoint_dir is not None and not keep_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return model, solver
+
+
+def blas_threads():
+    """Threads NumPy's BLAS will use (so a job can show it uses what it asked for)."""
+    from threadpoolctl import threadpool_info
+
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(counts) if counts else 1
 
 
 def _claim_checkpoint_dir(d, data_dir, settings):
