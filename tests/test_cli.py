@@ -61,6 +61,8 @@ def test_stages_by_hand(shapes_dir, tmp_path):
     (["evaluate", "--samples", "{tmp}/empty.csv", "--out", "{tmp}/m.json"], "has no captions to evaluate"),
     (["evaluate", "--samples", "{tmp}/empty.csv", "--out", "{tmp}/m.json", "--settings", "{{bad"], "error:"),
     (["data", "shapes", "{tmp}/d", "--num-train", "0"], "must be a positive integer"),
+    (["data", "check", "{tmp}/empty.csv"], "is a file, not a dataset directory"),
+    (["evaluate", "--samples", "{tmp}/none.csv", "--out", "{tmp}/m.json"], "samples file"),
 ])
 def test_bad_input_one_clear_error(shapes_dir, tmp_path, args, message):
     (tmp_path / "empty.csv").write_text("image_idx,url,generated,references\n")

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,32 @@ def test_snakefmt_check():
     r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(ROOT / "Snakefile"),
                         str(ROOT / "workflow" / "rules")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_killed_training_job_resumes_on_rerun(tmp_path):
+    """SIGKILL Snakemake in the middle of a training job; the rerun resumes from the checkpoint."""
+    import signal
+    import time
+
+    cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn, num_epochs: 300, checkpoint_every: 20}\n")
+    work = tmp_path / "w"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
+           "--configfile", str(cfg), "--cores", "2", "results/models/tiny_rnn/model.npz"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    resume = work / "results" / "resume" / "tiny_rnn"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(resume.glob("ckpt-*.json")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(resume.glob("ckpt-*.json")), "no checkpoint was written before the kill"
+    assert not (work / "results" / "models" / "tiny_rnn" / "model.npz").exists()
+    assert snakemake(work, "--unlock", config=cfg).returncode == 0
+    r = snakemake(work, "--cores", "2", "results/models/tiny_rnn/model.npz", config=cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (work / "logs" / "train" / "tiny_rnn.log").read_text()
+    resumed_at = int(re.search(r"Resumed from .* at iteration (\d+)", log).group(1))
+    assert 0 < resumed_at < 6000  # 400 captions / batch 20 * 300 epochs
+    assert json.loads((work / "results" / "models" / "tiny_rnn" / "model.json").read_text())["iterations"] == 6000

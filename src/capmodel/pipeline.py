@@ -153,6 +153,8 @@ def baseline(data_dir, out_csv, split="val", num_images=None):
 
 def evaluate(samples_csv, out_json, use_java=None, name=None, settings=None):
     """Score a samples CSV with the coco-caption metrics; write them (and settings) as JSON."""
+    if not Path(samples_csv).is_file():
+        raise ValueError(f"samples file {samples_csv} does not exist (make it with 'capmodel sample')")
     rows = read_csv(samples_csv)
     if not rows:
         raise ValueError(f"{samples_csv} has no captions to evaluate")

@@ -107,7 +107,8 @@ def _gather(base_dir, kinds):
     """Read what can be read of a dataset; return (data, problems), one message per problem."""
     base = Path(base_dir)
     if not base.is_dir():
-        return {}, [f"{base}: dataset directory does not exist"]
+        what = "is a file, not a dataset directory" if base.exists() else "dataset directory does not exist"
+        return {}, [f"{base}: {what}"]
     readers = [lambda: _read_captions(base), lambda: _read_vocab(base)]
     for split in SPLITS:
         readers.append(lambda s=split: {f"{s}_urls": _read_urls(base, s)})
