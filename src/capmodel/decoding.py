@@ -32,12 +32,15 @@ def _log_softmax_inplace(scores, banned):
 def _top_k(values, k):
     """Column indices of the k largest entries of each row, best first, ties by lower index."""
     if k <= 4:  # a few argmax passes beat a partition of the whole row
-        work = values.copy()
         rows = np.arange(len(values))
         top = np.empty((len(values), k), dtype=np.int64)
-        for j in range(k):
-            top[:, j] = work.argmax(axis=1)
-            work[rows, top[:, j]] = -np.inf
+        found = np.empty((len(values), k), dtype=values.dtype)
+        for j in range(k):  # mask each winner in place, then put the values back
+            top[:, j] = values.argmax(axis=1)
+            found[:, j] = values[rows, top[:, j]]
+            values[rows, top[:, j]] = -np.inf
+        for j in reversed(range(k)):
+            values[rows, top[:, j]] = found[:, j]
         return top
     top = np.argpartition(-values, k - 1, axis=1)[:, :k]
     order = np.lexsort((top, -np.take_along_axis(values, top, axis=1)), axis=1)
@@ -164,13 +167,17 @@ def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, re
             shadow.advance(t, tuple(s[M:] for s in new_state), scores[M:], banned, end)
             new_state, scores = tuple(s[:M] for s in new_state), scores[:M]
         V = scores.shape[1]
-        logp = _log_softmax_inplace(scores, banned).reshape(N, k, V)
-        # A finished hypothesis extends only with <NULL>, at no cost.
+        # total = log-softmax(scores) + the beam's score, in one pass after the normaliser
+        scores[:, banned] = -np.inf
+        mx = scores.max(axis=1, keepdims=True)
+        lse = mx + np.log(np.exp(scores - mx).sum(axis=1, keepdims=True))
+        scores += (logp_beam.reshape(-1, 1) - lse).astype(scores.dtype)
+        logp = scores.reshape(N, k, V)
+        # A finished hypothesis extends only with <NULL>, keeping its score.
         logp[done] = -np.inf
-        logp[done, null] = 0.0
+        logp[done, null] = logp_beam[done]
         greedy_word = logp[images, greedy_slot].argmax(axis=1)
         greedy_next = greedy_slot * V + greedy_word
-        logp += logp_beam[:, :, None].astype(logp.dtype)
         total = logp.reshape(N, k * V)
         top = _top_k(total, k)
         kept = top == greedy_next[:, None]
