@@ -104,3 +104,12 @@ def test_prints_cs231n_progress(tiny_data, capsys):
     CaptioningSolver(Recorder(), tiny_data, batch_size=10, num_epochs=1, print_every=2).train()
     out = capsys.readouterr().out
     assert "(Iteration 1 / 4) loss: 1.000000" in out and "(Iteration 3 / 4)" in out
+
+
+def test_progress_bar_when_verbose(tiny_data, capsys):
+    CaptioningSolver(Recorder(), tiny_data, batch_size=10, num_epochs=1, progress=True).train()
+    captured = capsys.readouterr()
+    assert "4/4" in captured.err and "loss=1.000" in captured.err  # tqdm writes to stderr
+    assert "(Iteration" not in captured.out
+    CaptioningSolver(Recorder(), tiny_data, batch_size=10, num_epochs=1, progress=True, verbose=False).train()
+    assert capsys.readouterr().err == ""
