@@ -47,32 +47,6 @@ def _top_k(values, k):
     return np.take_along_axis(top, order, axis=1)
 
 
-def _greedy_loop(state, step, max_length, start, end, null, with_logp=False):
-    """Greedy decoding from a decoder state; optionally also the captions' log-probabilities."""
-    N = state[0].shape[0]
-    captions = np.full((N, max_length), null, dtype=np.int64)
-    logp = np.zeros(N) if with_logp else None
-    words = np.full(N, start, dtype=np.int64)
-    done = np.zeros(N, dtype=bool)
-    banned = [start, null]
-    rows = np.arange(N)
-    for t in range(max_length):
-        state, scores = step(state, words)
-        scores[:, banned] = -np.inf
-        words = scores.argmax(axis=1)
-        if with_logp:
-            best = scores[rows, words]
-            lse = best + np.log(np.exp(scores - best[:, None]).sum(axis=1))
-            logp += np.where(done, 0.0, best - lse)
-        words[done] = null
-        captions[:, t] = words
-        if end is not None:
-            done |= words == end
-            if done.all():
-                break
-    return captions, logp
-
-
 def greedy(model, features, max_length=30):
     """Greedy decoding: at each step take the highest-scoring word.
 
@@ -81,7 +55,22 @@ def greedy(model, features, max_length=30):
     """
     start, end, null = _special_ids(model)
     state, step = model.decoder(features)
-    return _greedy_loop(state, step, max_length, start, end, null)[0]
+    N = state[0].shape[0]
+    captions = np.full((N, max_length), null, dtype=np.int64)
+    words = np.full(N, start, dtype=np.int64)
+    done = np.zeros(N, dtype=bool)
+    banned = [start, null]
+    for t in range(max_length):
+        state, scores = step(state, words)
+        scores[:, banned] = -np.inf
+        words = scores.argmax(axis=1)
+        words[done] = null
+        captions[:, t] = words
+        if end is not None:
+            done |= words == end
+            if done.all():
+                break
+    return captions
 
 
 def temperature_sample(model, features, max_length=30, temperature=1.0, rng=None):
