@@ -148,11 +148,23 @@ class CaptioningRNN:
         h, cell_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
         h_mask = dropout_mask(h.shape, self.dropout, rng, self.dtype)
         h_in = h if h_mask is None else h * h_mask
-        scores, affine_cache = rl.temporal_affine_forward(h_in, p["W_vocab"], p["b_vocab"])  # (N, T, V)
-        loss, dscores = rl.temporal_softmax_loss(scores, captions_out, mask)
+        # <NULL> positions add neither loss nor gradient, so the vocabulary scores are only
+        # computed for the M unmasked positions, as one sequence of length M; the loss
+        # layer averages over its batch of 1, so divide by N.
+        N, T, H = h.shape
+        keep = mask.reshape(N * T)
+        h_kept = h_in.reshape(N * T, H)[keep][None]  # (1, M, H)
+        scores, affine_cache = rl.temporal_affine_forward(h_kept, p["W_vocab"], p["b_vocab"])  # (1, M, V)
+        y_kept = captions_out.reshape(N * T)[keep][None]
+        loss, dscores = rl.temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
+        loss /= N
+        dscores /= self.dtype.type(N)
 
         grads = {}
-        dh, grads["W_vocab"], grads["b_vocab"] = rl.temporal_affine_backward(dscores, affine_cache)
+        dh_kept, grads["W_vocab"], grads["b_vocab"] = rl.temporal_affine_backward(dscores, affine_cache)
+        dh = np.zeros((N * T, H), dtype=dh_kept.dtype)
+        dh[keep] = dh_kept[0]
+        dh = dh.reshape(N, T, H)
         if h_mask is not None:
             dh *= h_mask
         dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, cell_cache)
