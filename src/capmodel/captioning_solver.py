@@ -120,6 +120,8 @@ class CaptioningSolver:
         self.keep_checkpoints = int(kwargs.get("keep_checkpoints", 2))
         self.progress = bool(kwargs.get("progress", False))
         self.max_iterations = kwargs.get("max_iterations")
+        self._val_idx = None
+        self._val_refs = None
         self._check_options()
         self._reset()
 
@@ -192,9 +194,11 @@ class CaptioningSolver:
     # ---------------------------------------------------------- validation
 
     def _val_subset(self):
-        n = self.data["val_captions"].shape[0]
-        idx = np.random.default_rng(0).permutation(n)[: self.val_size]
-        return np.sort(idx)
+        """The fixed validation captions for the loss, drawn once with their own seed."""
+        if self._val_idx is None:
+            n = self.data["val_captions"].shape[0]
+            self._val_idx = np.sort(np.random.default_rng(0).permutation(n)[: self.val_size])
+        return self._val_idx
 
     def val_loss(self, batch_size=500):
         """Mean loss per caption over a fixed subset of the validation captions."""
@@ -212,8 +216,10 @@ class CaptioningSolver:
         """Corpus BLEU-4 or CIDEr-D of greedy captions on the first val_metric_images images."""
         from capmodel import metrics
 
-        return metrics.score_split(self.model, self.data, "val", self.val_metric,
-                                   num_images=self.val_metric_images, max_length=self.val_max_length)
+        if self._val_refs is None:  # the references do not change: decode them once
+            self._val_refs = metrics.references_by_image(self.data, "val", self.val_metric_images)
+        return metrics.score_split(self.model, self.data, "val", self.val_metric, max_length=self.val_max_length,
+                                   refs=self._val_refs)
 
     def _validate(self):
         record = {"epoch": self.epoch, "iteration": self.iteration}

@@ -121,14 +121,14 @@ def evaluate_captions(references, candidates, use_java=None, metrics=METRIC_NAME
 
 def references_by_image(data, split, num_images=None):
     """{image index: [reference strings]} for the first num_images images of a split."""
-    idx_to_word = data["idx_to_word"]
     image_idxs = data[f"{split}_image_idxs"]
-    texts = decode_captions(data[f"{split}_captions"], idx_to_word, strip_special=True)
-    refs = {}
-    for i, t in zip(image_idxs.tolist(), texts):
-        refs.setdefault(i, []).append(t)
-    ids = sorted(refs)[:num_images] if num_images else sorted(refs)
-    return {i: refs[i] for i in ids}
+    ids = np.unique(image_idxs)[:num_images] if num_images else np.unique(image_idxs)
+    rows = np.flatnonzero(np.isin(image_idxs, ids))  # decode only the captions of those images
+    texts = decode_captions(data[f"{split}_captions"][rows], data["idx_to_word"], strip_special=True)
+    refs = {int(i): [] for i in ids}
+    for i, t in zip(image_idxs[rows].tolist(), texts):
+        refs[i].append(t)
+    return refs
 
 
 def most_frequent_caption(data):
@@ -138,10 +138,12 @@ def most_frequent_caption(data):
     return min(counts, key=lambda t: (-counts[t], t))
 
 
-def score_split(model, data, split, metric, num_images=200, max_length=16):
+def score_split(model, data, split, metric, num_images=200, max_length=16, refs=None):
     """BLEU-4 ('bleu4') or CIDEr-D ('cider') of greedy captions on a split, without java
-    (fast enough to run after every epoch)."""
-    refs = references_by_image(data, split, num_images)
+    (fast enough to run after every epoch). refs: references_by_image's result, when the
+    caller already has it (the solver computes it once, not every epoch)."""
+    if refs is None:
+        refs = references_by_image(data, split, num_images)
     ids = np.array(list(refs))
     caps = model.sample(data[f"{split}_features"][ids], max_length=max_length)
     texts = decode_captions(caps, data["idx_to_word"], strip_special=True)
