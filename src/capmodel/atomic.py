@@ -1,7 +1,10 @@
 """Atomic file writes: write to a temporary file in the same directory, then rename.
 
 A reader (or a crash) therefore sees either the old file or the complete new one,
-never a partial file.
+never a partial file. Temporary files and directories are created private (mode 0600 /
+0700); before the rename they get the mode a plain ``open()`` or ``mkdir`` would have
+given them under the current umask, so collaborators on a shared filesystem can read
+results.
 """
 
 import json
@@ -22,10 +25,22 @@ def atomic_path(path, suffix=""):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        make_shareable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_shareable(path, directory=False):
+    """Give path the mode open() (0666) or mkdir() (0777) would have under the umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def write_text(path, text):

@@ -13,7 +13,6 @@ the format of ``load_coco_data``.
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -118,6 +117,8 @@ class CaptioningSolver:
         self.checkpoint_dir = kwargs.get("checkpoint_dir")
         self.checkpoint_every = kwargs.get("checkpoint_every")
         self.keep_checkpoints = int(kwargs.get("keep_checkpoints", 2))
+        self.checkpoints = (None if self.checkpoint_dir is None
+                            else checkpoints.CheckpointDir(self.checkpoint_dir, self.keep_checkpoints))
         self.progress = bool(kwargs.get("progress", False))
         self.max_iterations = kwargs.get("max_iterations")
         self._val_idx = None
@@ -138,8 +139,6 @@ class CaptioningSolver:
             raise ValueError(f'Invalid lr_schedule "{self.lr_schedule}"; choose one of {schedules.SCHEDULES}')
         if self.checkpoint_every is not None and int(self.checkpoint_every) < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
     def _reset(self):
         """Set up book-keeping variables for optimization."""
@@ -278,20 +277,13 @@ class CaptioningSolver:
             "optim_scalars": optim_scalars,
             "solver_rng": None if self.rng is None else self.rng.bit_generator.state,
             "model_rng": self.model.rng.bit_generator.state if hasattr(self.model, "rng") else None,
-            "settings": {"update_rule": self.update_rule_name, "batch_size": self.batch_size,
-                         "num_epochs": self.num_epochs, "seed": self.seed},
         }
         return arrays, meta
 
     def save_checkpoint(self):
         """Write a resumable checkpoint of everything training depends on; prune old ones."""
-        d = Path(self.checkpoint_dir)
         arrays, meta = self._checkpoint_state()
-        checkpoints.save(d / f"ckpt-{self.iteration:09d}", arrays, meta)
-        old = sorted(d.glob("ckpt-*.json"))[: -self.keep_checkpoints]
-        for js in old:
-            js.with_suffix(".npz").unlink(missing_ok=True)
-            js.unlink(missing_ok=True)
+        self.checkpoints.save(self.iteration, arrays, meta)
 
     def _restore(self, arrays, meta):
         checkpoints.check_model_fits(self.model, meta, arrays, self.checkpoint_dir)
@@ -321,18 +313,14 @@ class CaptioningSolver:
         A corrupt or truncated checkpoint is reported and the previous one is used; a
         checkpoint for another vocabulary or other shapes raises CheckpointError.
         """
-        d = Path(self.checkpoint_dir)
-        for js in sorted(d.glob("ckpt-*.json"), reverse=True):
-            try:
-                arrays, meta = checkpoints.load(js.with_suffix(""))
-            except checkpoints.CheckpointError as e:
-                print(f"warning: skipping unusable checkpoint: {e}")
-                continue
-            self._restore(arrays, meta)
-            if self.verbose:
-                print(f"Resumed from {js.with_suffix('.npz')} at iteration {self.iteration}")
-            return True
-        return False
+        found = self.checkpoints.newest()
+        if found is None:
+            return False
+        arrays, meta, path = found
+        self._restore(arrays, meta)
+        if self.verbose:
+            print(f"Resumed from {path} at iteration {self.iteration}")
+        return True
 
     # --------------------------------------------------------------- train
 
@@ -343,8 +331,8 @@ class CaptioningSolver:
         num_iterations = self.num_epochs * iterations_per_epoch
         if self.max_iterations is not None:
             num_iterations = min(num_iterations, int(self.max_iterations))
-        if self.checkpoint_dir is not None:
-            Path(self.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        if self.checkpoints is not None:
+            self.checkpoints.claim()
             self.resume()
         bar = None
         if self.verbose and self.progress:

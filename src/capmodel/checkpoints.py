@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capmodel import ownership
 from capmodel.atomic import atomic_path, write_json
 
 FORMAT_VERSION = 1
@@ -60,6 +61,74 @@ def load(base):
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"cannot read checkpoint arrays {npz}: {e}")
     return arrays, meta
+
+
+# -------------------------------------------------------- checkpoint dirs
+
+
+class CheckpointDir:
+    """A directory of resumable training checkpoints ckpt-<iteration>.{npz,json}.
+
+    capmodel owns it (capmodel.ownership): claim() creates it with the ownership marker,
+    or takes an empty or already-owned one, and refuses any other directory; remove()
+    deletes only the files listed in FILES, then the directory if capmodel created it and
+    nothing else is left. A fingerprint (the run's settings and data) is recorded on the
+    first claim and compared on every later one, so a resume never mixes two runs.
+    """
+
+    # ours: checkpoints, the fingerprint, and temporary files a killed write left behind
+    FILES = ("ckpt-*.npz", "ckpt-*.json", "run_config.json", ".ckpt-*.tmp*", ".run_config.json.*.tmp")
+
+    def __init__(self, path, keep=2):
+        if int(keep) < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+        self.path = Path(path)
+        self.keep = int(keep)
+
+    def claim(self, fingerprint=None):
+        """Create or take the directory; with a fingerprint, refuse one of another run."""
+        ownership.claim(self.path, "checkpoints", "checkpoint directory")
+        if fingerprint is None:
+            return
+        record = json.loads(json.dumps(fingerprint))
+        path = self.path / "run_config.json"
+        if not path.exists():
+            write_json(path, record)
+            return
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is unreadable ({e}); delete {self.path} to start over")
+        if old != record:
+            changed = sorted(k for k in set(old) | set(record) if k != "settings" and old.get(k) != record.get(k))
+            old_s, new_s = old.get("settings", {}), record.get("settings", {})
+            changed += sorted(k for k in set(old_s) | set(new_s) if old_s.get(k) != new_s.get(k))
+            raise CheckpointError(
+                f"checkpoint directory {self.path} belongs to a run with other settings "
+                f"({', '.join(changed)} differ); delete it to start over or use another directory"
+            )
+
+    def save(self, iteration, arrays, meta):
+        """Write checkpoint ckpt-<iteration>, then prune all but the newest `keep`."""
+        save(self.path / f"ckpt-{iteration:09d}", arrays, meta)
+        for js in sorted(self.path.glob("ckpt-*.json"))[: -self.keep]:
+            js.with_suffix(".npz").unlink(missing_ok=True)
+            js.unlink(missing_ok=True)
+
+    def newest(self, warn=print):
+        """(arrays, meta, path) of the newest valid checkpoint, or None; corrupt ones are skipped."""
+        for js in sorted(self.path.glob("ckpt-*.json"), reverse=True):
+            try:
+                arrays, meta = load(js.with_suffix(""))
+            except CheckpointError as e:
+                warn(f"warning: skipping unusable checkpoint: {e}")
+                continue
+            return arrays, meta, js.with_suffix(".npz")
+        return None
+
+    def remove(self):
+        """Delete the checkpoints (only capmodel's own files); True if the directory went too."""
+        return ownership.remove_owned(self.path, "checkpoints", self.FILES)
 
 
 # ------------------------------------------------------------------ models

@@ -7,7 +7,6 @@ samples_<split>.csv,metrics.json}, results/summary.{csv,md}.
 """
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -49,8 +48,10 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     out_dir = Path(out_dir)
     if verbose:
         print(f"BLAS threads: {blas_threads()}", flush=True)
+    ckpt = None
     if checkpoint_dir is not None:
-        _claim_checkpoint_dir(Path(checkpoint_dir), data_dir, s)
+        ckpt = checkpoints.CheckpointDir(checkpoint_dir)
+        ckpt.claim({"data_dir": str(Path(data_dir).resolve()), "settings": s})
     data = load_coco_data(data_dir, max_train=s["max_train"], pca_features=s["pca_features"], rng=s["seed"])
     model = CaptioningRNN(data["word_to_idx"], input_dim=data["train_features"].shape[1],
                           wordvec_dim=s["wordvec_dim"], hidden_dim=s["hidden_dim"], cell_type=s["cell_type"],
@@ -82,8 +83,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
         "final_train_loss": solver.loss_history[-1] if solver.loss_history else None,
         "train_seconds_this_run": round(seconds, 3),
     })
-    if checkpoint_dir is not None and not keep_checkpoints:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if ckpt is not None and not keep_checkpoints:
+        ckpt.remove()
     return model, solver
 
 
@@ -93,24 +94,6 @@ def blas_threads():
 
     counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
     return max(counts) if counts else 1
-
-
-def _claim_checkpoint_dir(d, data_dir, settings):
-    """Refuse to resume from checkpoints that another configuration wrote."""
-    d.mkdir(parents=True, exist_ok=True)
-    record = {"data_dir": str(Path(data_dir).resolve()), "settings": settings}
-    path = d / "run_config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(record)):
-            changed = sorted(k for k in set(old.get("settings", {})) | set(settings)
-                             if old.get("settings", {}).get(k) != settings.get(k))
-            raise ValueError(
-                f"checkpoint directory {d} belongs to a run with other settings "
-                f"({', '.join(changed) or 'data_dir'} differ); delete it to start over or use another directory"
-            )
-    else:
-        write_json(path, record)
 
 
 def sample(model_base, data_dir, out_csv, split="val", method="greedy", max_length=16, num_images=None,

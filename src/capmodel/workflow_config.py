@@ -10,7 +10,7 @@ import shlex
 
 from capmodel.pipeline import TRAIN_DEFAULTS
 
-NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a safe path component: never "." or ".."
 
 
 def _value_tag(value):
@@ -37,7 +37,7 @@ def expand_models(config):
             models[name] = {**base, **dict(zip(keys, values))}
     for name, settings in models.items():
         if not NAME.match(name):
-            raise ValueError(f"model name '{name}' may only contain letters, digits, '_', '.' and '-'")
+            raise ValueError(f"model name '{name}' must start with a letter or digit and contain only letters, digits, '_', '.' and '-' (it becomes a directory name)")
         unknown = sorted(set(settings) - set(TRAIN_DEFAULTS))
         if unknown:
             raise ValueError(f"model '{name}': unknown training settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")

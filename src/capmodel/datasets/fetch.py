@@ -9,6 +9,7 @@ moves it into place. Running it again when the data is present and valid does no
 
 import hashlib
 import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.parse
@@ -16,6 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from capmodel import ownership
 from capmodel.datasets import format as fmt
 
 DEFAULT_URL = "http://cs231n.stanford.edu/coco_captioning.zip"
@@ -93,12 +95,14 @@ def _download(url, part, progress, timeout):
 
 
 def _safe_members(zf, archive):
-    """The archive's members, refusing absolute paths and '..' components."""
+    """The archive's members, refusing absolute paths, '..' components and symbolic links."""
     members = zf.infolist()
     for m in members:
         p = PurePosixPath(m.filename.replace("\\", "/"))
         if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
             raise FetchError(f"{archive}: refusing unsafe entry '{m.filename}' (absolute path or '..')")
+        if stat.S_ISLNK(m.external_attr >> 16):
+            raise FetchError(f"{archive}: refusing entry '{m.filename}': symbolic links are not allowed in the archive")
     return members
 
 
@@ -116,6 +120,8 @@ def _extract(archive, out_dir):
                 zf.extractall(tmp, members)
         except zipfile.BadZipFile as e:
             raise FetchError(f"{archive}: not a valid zip archive ({e})") from e
+        except OSError as e:
+            raise FetchError(f"{archive}: cannot extract the archive ({e})") from e
         roots = [p.parent for p in tmp.rglob(fmt.CAPTIONS_FILE)]
         if not roots:
             raise FetchError(f"{archive}: archive has no {fmt.CAPTIONS_FILE}; expected the files "
@@ -124,6 +130,7 @@ def _extract(archive, out_dir):
         if problems:
             raise FetchError(f"{archive}: the extracted data is incomplete or invalid:\n"
                              + "\n".join(f"- {p}" for p in problems))
+        ownership.mark(roots[0], "dataset")
         fmt.replace_dir(roots[0], out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -138,10 +145,12 @@ def fetch(out_dir, url=DEFAULT_URL, sha256=None, progress=True, timeout=30, keep
     out_dir = Path(out_dir).resolve()
     if out_dir.is_dir() and not fmt.problems(out_dir):
         return "present"
+    fmt.check_writable_dataset_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     archive = out_dir.parent / f"{out_dir.name}.zip"  # where a zip placed by hand is picked up
     part = archive.with_name(archive.name + ".part")
-    if not archive.exists():
+    downloaded = not archive.exists()
+    if downloaded:
         _download(url, part, progress, timeout)
         if sha256:
             digest = sha256_of(part)
@@ -151,12 +160,15 @@ def fetch(out_dir, url=DEFAULT_URL, sha256=None, progress=True, timeout=30, keep
                                  "the bad download was removed")
         part.replace(archive)
     elif sha256 and sha256_of(archive) != sha256.lower():
-        raise FetchError(f"checksum mismatch for {archive}: expected sha256 {sha256}")
+        raise FetchError(f"checksum mismatch for {archive} (placed there by hand): expected sha256 {sha256}; "
+                         "replace or remove it")
     try:
         _extract(archive, out_dir)
-    except FetchError:
-        archive.unlink(missing_ok=True)  # a bad archive must not be reused by the next run
-        raise
-    if not keep_archive:
+    except FetchError as e:
+        if downloaded:  # a bad archive we downloaded must not be reused by the next run
+            archive.unlink(missing_ok=True)
+            raise FetchError(f"{e}; the bad download was removed") from e
+        raise FetchError(f"{e}; {archive} was placed there by hand and is kept: replace or remove it") from e
+    if downloaded and not keep_archive:
         archive.unlink(missing_ok=True)
     return "fetched"

@@ -22,6 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from capmodel import ownership
+from capmodel.atomic import make_shareable
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
 SPLITS = ("train", "val")
@@ -53,7 +55,9 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     """Write a complete dataset directory atomically.
 
     Everything is written into a temporary sibling directory that is renamed onto
-    out_dir at the end, so out_dir is either absent, the old dataset, or complete.
+    out_dir at the end, so out_dir is either absent, the old dataset, or complete. The
+    new directory carries capmodel's ownership marker; an existing out_dir is replaced
+    only if it is empty or a dataset capmodel made (see capmodel.ownership).
 
     Inputs (dicts keyed by 'train' and 'val'):
     - captions: int32 arrays (Nc, 17); image_idxs: int32 arrays (Nc,)
@@ -63,9 +67,11 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
       (the shapes dataset's images) before the rename
     """
     out_dir = Path(out_dir)
+    check_writable_dataset_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
+        ownership.mark(tmp, "dataset")
         _write_h5(tmp / CAPTIONS_FILE, {
             f"{s}_{k}": np.asarray(v[s], dtype=np.int32)
             for s in SPLITS for k, v in (("captions", captions), ("image_idxs", image_idxs))
@@ -84,16 +90,33 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
             shutil.rmtree(tmp)
 
 
+def check_writable_dataset_dir(out_dir):
+    """Raise OwnershipError unless out_dir may receive a dataset: absent, empty, or one of ours.
+
+    Call it before any expensive work, so a run that would be refused fails at once.
+    """
+    ownership.check_owned(out_dir, "dataset", "dataset directory")
+
+
 def replace_dir(src, dst):
-    """Move directory src onto dst, replacing any previous dst only once src is complete."""
+    """Move the complete dataset directory src onto dst.
+
+    A previous dst is replaced only if it is empty or a dataset capmodel made (it carries
+    the ownership marker); anything else raises OwnershipError and is left as it is.
+    """
     dst = Path(dst)
+    check_writable_dataset_dir(dst)
+    make_shareable(src, directory=True)
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.replace(dst, old)
     os.replace(src, dst)
     if old is not None:
-        shutil.rmtree(old)
+        if ownership.is_owned(old, "dataset"):
+            shutil.rmtree(old)
+        else:  # it was checked to be empty
+            os.rmdir(old)
 
 
 def _write_h5(path, datasets):
