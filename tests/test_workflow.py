@@ -81,29 +81,31 @@ def _config_with(tmp_path, text):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("sampel: {method: beam}", "Additional properties are not allowed ('sampel' was unexpected)"),
-    ("sample: {method: beam, beam_size: three}", "'three' is not of type 'integer'"),
-    ("train_defaults: {hiden_dim: 3}", "'hiden_dim' was unexpected"),
-    ("models: {bad: {cell_type: transformer}}", "'transformer' is not one of ['rnn', 'lstm', 'gru']"),
+    ("sampel: {method: beam}", "config error: the config: unknown key 'sampel'; known: data, evaluate"),
+    ("sample: {method: beam, beam_size: three}", "config error: sample.beam_size: 'three' is not of type 'integer'"),
+    ("train_defaults: {hiden_dim: 3}", "config error: train_defaults: unknown key 'hiden_dim'; known: "),
+    ("models: {bad: {cell_type: lstn}}", "config error: models.bad.cell_type: 'lstn' is not one of ['rnn'"),
+    ("models: {bad: {seed: -1}}", "config error: models.bad.seed: -1 is less than the minimum of 0"),
 ])
-def test_config_errors_fail_at_start_with_the_schema_message(tmp_path, extra, message):
+def test_config_errors_fail_at_start_with_one_short_message(tmp_path, extra, message):
     r = snakemake(tmp_path, "-n", config=_config_with(tmp_path, extra))
     assert r.returncode != 0
-    assert message in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+    out = r.stdout + r.stderr
+    assert message in out, out[-2000:]
+    assert len(out.splitlines()) < 10, out  # not a dump of the whole schema
     assert not (tmp_path / "results").exists()
 
 
 def test_failing_stage_leaves_no_partial_outputs(test_run, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(test_run, work, ignore=shutil.ignore_patterns(".snakemake", "reports", "notebooks"))
-    # A model whose training diverges: plain SGD with a learning rate of 1e30 overflows.
+    # A model whose training diverges: plain SGD with a learning rate of 10.
     cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn}\n  boom: {cell_type: rnn, update_rule: sgd,"
-                                 " learning_rate: 1.0e+30, grad_clip: null}\n")
+                                 " learning_rate: 10.0, grad_clip: null}\n")
     r = snakemake(work, "--cores", "1", "--keep-going", config=cfg)
     assert r.returncode != 0
-    assert "non-finite" in (work / "logs" / "train" / "boom.log").read_text()
-    assert not (work / "results" / "models" / "boom").exists() or not any(
-        (work / "results" / "models" / "boom").iterdir())
+    assert "training diverged at iteration" in (work / "logs" / "train" / "boom.log").read_text()
+    assert sorted(p.name for p in (work / "results" / "models" / "boom").iterdir()) == ["settings.json"]
     assert not (work / "reports" / "boom.html").exists()
     assert (work / "results" / "models" / "tiny_rnn" / "model.npz").exists()  # untouched
 

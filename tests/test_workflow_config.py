@@ -1,15 +1,19 @@
-"""Tests of capmodel.workflow_config: model and sweep expansion, CLI arguments."""
+"""Tests of capmodel.workflow_config: model and sweep expansion, settings files, short config errors."""
 
-import shlex
+from pathlib import Path
 
 import pytest
 
+from capmodel import settings as S
 from capmodel import workflow_config as wc
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULTS = S.defaults(S.train_settings())
 
 
 def test_models_inherit_defaults_and_override():
     cfg = {"train_defaults": {"hidden_dim": 64, "num_epochs": 3}, "models": {"a": {"cell_type": "gru", "hidden_dim": 8}}}
-    assert wc.expand_models(cfg) == {"a": {"hidden_dim": 8, "num_epochs": 3, "cell_type": "gru"}}
+    assert wc.expand_models(cfg) == {"a": {**DEFAULTS, "hidden_dim": 8, "num_epochs": 3, "cell_type": "gru"}}
 
 
 def test_sweep_expands_a_grid():
@@ -20,32 +24,46 @@ def test_sweep_expands_a_grid():
     assert sorted(models) == ["lstm_lr_learning_rate0.001_hidden_dim128", "lstm_lr_learning_rate0.001_hidden_dim256",
                               "lstm_lr_learning_rate0.005_hidden_dim128", "lstm_lr_learning_rate0.005_hidden_dim256"]
     assert models["lstm_lr_learning_rate0.005_hidden_dim128"] == {
-        "num_epochs": 2, "cell_type": "lstm", "learning_rate": 0.005, "hidden_dim": 128}
+        **DEFAULTS, "num_epochs": 2, "cell_type": "lstm", "learning_rate": 0.005, "hidden_dim": 128}
 
 
 @pytest.mark.parametrize("cfg, message", [
     ({"models": {}}, "defines no models"),
     ({"models": {"a b": {}}}, "model name 'a b'"),
-    ({"models": {"a": {"hiden_dim": 3}}}, r"unknown training settings \['hiden_dim'\]"),
+    ({"models": {"a": {"hiden_dim": 3}}}, r"models.a: unknown setting hiden_dim; known: .*hidden_dim"),
+    ({"models": {"a": {"seed": -1}}}, r"models.a.seed must be integer >= 0, got -1"),
+    ({"models": {"a": {"learning_rate": float("nan")}}}, r"models.a.learning_rate must be finite number > 0"),
+    ({"sweep": {"s": {"grid": {"lr_decay": [0.5, -1]}}}}, r"models.s_lr_decay-1.lr_decay must be"),
 ])
 def test_bad_model_configs(cfg, message):
     with pytest.raises(ValueError, match=message):
         wc.expand_models(cfg)
 
 
-def test_train_args_round_trip_through_the_cli_parser():
-    from capmodel.cli import build_parser
-
-    settings = {"cell_type": "lstm", "hidden_dim": 64, "learning_rate": 0.005, "pca_features": False,
-                "grad_clip": None, "val_metric": "bleu4"}
-    args = build_parser().parse_args(["train", "--data", "d", "--out-dir", "o", *shlex.split(wc.train_args(settings))])
-    assert (args.cell_type, args.hidden_dim, args.learning_rate, args.no_pca, args.grad_clip, args.val_metric) == \
-        ("lstm", 64, 0.005, True, None, "bleu4")
-
-
-def test_sample_args_and_settings():
+def test_sample_settings_keep_what_the_method_uses():
     sample = {"split": "val", "method": "beam", "beam_size": 3, "length_norm": 0.5, "temperature": 1.0, "seed": 0,
               "max_length": 16, "num_images": None}
-    assert wc.sample_args(sample) == "--split val --method beam --max-length 16 --beam-size 3 --length-norm 0.5"
     assert wc.sample_settings(sample) == {"split": "val", "method": "beam", "beam_size": 3, "length_norm": 0.5,
                                           "max_length": 16, "num_images": None}
+    with pytest.raises(ValueError, match=r"sample.length_norm must be finite number >= 0, got nan"):
+        wc.sample_settings({**sample, "length_norm": float("nan")})
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"sampel": {}}, r"^the config: unknown key 'sampel'; known: data, evaluate"),
+    ({"sample": {"method": "beem"}}, r"^sample.method: 'beem' is not one of \['greedy', 'beam', 'temperature'\]$"),
+    ({"models": {"a": {"hidden_dim": 0}}}, r"^models.a.hidden_dim: 0 is less than the minimum of 1$"),
+    ({"models": {"..": {}}}, r"does not match"),
+])
+def test_config_errors_are_one_short_line(config, message):
+    with pytest.raises(ValueError, match=message) as e:
+        wc.check_config(config, SCHEMA)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_write_settings_round_trips(tmp_path):
+    from capmodel.pipeline import read_settings_file
+
+    settings = wc.expand_models({"models": {"a": {"cell_type": "rnn"}}})["a"]
+    wc.write_settings(tmp_path / "s.json", settings)
+    assert S.check_all(read_settings_file(tmp_path / "s.json"), S.train_settings()) == settings

@@ -46,9 +46,30 @@ def make_shareable(path, directory=False):
 def write_text(path, text):
     """Atomically write a text file."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path, obj):
     """Atomically write an object as indented JSON."""
     write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def check_writable(path, what, directory=False):
+    """Raise ValueError unless path can be written (as a directory or a file) later.
+
+    Nothing is created: the nearest existing ancestor must be a writable directory, and
+    path itself, if it exists, must be a directory (directory=True) or a file.
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise ValueError(f"{what} {path} exists and is not a directory")
+        if not directory and path.is_dir():
+            raise ValueError(f"{what} {path} is a directory; give a file name")
+    parent = path if directory and path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be written: no write permission in {parent}")

@@ -6,9 +6,10 @@ iterations, minibatches drawn with replacement by ``sample_coco_minibatch`` from
 global NumPy random state, and the learning rate multiplied by ``lr_decay`` after each
 epoch. Everything else is opt-in (see ``__init__``).
 
-The solver knows nothing of images or sentences: it needs a model with ``params``,
-``loss(features, captions)`` and ``sample(features, max_length)``, and a data dict in
-the format of ``load_coco_data``.
+The solver knows nothing of images or sentences: it needs a model with ``params`` and
+``loss(features, captions)`` (the interface of capmodel.models), minibatches drawn from a
+data dict in the format of ``load_coco_data``, and, to validate, a callable
+``validate(model) -> dict of scores`` (capmodel.validation.Validator by default).
 """
 
 import math
@@ -25,7 +26,9 @@ EXTRA_KWARGS = (
     "patience", "lr_schedule", "lr_step_size", "lr_gamma", "warmup_iterations", "min_lr",
     "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "progress", "max_iterations",
 )
-VAL_METRICS = ("bleu4", "cider")
+# Training stops when the loss exceeds this multiple of the first iteration's loss: at
+# initialisation a captioning model predicts nearly uniformly, so no healthy run gets there.
+DIVERGENCE_FACTOR = 10.0
 
 
 class TrainingError(RuntimeError):
@@ -63,7 +66,9 @@ class CaptioningSolver:
         - seed: int; minibatches come from np.random.default_rng(seed) instead of the
           global NumPy state, making runs reproducible and resumable.
         - grad_clip: Rescale the gradients when their global L2 norm exceeds this.
-        - validate: Compute the validation loss after every epoch (val_history).
+        - validate: True to compute the validation loss (and val_metric) after every
+          epoch into val_history, or a callable validate(model) -> dict of scores with
+          a score(record) method or attribute-free (then -record["val_loss"] decides).
         - val_size: Number of validation captions for the loss (default 5000).
         - val_metric: 'bleu4' or 'cider', computed after every epoch on greedy captions
           of val_metric_images validation images (default 200).
@@ -102,10 +107,12 @@ class CaptioningSolver:
         self.seed = kwargs.get("seed")
         self.grad_clip = kwargs.get("grad_clip")
         self.val_metric = kwargs.get("val_metric")
-        self.validate = bool(kwargs.get("validate", False)) or self.val_metric is not None
+        validate = kwargs.get("validate", False)
         self.val_size = int(kwargs.get("val_size", 5000))
         self.val_metric_images = int(kwargs.get("val_metric_images", 200))
         self.val_max_length = int(kwargs.get("val_max_length", 16))
+        self.validator = validate if callable(validate) else None
+        self.validate = bool(validate) or self.val_metric is not None
         self.patience = kwargs.get("patience")
         self.lr_schedule = kwargs.get("lr_schedule")
         self.schedule_kwargs = {
@@ -121,9 +128,12 @@ class CaptioningSolver:
                             else checkpoints.CheckpointDir(self.checkpoint_dir, self.keep_checkpoints))
         self.progress = bool(kwargs.get("progress", False))
         self.max_iterations = kwargs.get("max_iterations")
-        self._val_idx = None
-        self._val_refs = None
         self._check_options()
+        if self.validate and self.validator is None:
+            from capmodel.validation import Validator
+
+            self.validator = Validator(data, metric=self.val_metric, val_size=self.val_size,
+                                       metric_images=self.val_metric_images, max_length=self.val_max_length)
         self._reset()
 
     def _check_options(self):
@@ -131,8 +141,6 @@ class CaptioningSolver:
             raise ValueError(f"batch_size must be >= 1 and num_epochs >= 0, got {self.batch_size}, {self.num_epochs}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if self.val_metric is not None and self.val_metric not in VAL_METRICS:
-            raise ValueError(f'Invalid val_metric "{self.val_metric}"; choose one of {VAL_METRICS}')
         if self.patience is not None and (not self.validate or int(self.patience) < 1):
             raise ValueError("patience must be >= 1 and needs validate=True or a val_metric")
         if self.lr_schedule is not None and self.lr_schedule not in schedules.SCHEDULES:
@@ -172,6 +180,11 @@ class CaptioningSolver:
                 f"non-finite {what} at iteration {t + 1} (loss {loss}, gradient norm {norm}); "
                 "try a lower learning rate or grad_clip"
             )
+        if self.loss_history and loss > DIVERGENCE_FACTOR * self.loss_history[0]:
+            raise TrainingError(
+                f"training diverged at iteration {t + 1}: loss {loss:.6g} is more than {DIVERGENCE_FACTOR:g} "
+                f"times the first iteration's {self.loss_history[0]:.6g}; try a lower learning rate or grad_clip"
+            )
         self.loss_history.append(loss)
         if self.grad_clip is not None and norm > self.grad_clip:
             scale = self.grad_clip / norm
@@ -192,49 +205,17 @@ class CaptioningSolver:
 
     # ---------------------------------------------------------- validation
 
-    def _val_subset(self):
-        """The fixed validation captions for the loss, drawn once with their own seed."""
-        if self._val_idx is None:
-            n = self.data["val_captions"].shape[0]
-            self._val_idx = np.sort(np.random.default_rng(0).permutation(n)[: self.val_size])
-        return self._val_idx
-
-    def val_loss(self, batch_size=500):
-        """Mean loss per caption over a fixed subset of the validation captions."""
-        idx = self._val_subset()
-        total = 0.0
-        for s in range(0, len(idx), batch_size):
-            b = idx[s : s + batch_size]
-            captions = self.data["val_captions"][b]
-            features = self.data["val_features"][self.data["val_image_idxs"][b]]
-            loss, _ = self.model.loss(features, captions)
-            total += loss * len(b)
-        return total / max(len(idx), 1)
-
-    def val_score(self):
-        """Corpus BLEU-4 or CIDEr-D of greedy captions on the first val_metric_images images."""
-        from capmodel import metrics
-
-        if self._val_refs is None:  # the references do not change: decode them once
-            self._val_refs = metrics.references_by_image(self.data, "val", self.val_metric_images)
-        return metrics.score_split(self.model, self.data, "val", self.val_metric, max_length=self.val_max_length,
-                                   refs=self._val_refs)
+    def val_loss(self):
+        """Mean loss per caption over the validator's fixed validation captions."""
+        return self.validator.loss(self.model)
 
     def _validate(self):
-        record = {"epoch": self.epoch, "iteration": self.iteration}
-        # Validation measures the deterministic model: switch dropout off meanwhile, which
-        # also leaves the model's dropout random stream untouched.
-        dropout = getattr(self.model, "dropout", 0.0)
-        if dropout:
-            self.model.dropout = 0.0
         try:
-            record["val_loss"] = self.val_loss()
-            if self.val_metric:
-                record[self.val_metric] = self.val_score()
-        finally:
-            if dropout:
-                self.model.dropout = dropout
-        score = record[self.val_metric] if self.val_metric else -record["val_loss"]
+            scores = self.validator(self.model)
+        except ValueError as e:
+            raise TrainingError(f"epoch {self.epoch}: {e}") from e
+        record = {"epoch": self.epoch, "iteration": self.iteration, **scores}
+        score = self.validator.score(scores) if hasattr(self.validator, "score") else -scores["val_loss"]
         if self.best_score is None or score > self.best_score:
             self.best_score = score
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
@@ -265,7 +246,7 @@ class CaptioningSolver:
             arrays[f"best/{k}"] = v
         meta = {
             "kind": "training_state",
-            "model": checkpoints.model_meta(self.model),
+            "model": self.model.describe(),
             "iteration": self.iteration,
             "epoch": self.epoch,
             "finished": self.finished,

@@ -134,19 +134,6 @@ class CheckpointDir:
 # ------------------------------------------------------------------ models
 
 
-def model_meta(model):
-    """The JSON-able description of a CaptioningRNN: enough to rebuild it."""
-    return {
-        "cell_type": model.cell_type,
-        "input_dim": model.input_dim,
-        "wordvec_dim": model.wordvec_dim,
-        "hidden_dim": model.hidden_dim,
-        "dropout": model.dropout,
-        "dtype": model.dtype.name,
-        "word_to_idx": model.word_to_idx,
-    }
-
-
 def check_model_fits(model, meta, arrays, where):
     """Raise CheckpointError unless the checkpoint's vocabulary and shapes match the model."""
     saved_vocab = meta.get("model", {}).get("word_to_idx")
@@ -170,20 +157,24 @@ def check_model_fits(model, meta, arrays, where):
 def save_model(base, model, extra=None):
     """Save a trained model as base.npz (params) + base.json (config and vocabulary)."""
     arrays = {f"params/{k}": v for k, v in model.params.items()}
-    save(base, arrays, {"kind": "model", "model": model_meta(model), **(extra or {})})
+    save(base, arrays, {"kind": "model", "model": model.describe(), **(extra or {})})
 
 
 def load_model(base):
-    """Rebuild a CaptioningRNN from save_model's files; returns (model, meta)."""
-    from capmodel.classifiers.rnn import CaptioningRNN
+    """Rebuild a model (any registered family) from save_model's files; returns (model, meta)."""
+    from capmodel import models
 
     arrays, meta = load(base)
+    where = Path(base).with_suffix(".json")
     m = meta.get("model")
-    if not m:
-        raise CheckpointError(f"{Path(base).with_suffix('.json')} does not describe a model")
-    model = CaptioningRNN(m["word_to_idx"], input_dim=m["input_dim"], wordvec_dim=m["wordvec_dim"],
-                          hidden_dim=m["hidden_dim"], cell_type=m["cell_type"], dtype=np.dtype(m["dtype"]),
-                          dropout=m.get("dropout", 0.0), seed=0)
+    if not isinstance(m, dict) or not m:
+        raise CheckpointError(f"{where} does not describe a model (no 'model' object)")
+    try:
+        model = models.from_description(m)
+    except KeyError as e:
+        raise CheckpointError(f"{where}: the model description has no key {e}")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: the model description is invalid ({e})")
     check_model_fits(model, meta, arrays, Path(base).with_suffix(".npz"))
     for k in model.params:
         model.params[k] = arrays[f"params/{k}"].astype(model.dtype)

@@ -1,8 +1,10 @@
 """The capmodel command line: data shapes|fetch|check, gradcheck, train, sample, baseline,
 evaluate, summarize.
 
-Each command parses its flags and calls one library function; on bad input it prints one
-line 'capmodel <command>: error: <message>' to stderr and exits with status 2.
+Each command parses its flags and calls one library function; on bad input (argparse
+errors included) it prints one line 'capmodel <command>: error: <message>' to stderr and
+exits with status 2; Ctrl-C prints one line and exits with 130. The flags of the settings
+(training, decoding, shapes data) are generated from capmodel.settings.
 """
 
 import argparse
@@ -11,16 +13,35 @@ import sys
 from pathlib import Path
 
 from capmodel import __version__
+from capmodel import settings as S
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_CHECK = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ('capmodel train: error: ...') and defaults in help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += f" (default: {action.default})"
+        return text
 
 
 def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+    return S.Setting("value", int, None, "", minimum=1).parse(text)
 
 
 # ------------------------------------------------------------------ commands
@@ -29,8 +50,8 @@ def _positive_int(text):
 def cmd_data_shapes(args):
     from capmodel.datasets import shapes
 
-    stats = shapes.generate(args.out_dir, num_train=args.num_train, num_val=args.num_val, seed=args.seed,
-                            min_count=args.min_count)
+    values = S.check_all(S.from_args(args, S.SHAPES), S.SHAPES, "data shapes")
+    stats = shapes.generate(args.out_dir, **values)
     print(json.dumps(stats))
     return 0
 
@@ -59,8 +80,10 @@ def cmd_data_fetch(args):
 
 def cmd_gradcheck(args):
     from capmodel import gradcheck_suite
+    from capmodel.atomic import check_writable
     from capmodel.tables import write_csv
 
+    check_writable(args.out, "output file")
     rows = gradcheck_suite.run(seed=args.seed)
     failed = [r for r in rows if not r["ok"]]
     for r in rows:
@@ -78,9 +101,8 @@ def cmd_gradcheck(args):
 def cmd_train(args):
     from capmodel import pipeline
 
-    settings = {k: getattr(args, k) for k in pipeline.TRAIN_DEFAULTS if getattr(args, k, None) is not None}
-    if args.no_pca:
-        settings["pca_features"] = False
+    settings = pipeline.read_settings_file(args.settings) if args.settings else {}
+    settings.update(S.from_args(args, S.train_settings()))
     pipeline.train(args.data, args.out_dir, settings, checkpoint_dir=args.checkpoint_dir,
                    keep_checkpoints=args.keep_checkpoints)
     print(f"model written to {Path(args.out_dir) / 'model.npz'}")
@@ -90,13 +112,9 @@ def cmd_train(args):
 def cmd_sample(args):
     from capmodel import pipeline
 
-    options = {}
-    if args.method == "beam":
-        options = {"beam_size": args.beam_size, "length_norm": args.length_norm}
-    elif args.method == "temperature":
-        options = {"temperature": args.temperature, "rng": args.seed}
-    rows = pipeline.sample(args.model, args.data, args.out, split=args.split, method=args.method,
-                           max_length=args.max_length, num_images=args.num_images, **options)
+    settings = pipeline.read_settings_file(args.settings) if args.settings else {}
+    settings.update(S.from_args(args, S.DECODE))
+    rows = pipeline.sample(args.model, args.data, args.out, settings)
     print(f"{len(rows)} captions -> {args.out}")
     return 0
 
@@ -112,9 +130,8 @@ def cmd_baseline(args):
 def cmd_evaluate(args):
     from capmodel import pipeline
 
-    settings = json.loads(args.settings) if args.settings else {}
     use_java = False if args.no_java else None
-    result = pipeline.evaluate(args.samples, args.out, use_java=use_java, name=args.name, settings=settings)
+    result = pipeline.evaluate(args.samples, args.out, use_java=use_java, name=args.name)
     shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
     print(json.dumps(shown))
     return 0
@@ -123,7 +140,8 @@ def cmd_evaluate(args):
 def cmd_summarize(args):
     from capmodel import pipeline
 
-    rows = pipeline.summarize(args.metrics, args.out_csv, args.out_md)
+    rows = pipeline.summarize(args.metrics, args.out_csv, args.out_md, model_files=args.models or (),
+                              val_files=args.val or ())
     print(f"{len(rows)} models -> {args.out_csv}, {args.out_md}")
     return 0
 
@@ -132,18 +150,16 @@ def cmd_summarize(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="capmodel", description="NumPy image captioning: data, training, evaluation.")
+    p = _Parser(prog="capmodel", description="NumPy image captioning: data, training, evaluation.")
     p.add_argument("--version", action="version", version=f"capmodel {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="create, fetch or check a dataset in the CS231n on-disk format")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     s = dsub.add_parser("shapes", help="generate the embedded shapes captioning dataset")
-    s.add_argument("out_dir", help="dataset directory to create (replaced atomically)")
-    s.add_argument("--num-train", type=_positive_int, default=4000, help="training images (5 captions each)")
-    s.add_argument("--num-val", type=_positive_int, default=500, help="validation images (5 captions each)")
-    s.add_argument("--seed", type=int, default=0, help="seed for scenes, captions and everything random")
-    s.add_argument("--min-count", type=_positive_int, default=5, help="rarer training words become <UNK>")
+    s.add_argument("out_dir", help="dataset directory to create; an existing one must be empty or a "
+                   "capmodel dataset (replaced atomically)")
+    S.add_arguments(s, S.SHAPES)
     s.set_defaults(func=cmd_data_shapes)
     c = dsub.add_parser("check", help="validate a dataset directory; one line per problem, exit 1 if any")
     c.add_argument("data_dir", help="dataset directory")
@@ -168,48 +184,23 @@ def build_parser():
     t = sub.add_parser("train", help="train one captioning model")
     t.add_argument("--data", required=True, help="dataset directory")
     t.add_argument("--out-dir", required=True, help="writes model.npz, model.json, history.csv, val.csv here")
-    t.add_argument("--checkpoint-dir", help="resumable checkpoints; a rerun resumes from the newest valid one")
-    t.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoint directory after success")
-    t.add_argument("--cell-type", choices=("rnn", "lstm", "gru"), help="recurrent cell (default lstm)")
-    t.add_argument("--wordvec-dim", type=_positive_int, help="word vector size W (default 128)")
-    t.add_argument("--hidden-dim", type=_positive_int, help="hidden size H (default 256)")
-    t.add_argument("--dropout", type=float, help="dropout on embedded words and hidden states (default 0)")
-    t.add_argument("--update-rule", choices=("sgd", "sgd_momentum", "rmsprop", "adam"), help="default adam")
-    t.add_argument("--learning-rate", type=float, help="initial learning rate (default 5e-3)")
-    t.add_argument("--lr-decay", type=float, help="per-epoch learning rate factor (default 0.95)")
-    t.add_argument("--lr-schedule", choices=("constant", "exponential", "step", "cosine"),
-                   help="schedule instead of the CS231n per-epoch decay")
-    t.add_argument("--lr-step-size", type=_positive_int, help="epochs per step of the step schedule")
-    t.add_argument("--lr-gamma", type=float, help="factor of the step schedule")
-    t.add_argument("--warmup-iterations", type=int, help="linear learning rate warm-up")
-    t.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule")
-    t.add_argument("--batch-size", type=_positive_int, help="captions per minibatch (default 100)")
-    t.add_argument("--num-epochs", type=_positive_int, help="epochs (default 10)")
-    t.add_argument("--max-iterations", type=_positive_int, help="stop after this many iterations")
-    t.add_argument("--seed", type=int, help="seed for weights, minibatches and dropout (default 0)")
-    t.add_argument("--grad-clip", type=float, help="clip gradients to this global L2 norm")
-    t.add_argument("--max-train", type=_positive_int, help="subsample this many training captions")
-    t.add_argument("--no-pca", action="store_true", help="use the full fc7 features instead of the 512-d PCA")
-    t.add_argument("--val-metric", choices=("bleu4", "cider"), help="score greedy val captions every epoch")
-    t.add_argument("--val-metric-images", type=_positive_int, help="val images for the metric (default 200)")
-    t.add_argument("--val-size", type=_positive_int, help="val captions for the val loss (default 5000)")
-    t.add_argument("--patience", type=_positive_int, help="early stopping after this many epochs without gain")
-    t.add_argument("--checkpoint-every", type=_positive_int, help="also checkpoint every N iterations")
-    t.add_argument("--print-every", type=_positive_int, help="log the loss every N iterations (default 50)")
+    t.add_argument("--checkpoint-dir", help="resumable checkpoints; a rerun resumes from the newest valid one. "
+                   "Must be new, empty or made by capmodel; only capmodel's files are removed after success")
+    t.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints after success")
+    t.add_argument("--settings", help="JSON file of training settings (the workflow writes one per model); "
+                   "flags given here override it")
+    S.add_arguments(t, S.train_settings())
     t.set_defaults(func=cmd_train)
 
     sm = sub.add_parser("sample", help="caption the images of a split with a trained model")
-    sm.add_argument("--model", required=True, help="model path without extension (model.npz + model.json)")
+    sm.add_argument("--model", required=True, help="trained model: its directory, model.npz, model.json or "
+                    "the path without extension")
     sm.add_argument("--data", required=True, help="dataset directory")
-    sm.add_argument("--out", required=True, help="CSV to write: image_idx, url, generated, references")
-    sm.add_argument("--split", choices=("train", "val"), default="val", help="which split to caption")
-    sm.add_argument("--method", choices=("greedy", "beam", "temperature"), default="greedy", help="decoder")
-    sm.add_argument("--beam-size", type=_positive_int, default=3, help="beam width k")
-    sm.add_argument("--length-norm", type=float, default=0.0, help="rank beams by logp / length ** this")
-    sm.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
-    sm.add_argument("--seed", type=int, default=0, help="seed for temperature sampling")
-    sm.add_argument("--max-length", type=_positive_int, default=16, help="maximum caption length")
-    sm.add_argument("--num-images", type=_positive_int, help="caption only the first N images")
+    sm.add_argument("--out", required=True, help="CSV to write: image_idx, url, generated, references; the "
+                    "decoding record goes beside it (.json)")
+    sm.add_argument("--settings", help="JSON file of decoding settings (the workflow's sample: section); "
+                    "flags given here override it")
+    S.add_arguments(sm, S.DECODE)
     sm.set_defaults(func=cmd_sample)
 
     b = sub.add_parser("baseline", help="the most-frequent-training-caption baseline, as a samples CSV")
@@ -223,12 +214,13 @@ def build_parser():
     e.add_argument("--samples", required=True, help="CSV from 'capmodel sample' or 'capmodel baseline'")
     e.add_argument("--out", required=True, help="metrics JSON to write")
     e.add_argument("--name", help="model name recorded in the JSON (default: the CSV's directory)")
-    e.add_argument("--settings", help="JSON object of decoding settings recorded in the output")
     e.add_argument("--no-java", action="store_true", help="pure-Python tokenizer, no METEOR")
     e.set_defaults(func=cmd_evaluate)
 
     su = sub.add_parser("summarize", help="one table over all models (CSV + Markdown)")
     su.add_argument("--metrics", nargs="+", required=True, help="metrics.json files")
+    su.add_argument("--models", nargs="*", help="model.json files (matched to metrics by directory)")
+    su.add_argument("--val", nargs="*", help="val.csv files (matched to metrics by directory)")
     su.add_argument("--out-csv", required=True, help="CSV to write")
     su.add_argument("--out-md", required=True, help="Markdown table to write")
     su.set_defaults(func=cmd_summarize)
@@ -245,9 +237,16 @@ def main(argv=None):
     name = args.command + (f" {args.data_command}" if args.command == "data" else "")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, CheckpointError, FetchError, TrainingError, json.JSONDecodeError) as e:
+    except KeyboardInterrupt:
+        print(f"capmodel {name}: interrupted (checkpoints written so far are kept)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, CheckpointError, FetchError, TrainingError) as e:
         message = str(e).replace("\n", "\n  ")
         print(f"capmodel {name}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"capmodel {name}: error:{where}: {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

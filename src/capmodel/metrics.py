@@ -27,6 +27,22 @@ from capmodel.coco_utils import decode_captions
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
+def require_toolkit():
+    """Raise ValueError with the install command when pycocoevalcap is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        raise ValueError("caption metrics need the coco-caption toolkit: pip install 'capmodel[metrics]' "
+                         "(or pip install pycocoevalcap)")
+
+
+def one_line(text):
+    """Caption text on one line: every line or paragraph separator (\\r, \\f, U+2028, ...)
+    and any run of white space becomes one space, so a tokenizer that reads line by line
+    sees exactly one line per caption."""
+    return " ".join(str(text).split())
+
+
 def java_available():
     return shutil.which("java") is not None
 
@@ -42,7 +58,7 @@ def ptb_tokenize(captions_for_image):
 
     jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)), ptb.STANFORD_CORENLP_3_4_1_JAR)
     ids = [k for k, v in captions_for_image.items() for _ in v]
-    text = "\n".join(c.replace("\n", " ") for v in captions_for_image.values() for c in v)
+    text = "\n".join(one_line(c) for v in captions_for_image.values() for c in v)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write(text)
         path = f.name
@@ -51,8 +67,13 @@ def ptb_tokenize(captions_for_image):
                               "-lowerCase", path], capture_output=True, check=True).stdout.decode()
     finally:
         os.unlink(path)
+    lines = out.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != len(ids):  # never score a caption against another image's references
+        raise RuntimeError(f"the PTB tokenizer returned {len(lines)} lines for {len(ids)} captions")
     result = {}
-    for k, line in zip(ids, out.split("\n")):
+    for k, line in zip(ids, lines):
         words = [w for w in line.rstrip().split(" ") if w not in ptb.PUNCTUATIONS]
         result.setdefault(k, []).append(" ".join(words))
     return result
@@ -70,6 +91,7 @@ def evaluate_captions(references, candidates, use_java=None, metrics=METRIC_NAME
     Returns a dict with the requested metric values plus 'tokenizer' ('ptb' or 'simple'),
     'num_images' and 'skipped' (metrics that could not be computed).
     """
+    require_toolkit()
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge

@@ -12,52 +12,66 @@ from pathlib import Path
 
 import numpy as np
 
-from capmodel import checkpoints, metrics
-from capmodel.atomic import write_json, write_text
+from capmodel import checkpoints, metrics, models, ownership
+from capmodel import settings as S
+from capmodel.atomic import check_writable, write_json, write_text
 from capmodel.captioning_solver import CaptioningSolver
-from capmodel.classifiers.rnn import CaptioningRNN
 from capmodel.coco_utils import decode_captions, load_coco_data
 from capmodel.tables import read_csv, write_csv
+from capmodel.validation import Validator
 
 REF_SEP = " ||| "
-TRAIN_DEFAULTS = {
-    "cell_type": "lstm", "wordvec_dim": 128, "hidden_dim": 256, "dropout": 0.0,
-    "update_rule": "adam", "learning_rate": 5e-3, "lr_decay": 0.95, "batch_size": 100, "num_epochs": 10,
-    "seed": 0, "grad_clip": None, "max_train": None, "pca_features": True, "val_metric": None,
-    "val_metric_images": 200, "val_size": 5000, "patience": None, "lr_schedule": None, "lr_step_size": 1,
-    "lr_gamma": 0.1, "warmup_iterations": 0, "min_lr": 0.0, "checkpoint_every": None, "print_every": 50,
-    "max_iterations": None,
-}
-SOLVER_KEYS = ("update_rule", "lr_decay", "batch_size", "num_epochs", "seed", "grad_clip", "val_metric",
-               "val_metric_images", "val_size", "patience", "lr_schedule", "lr_step_size", "lr_gamma",
-               "warmup_iterations", "min_lr", "checkpoint_every", "print_every", "max_iterations")
+
+
+def solver_keys():
+    """The training settings that are CaptioningSolver keyword arguments (validation aside)."""
+    from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS
+
+    return tuple(s.name for s in S.train_settings()
+                 if s.name in CS231N_KWARGS + EXTRA_KWARGS and not s.name.startswith("val_"))
+
+
+def read_settings_file(path, what="settings file"):
+    """A JSON object of settings from path (as the workflow writes them), named in errors."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {path} is not readable JSON ({e})")
+    if not isinstance(values, dict):
+        raise ValueError(f"{what} {path} must hold a JSON object of setting -> value")
+    return values
 
 
 def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=False, verbose=True):
     """Train one model and write model.npz/.json, history.csv and val.csv into out_dir.
 
-    settings: dict over TRAIN_DEFAULTS' keys (unknown keys raise ValueError). With a
+    settings: dict over capmodel.settings.train_settings() (unknown keys or values out of
+    range raise SettingError). Everything that can fail is checked before training: the
+    settings, the output and checkpoint locations, the data set (consistent, finite, a
+    usable val split) and the metrics toolkit when a val_metric is asked for. With a
     checkpoint_dir the run resumes from the newest valid checkpoint there; that directory
-    must have been made with the same settings. It is removed after success unless
-    keep_checkpoints.
+    must have been made by capmodel with the same settings. It is removed after success
+    (only capmodel's own files) unless keep_checkpoints.
     """
-    unknown = sorted(set(settings) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-    s = {**TRAIN_DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    s = S.check_all(settings, S.train_settings(), "settings")
     out_dir = Path(out_dir)
+    check_writable(out_dir, "output directory", directory=True)
     if verbose:
         print(f"BLAS threads: {blas_threads()}", flush=True)
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = checkpoints.CheckpointDir(checkpoint_dir)
-        ckpt.claim({"data_dir": str(Path(data_dir).resolve()), "settings": s})
+        ownership.check_owned(ckpt.path, "checkpoints", "checkpoint directory")
     data = load_coco_data(data_dir, max_train=s["max_train"], pca_features=s["pca_features"], rng=s["seed"])
-    model = CaptioningRNN(data["word_to_idx"], input_dim=data["train_features"].shape[1],
-                          wordvec_dim=s["wordvec_dim"], hidden_dim=s["hidden_dim"], cell_type=s["cell_type"],
-                          dropout=s["dropout"], seed=s["seed"])
-    solver_kwargs = {k: s[k] for k in SOLVER_KEYS if s[k] is not None}
-    solver = CaptioningSolver(model, data, optim_config={"learning_rate": s["learning_rate"]}, validate=True,
+    model = models.build(data["word_to_idx"], data["train_features"].shape[1], s)
+    validator = Validator(data, metric=s["val_metric"], val_size=s["val_size"], metric_images=s["val_metric_images"])
+    if ckpt is not None:
+        ckpt.claim({"data_dir": str(Path(data_dir).resolve()), "settings": s})
+    solver_kwargs = {k: s[k] for k in solver_keys() if s[k] is not None}
+    solver = CaptioningSolver(model, data, optim_config={"learning_rate": s["learning_rate"]}, validate=validator,
                               verbose=verbose, checkpoint_dir=checkpoint_dir, **solver_kwargs)
     start = time.perf_counter()
     solver.train()
@@ -80,6 +94,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     checkpoints.save_model(out_dir / "model", model, extra={
         "settings": s, "data_dir": str(data_dir), "iterations": solver.iteration, "epochs": solver.epoch,
         "early_stopped": bool(solver.finished), "best_epoch": best["epoch"] if best else None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "num_params": int(sum(v.size for v in model.params.values())),
         "final_train_loss": solver.loss_history[-1] if solver.loss_history else None,
         "train_seconds_this_run": round(seconds, 3),
     })
@@ -96,34 +112,61 @@ def blas_threads():
     return max(counts) if counts else 1
 
 
-def sample(model_base, data_dir, out_csv, split="val", method="greedy", max_length=16, num_images=None,
-           batch_size=500, **options):
-    """Caption the images of a split; write image_idx, url, generated, references as CSV."""
-    model, meta = checkpoints.load_model(model_base)
+def model_base(path):
+    """The base path (without extension) of a saved model, from the model directory, its
+    .npz or .json file, or the base itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model"
+    if path.suffix in (".npz", ".json"):
+        path = path.with_suffix("")
+    if not path.with_suffix(".npz").exists() or not path.with_suffix(".json").exists():
+        raise ValueError(f"no trained model at {path}: expected {path.with_suffix('.npz')} and "
+                         f"{path.with_suffix('.json')} (give the model directory, model.npz or model.json)")
+    return path
+
+
+def samples_record(samples_csv):
+    """Where `capmodel sample`/`baseline` record what they did: the CSV's .json sibling."""
+    return Path(samples_csv).with_suffix(".json")
+
+
+def sample(model, data_dir, out_csv, settings=None, batch_size=500):
+    """Caption the images of a split; write image_idx, url, generated, references as CSV,
+    and the decoding record (settings and label) beside it (samples_record)."""
+    record = S.decode_record(settings or {})
+    check_writable(out_csv, "output file")
+    base = model_base(model)
+    model, meta = checkpoints.load_model(base)
     pca = meta.get("settings", {}).get("pca_features", True)
     data = load_coco_data(data_dir, pca_features=pca)
     if data["word_to_idx"] != model.word_to_idx:
-        raise ValueError(f"the vocabulary of {data_dir} differs from the model's ({model_base}); "
+        raise ValueError(f"the vocabulary of {data_dir} differs from the model's ({base}); "
                          "sample with the dataset the model was trained on")
-    refs = metrics.references_by_image(data, split, num_images)
+    split, method = record["split"], record["method"]
+    refs = metrics.references_by_image(data, split, record["num_images"])
     ids = np.array(list(refs), dtype=np.int64)
-    if "rng" in options and options["rng"] is not None:
-        options["rng"] = np.random.default_rng(options["rng"])
+    options = {k: record[k] for k in S.METHOD_SETTINGS[method]}
+    if method == "temperature":
+        options["rng"] = np.random.default_rng(options.pop("seed"))
     captions = []
     for s in range(0, len(ids), batch_size):
         feats = data[f"{split}_features"][ids[s : s + batch_size]]
-        captions.append(model.sample(feats, max_length=max_length, method=method, **options))
-    caps = np.concatenate(captions) if captions else np.zeros((0, max_length), int)
+        captions.append(model.sample(feats, max_length=record["max_length"], method=method, **options))
+    caps = np.concatenate(captions) if captions else np.zeros((0, record["max_length"]), int)
     texts = decode_captions(caps, data["idx_to_word"], strip_special=True)
     urls = data[f"{split}_urls"]
     rows = [{"image_idx": int(i), "url": urls[i], "generated": t, "references": REF_SEP.join(refs[int(i)])}
             for i, t in zip(ids, texts)]
     write_csv(out_csv, rows, ["image_idx", "url", "generated", "references"])
+    write_json(samples_record(out_csv), {"model": str(base), "data_dir": str(data_dir), "decoding": record,
+                                         "label": S.decode_label(record)})
     return rows
 
 
 def baseline(data_dir, out_csv, split="val", num_images=None):
     """The most-frequent-training-caption baseline, written like sample()'s output."""
+    check_writable(out_csv, "output file")
     data = load_coco_data(data_dir)
     caption = metrics.most_frequent_caption(data)
     refs = metrics.references_by_image(data, split, num_images)
@@ -131,52 +174,85 @@ def baseline(data_dir, out_csv, split="val", num_images=None):
     rows = [{"image_idx": i, "url": urls[i], "generated": caption, "references": REF_SEP.join(r)}
             for i, r in refs.items()]
     write_csv(out_csv, rows, ["image_idx", "url", "generated", "references"])
+    record = {"split": split, "method": "most_frequent_caption", "num_images": num_images}
+    write_json(samples_record(out_csv), {"model": None, "data_dir": str(data_dir), "decoding": record,
+                                         "label": "most frequent caption"})
     return caption
 
 
-def evaluate(samples_csv, out_json, use_java=None, name=None, settings=None):
-    """Score a samples CSV with the coco-caption metrics; write them (and settings) as JSON."""
-    if not Path(samples_csv).is_file():
-        raise ValueError(f"samples file {samples_csv} does not exist (make it with 'capmodel sample')")
-    rows = read_csv(samples_csv)
+def read_samples(samples_csv):
+    """{image_idx: (generated, [references])} from a samples CSV; errors name file and row."""
+    path = Path(samples_csv)
+    if not path.is_file():
+        raise ValueError(f"samples file {path} does not exist (make it with 'capmodel sample')")
+    try:
+        rows = read_csv(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})")
     if not rows:
-        raise ValueError(f"{samples_csv} has no captions to evaluate")
+        raise ValueError(f"{path} has no captions to evaluate")
     for col in ("image_idx", "generated", "references"):
         if col not in rows[0]:
-            raise ValueError(f"{samples_csv} has no column '{col}'")
-    refs = {int(r["image_idx"]): r["references"].split(REF_SEP) for r in rows}
-    cands = {int(r["image_idx"]): r["generated"] for r in rows}
+            raise ValueError(f"{path} has no column '{col}' (columns: {', '.join(rows[0])})")
+    out = {}
+    for n, r in enumerate(rows, start=2):  # row 1 is the header
+        try:
+            i = int(r["image_idx"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}, row {n}: image_idx must be an integer, got {r['image_idx']!r}")
+        if i in out:
+            raise ValueError(f"{path}, row {n}: image_idx {i} appears twice")
+        if r["generated"] is None or r["references"] is None:
+            raise ValueError(f"{path}, row {n}: missing columns")
+        out[i] = (r["generated"], r["references"].split(REF_SEP))
+    return out
+
+
+def evaluate(samples_csv, out_json, use_java=None, name=None):
+    """Score a samples CSV with the coco-caption metrics; write them, the decoding record
+    of the samples (when present) and per-image CIDEr-D as JSON."""
+    check_writable(out_json, "output file")
+    samples = read_samples(samples_csv)
+    record_path = samples_record(samples_csv)
+    record = {}
+    if record_path.exists():
+        record = read_settings_file(record_path, "samples record")
+    refs = {i: r for i, (_, r) in samples.items()}
+    cands = {i: g for i, (g, _) in samples.items()}
     scores = metrics.evaluate_captions(refs, cands, use_java=use_java)
     result = {"model": name or Path(samples_csv).parent.name, "samples": str(samples_csv), **scores,
-              "settings": settings or {}}
+              "settings": record.get("decoding", {}), "decoding": record.get("label", "")}
     write_json(out_json, result)
     return result
 
 
-def summarize(metrics_files, out_csv, out_md):
-    """One row per model from metrics.json files (+ model.json beside them when present)."""
+def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
+    """One row per model: its metrics, and from model.json / val.csv (matched by directory)
+    the kept epoch, that epoch's validation loss, iterations, parameters and training time."""
+    by_dir = lambda files: {Path(f).parent.resolve(): Path(f) for f in files}
+    infos, vals = by_dir(model_files), by_dir(val_files)
     rows = []
     for f in metrics_files:
-        m = json.loads(Path(f).read_text())
+        m = read_settings_file(f, "metrics file")
+        if "model" not in m:
+            raise ValueError(f"metrics file {f} has no 'model' field; make it with 'capmodel evaluate'")
         row = {"model": m["model"]}
-        model_json = Path(f).parent / "model.json"
-        if model_json.exists():
-            info = json.loads(model_json.read_text())
+        d = Path(f).parent.resolve()
+        if d in infos:
+            info = read_settings_file(infos[d], "model file")
             st = info.get("settings", {})
             row.update({"cell_type": st.get("cell_type", ""), "hidden_dim": st.get("hidden_dim", ""),
-                        "iterations": info.get("iterations", ""), "best_epoch": info.get("best_epoch", "")})
-            val = Path(f).parent / "val.csv"
-            if val.exists():
-                vr = read_csv(val)
-                row["best_val_loss"] = min((float(r["val_loss"]) for r in vr), default="")
-        decoding = m.get("settings", {}).get("method", "")
-        if m.get("settings", {}).get("beam_size") and decoding == "beam":
-            decoding = f"beam{m['settings']['beam_size']}"
-        row["decoding"] = decoding
+                        "params": info.get("num_params", ""), "iterations": info.get("iterations", ""),
+                        "train_seconds": info.get("train_seconds_this_run", ""),
+                        "best_epoch": info.get("best_epoch", "")})
+            if d in vals:
+                kept = [r for r in read_csv(vals[d]) if str(r["epoch"]) == str(info.get("best_epoch"))]
+                row["val_loss"] = float(kept[0]["val_loss"]) if kept else ""
+        row["decoding"] = m.get("decoding", "")
         row.update({k: m[k] for k in metrics.METRIC_NAMES if k in m})
         rows.append(row)
-    cols = ["model", "cell_type", "hidden_dim", "iterations", "best_epoch", "best_val_loss", "decoding",
-            *metrics.METRIC_NAMES]
+    cols = ["model", "cell_type", "hidden_dim", "params", "iterations", "train_seconds", "best_epoch", "val_loss",
+            "decoding", *metrics.METRIC_NAMES]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
     write_csv(out_csv, [{c: fmt(r.get(c, "")) for c in cols} for r in rows], cols)

@@ -16,6 +16,6 @@ def write_csv(path, rows, fieldnames):
 
 
 def read_csv(path):
-    """Read a CSV written by write_csv into a list of dicts (strings)."""
-    with open(path, newline="") as f:
+    """Read a CSV (UTF-8, with or without a byte-order mark) into a list of dicts (strings)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
         return list(csv.DictReader(f))

@@ -1,14 +1,16 @@
-"""The workflow's config, interpreted: model and sweep expansion, CLI arguments per stage.
+"""The workflow's config, interpreted: model and sweep expansion, settings per model.
 
 workflow/rules/common.smk calls these after validating the config against
 workflow/schemas/config.schema.yaml, so the logic is tested here and the rules stay thin.
+Each model's settings and the decoding settings reach the CLI as JSON files that the
+workflow writes (never re-serialised into flags).
 """
 
 import itertools
 import re
-import shlex
+from pathlib import Path
 
-from capmodel.pipeline import TRAIN_DEFAULTS
+from capmodel import settings as S
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a safe path component: never "." or ".."
 
@@ -35,48 +37,44 @@ def expand_models(config):
         for values in itertools.product(*(grid[k] for k in keys)):
             name = "_".join([sweep] + [f"{k}{_value_tag(v)}" for k, v in zip(keys, values)])
             models[name] = {**base, **dict(zip(keys, values))}
-    for name, settings in models.items():
-        if not NAME.match(name):
-            raise ValueError(f"model name '{name}' must start with a letter or digit and contain only letters, digits, '_', '.' and '-' (it becomes a directory name)")
-        unknown = sorted(set(settings) - set(TRAIN_DEFAULTS))
-        if unknown:
-            raise ValueError(f"model '{name}': unknown training settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
     if not models:
         raise ValueError("the config defines no models: add entries under 'models:' or 'sweep:'")
+    for name, settings in models.items():
+        if not NAME.match(name):
+            raise ValueError(f"model name '{name}' must start with a letter or digit and contain only letters, "
+                             "digits, '_', '.' and '-' (it becomes a directory name)")
+        models[name] = S.check_all(settings, S.train_settings(), where=f"models.{name}")
     return models
 
 
-def train_args(settings):
-    """capmodel train flags for one model's settings."""
-    args = []
-    for key, value in sorted(settings.items()):
-        if value is None:
-            continue
-        if key == "pca_features":
-            if not value:
-                args.append("--no-pca")
-            continue
-        args += [f"--{key.replace('_', '-')}", str(value)]
-    return shlex.join(args)
-
-
-def sample_args(sample):
-    """capmodel sample flags from the config's `sample:` section."""
-    args = ["--split", sample["split"], "--method", sample["method"], "--max-length", str(sample["max_length"])]
-    if sample["method"] == "beam":
-        args += ["--beam-size", str(sample["beam_size"]), "--length-norm", str(sample["length_norm"])]
-    if sample["method"] == "temperature":
-        args += ["--temperature", str(sample["temperature"]), "--seed", str(sample["seed"])]
-    if sample.get("num_images"):
-        args += ["--num-images", str(sample["num_images"])]
-    return shlex.join(args)
-
-
 def sample_settings(sample):
-    """The decoding settings recorded in metrics.json."""
-    keep = {"split", "method", "max_length", "num_images"}
-    if sample["method"] == "beam":
-        keep |= {"beam_size", "length_norm"}
-    if sample["method"] == "temperature":
-        keep |= {"temperature", "seed"}
-    return {k: v for k, v in sample.items() if k in keep}
+    """The decoding record of the config's `sample:` section (what `capmodel sample` reads)."""
+    return S.decode_record(sample)
+
+
+def write_settings(path, settings):
+    """Write one settings dict as the JSON file a CLI command reads with --settings."""
+    from capmodel.atomic import write_json
+
+    write_json(path, settings)
+
+
+def check_config(config, schema_path):
+    """Raise ValueError with one short message (key, bad value, what is allowed) for the
+    first config error the schema finds; Snakemake's own message dumps the whole schema."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is None:
+        return
+    where = ".".join(str(p) for p in error.absolute_path) or "the config"
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(known))
+        raise ValueError(f"{where}: unknown key{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}; "
+                         f"known: {', '.join(known)}")
+    if error.validator == "enum":
+        raise ValueError(f"{where}: {error.instance!r} is not one of {error.validator_value}")
+    raise ValueError(f"{where}: {error.message}")

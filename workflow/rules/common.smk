@@ -1,19 +1,26 @@
 import json
+import sys
 
-# Validate the config, expand models and sweeps, and build CLI arguments (logic lives in
-# capmodel.workflow_config, where the tests reach it).
+# Validate the config (one short message naming the key on error), expand models and
+# sweeps. The logic lives in capmodel.workflow_config, where the tests reach it.
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from capmodel import workflow_config as wc
 
-validate(config, schema="../schemas/config.schema.yaml")
+SCHEMA = "../schemas/config.schema.yaml"
+try:
+    wc.check_config(config, Path(workflow.current_basedir) / SCHEMA)
+    validate(config, schema=SCHEMA)
+    MODELS = wc.expand_models(config)
+    SAMPLE = wc.sample_settings(config["sample"])
+except ValueError as e:
+    sys.exit(f"capmodel workflow: config error: {e}")
 
-MODELS = wc.expand_models(config)
 ENV = str(Path(workflow.basedir) / "environment.yml")
 NOTEBOOKS = Path(workflow.basedir) / "workflow" / "notebooks"
-SPLIT = config["sample"]["split"]
+SPLIT = SAMPLE["split"]
 
 
 wildcard_constraints:
@@ -22,20 +29,6 @@ wildcard_constraints:
 
 def get_data_dir():
     return f"resources/data/{config['data']['source']}"
-
-
-def get_train_args(wildcards):
-    return wc.train_args(MODELS[wildcards.model])
-
-
-def get_sample_args():
-    return wc.sample_args(config["sample"])
-
-
-def get_sample_settings(kind):
-    if kind == "baseline":
-        return {"split": SPLIT, "method": "most_frequent_caption"}
-    return wc.sample_settings(config["sample"])
 
 
 def get_final_outputs():

@@ -1,9 +1,11 @@
-# Stage 5: BLEU-1..4, METEOR, ROUGE-L and CIDEr-D per model (and for the baseline).
+# Stage 5: BLEU-1..4, METEOR, ROUGE-L and CIDEr-D per model (and for the baseline). The
+# decoding settings come from the record that sampling wrote beside the CSV.
 
 
 rule evaluate_captions:
     input:
-        f"results/{{kind}}/samples_{SPLIT}.csv",
+        csv=f"results/{{kind}}/samples_{SPLIT}.csv",
+        record=f"results/{{kind}}/samples_{SPLIT}.json",
     output:
         "results/{kind}/metrics.json",
     log:
@@ -16,9 +18,8 @@ rule evaluate_captions:
         mem_mb=config["resources"]["small_mem_mb"],
         runtime=config["resources"]["small_runtime"],
     params:
-        settings=lambda wildcards: json.dumps(get_sample_settings(wildcards.kind)),
         name=lambda wildcards: Path(wildcards.kind).name,
         java="" if config["evaluate"]["java"] else "--no-java",
     shell:
-        "capmodel evaluate --samples {input} --out {output} --name {params.name}"
-        " --settings '{params.settings}' {params.java} > {log} 2>&1"
+        "capmodel evaluate --samples {input.csv} --out {output} --name {params.name}"
+        " {params.java} > {log} 2>&1"

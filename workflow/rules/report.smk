@@ -34,13 +34,12 @@ rule report_model:
         mem_mb=config["resources"]["small_mem_mb"],
         runtime=config["resources"]["small_runtime"],
     params:
-        model_dir=lambda wildcards, input: Path(input.meta).parent.resolve(),
-        figures_dir=lambda wildcards, output: Path(output.training).parent.resolve(),
-        split=SPLIT,
+        figures_dir=lambda wildcards, output: Path(output.training).parent,
         num_examples=config["report"]["num_examples"],
     shell:
-        "papermill {input.notebook} {output.notebook} -k python3 --log-output"
-        " -p model_name {wildcards.model} -p model_dir {params.model_dir} -p split {params.split}"
+        "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
+        " -p model_name {wildcards.model} -p model_json {input.meta} -p metrics_json {input.metrics}"
+        " -p history_csv {input.history} -p val_csv {input.val} -p samples_csv {input.samples}"
         " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
         " --output {wildcards.model} >> {log} 2>&1"
@@ -50,7 +49,7 @@ rule report_summary:
     input:
         notebook=str(NOTEBOOKS / "summary_report.ipynb"),
         csv="results/summary.csv",
-        vals=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
+        val=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
     output:
         html="reports/summary.html",
         notebook="results/notebooks/summary.ipynb",
@@ -72,12 +71,13 @@ rule report_summary:
         mem_mb=config["resources"]["small_mem_mb"],
         runtime=config["resources"]["small_runtime"],
     params:
-        csv=lambda wildcards, input: Path(input.csv).resolve(),
-        models_dir=Path("results/models").resolve(),
-        figures_dir=lambda wildcards, output: Path(output.metrics).parent.resolve(),
+        val_files=lambda wildcards, input: json.dumps(
+            {Path(v).parent.name: v for v in input.val}
+        ),
+        figures_dir=lambda wildcards, output: Path(output.metrics).parent,
     shell:
-        "papermill {input.notebook} {output.notebook} -k python3 --log-output"
-        " -p summary_csv {params.csv} -p models_dir {params.models_dir} -p figures_dir {params.figures_dir}"
+        "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
+        " -p summary_csv {input.csv} -y 'val_files: {params.val_files}' -p figures_dir {params.figures_dir}"
         " > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
         " --output summary >> {log} 2>&1"

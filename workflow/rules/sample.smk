@@ -1,5 +1,18 @@
-# Stage 4: captions for the evaluation split (decoder from config 'sample:'), and the
-# most-frequent-training-caption baseline in the same format.
+# Stage 4: captions for the evaluation split (decoder from config 'sample:', handed over as
+# a JSON file), and the most-frequent-training-caption baseline in the same format. Each
+# CSV gets a record of how it was made beside it (.json), which evaluation reads.
+
+
+rule sample_settings:
+    output:
+        "results/sample_settings.json",
+    log:
+        "logs/settings/sample.log",
+    localrule: True
+    params:
+        settings=SAMPLE,
+    run:
+        wc.write_settings(output[0], params.settings)
 
 
 rule sample_captions:
@@ -7,8 +20,10 @@ rule sample_captions:
         model="results/models/{model}/model.npz",
         meta="results/models/{model}/model.json",
         data=get_data_dir(),
+        settings="results/sample_settings.json",
     output:
-        f"results/models/{{model}}/samples_{SPLIT}.csv",
+        csv=f"results/models/{{model}}/samples_{SPLIT}.csv",
+        record=f"results/models/{{model}}/samples_{SPLIT}.json",
     log:
         "logs/sample/{model}.log",
     conda:
@@ -16,18 +31,17 @@ rule sample_captions:
     resources:
         mem_mb=config["resources"]["small_mem_mb"],
         runtime=config["resources"]["small_runtime"],
-    params:
-        model=lambda wildcards, input: input.model[: -len(".npz")],
-        args=get_sample_args(),
     shell:
-        "capmodel sample --model {params.model} --data {input.data} --out {output} {params.args} > {log} 2>&1"
+        "capmodel sample --model {input.model} --data {input.data} --settings {input.settings}"
+        " --out {output.csv} > {log} 2>&1"
 
 
 rule baseline_captions:
     input:
         data=get_data_dir(),
     output:
-        f"results/baseline/samples_{SPLIT}.csv",
+        csv=f"results/baseline/samples_{SPLIT}.csv",
+        record=f"results/baseline/samples_{SPLIT}.json",
     log:
         "logs/sample/baseline.log",
     conda:
@@ -38,4 +52,4 @@ rule baseline_captions:
     params:
         split=SPLIT,
     shell:
-        "capmodel baseline --data {input.data} --out {output} --split {params.split} > {log} 2>&1"
+        "capmodel baseline --data {input.data} --out {output.csv} --split {params.split} > {log} 2>&1"

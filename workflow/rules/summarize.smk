@@ -1,10 +1,14 @@
-# Stage 6: one table over all models and the baseline.
+# Stage 6: one table over all models and the baseline, from every file it reads.
 
 
 rule summarize:
     input:
-        expand("results/models/{model}/metrics.json", model=sorted(MODELS)),
-        "results/baseline/metrics.json",
+        metrics=[
+            *expand("results/models/{model}/metrics.json", model=sorted(MODELS)),
+            "results/baseline/metrics.json",
+        ],
+        models=expand("results/models/{model}/model.json", model=sorted(MODELS)),
+        val=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
     output:
         csv=report(
             "results/summary.csv",
@@ -20,4 +24,5 @@ rule summarize:
         mem_mb=config["resources"]["small_mem_mb"],
         runtime=config["resources"]["small_runtime"],
     shell:
-        "capmodel summarize --metrics {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "capmodel summarize --metrics {input.metrics} --models {input.models} --val {input.val}"
+        " --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

@@ -1,12 +1,26 @@
-# Stage 3: one training job per model. Resume state lives in results/resume/<model>,
-# outside the declared outputs, so Snakemake's cleanup of a failed job keeps it and the
-# rerun continues from the last checkpoint.
+# Stage 3: one training job per model. Its settings reach `capmodel train` as a JSON file
+# that the workflow writes (rule model_settings). Resume state lives in
+# results/resume/<model>, outside the declared outputs, so Snakemake's cleanup of a failed
+# job keeps it and the rerun continues from the last checkpoint.
+
+
+rule model_settings:
+    output:
+        "results/models/{model}/settings.json",
+    log:
+        "logs/settings/{model}.log",
+    localrule: True
+    params:
+        settings=lambda wildcards: MODELS[wildcards.model],
+    run:
+        wc.write_settings(output[0], params.settings)
 
 
 rule train_model:
     input:
         data=get_data_dir(),
         gradcheck="results/gradcheck.csv",
+        settings="results/models/{model}/settings.json",
     output:
         model="results/models/{model}/model.npz",
         meta="results/models/{model}/model.json",
@@ -23,10 +37,9 @@ rule train_model:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime"],
     params:
-        args=get_train_args,
         out_dir=lambda wildcards, output: Path(output.model).parent,
         resume="results/resume/{model}",
     shell:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " capmodel train --data {input.data} --out-dir {params.out_dir}"
-        " --checkpoint-dir {params.resume} {params.args} > {log} 2>&1"
+        " capmodel train --data {input.data} --settings {input.settings} --out-dir {params.out_dir}"
+        " --checkpoint-dir {params.resume} > {log} 2>&1"

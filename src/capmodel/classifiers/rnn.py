@@ -22,6 +22,9 @@ PARAM_NAMES = ("W_proj", "b_proj", "W_embed", "Wx", "Wh", "b", "W_vocab", "b_voc
 class CaptioningRNN:
     """A CaptioningRNN produces captions from image features using a recurrent network.
 
+    It implements the model interface of capmodel.models (family "rnn", cell types rnn,
+    lstm and gru).
+
     The RNN receives input vectors of size D, has a vocab size of V, works on sequences
     of length T, has an RNN hidden dimension of H, uses word vectors of dimension W, and
     operates on minibatches of size N. The image features, projected to H, are the
@@ -31,6 +34,10 @@ class CaptioningRNN:
     which applies inverted dropout to the embedded words and to the hidden states during
     loss() only, never while sampling.
     """
+
+    FAMILY = "rnn"
+    CELL_TYPES = tuple(CELLS)
+    SETTINGS = ()  # wordvec_dim, hidden_dim and dropout are common training settings
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, dropout=0.0, seed=None):
@@ -85,6 +92,28 @@ class CaptioningRNN:
         for key, value in self.params.items():
             self.params[key] = value.astype(self.dtype)
 
+    # ------------------------------------------------------- model interface
+
+    @classmethod
+    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32):
+        """A new model from a training settings dict (capmodel.settings.train_settings())."""
+        return cls(word_to_idx, input_dim=input_dim, wordvec_dim=settings["wordvec_dim"],
+                   hidden_dim=settings["hidden_dim"], cell_type=settings["cell_type"], dtype=dtype,
+                   dropout=settings["dropout"], seed=settings["seed"])
+
+    def describe(self):
+        """JSON-able description that rebuilds this model's shapes (from_description)."""
+        return {"family": self.FAMILY, "cell_type": self.cell_type, "input_dim": self.input_dim,
+                "wordvec_dim": self.wordvec_dim, "hidden_dim": self.hidden_dim, "dropout": self.dropout,
+                "dtype": self.dtype.name, "word_to_idx": self.word_to_idx}
+
+    @classmethod
+    def from_description(cls, desc):
+        """A model with the shapes of describe()'s dict (weights freshly initialised)."""
+        return cls(desc["word_to_idx"], input_dim=desc["input_dim"], wordvec_dim=desc["wordvec_dim"],
+                   hidden_dim=desc["hidden_dim"], cell_type=desc["cell_type"], dtype=np.dtype(desc["dtype"]),
+                   dropout=desc.get("dropout", 0.0), seed=0)
+
     # ------------------------------------------------------------------ checks
 
     def _check_features(self, features):
@@ -111,7 +140,7 @@ class CaptioningRNN:
 
     # -------------------------------------------------------------------- loss
 
-    def loss(self, features, captions, dropout_rng=None):
+    def loss(self, features, captions, dropout_rng=None, training=True):
         """Compute training-time loss for the RNN.
 
         We input image features and ground-truth captions for those images, and use an
@@ -123,6 +152,8 @@ class CaptioningRNN:
           each element is in the range 0 <= y[i, t] < V
         - dropout_rng: Generator for the dropout masks (default: the model's own); pass
           a freshly seeded one to get the same masks on every call.
+        - training: False switches dropout off (validation) and leaves the model's
+          random stream untouched.
 
         Returns a tuple of:
         - loss: Scalar loss
@@ -133,6 +164,7 @@ class CaptioningRNN:
         p = self.params
         forward, backward, _ = CELLS[self.cell_type]
         rng = self.rng if dropout_rng is None else dropout_rng
+        dropout = self.dropout if training else 0.0
 
         # The input is everything but the last word and the target everything but the
         # first, so the RNN predicts word t + 1 from words up to t.
@@ -142,11 +174,11 @@ class CaptioningRNN:
 
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
         x, embed_cache = rl.word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
-        x_mask = dropout_mask(x.shape, self.dropout, rng, self.dtype)
+        x_mask = dropout_mask(x.shape, dropout, rng, self.dtype)
         if x_mask is not None:
             x = x * x_mask
         h, cell_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
-        h_mask = dropout_mask(h.shape, self.dropout, rng, self.dtype)
+        h_mask = dropout_mask(h.shape, dropout, rng, self.dtype)
         h_in = h if h_mask is None else h * h_mask
         # <NULL> positions add neither loss nor gradient, so the vocabulary scores are only
         # computed for the M unmasked positions, as one sequence of length M; the loss

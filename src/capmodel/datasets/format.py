@@ -139,6 +139,8 @@ def _gather(base_dir, kinds):
             key = f"{split}_features" + ("_pca" if pca and len(kinds) > 1 else "")
             readers.append(lambda s=split, p=pca, k=key: {k: _read_features(base, s, p)})
     data, found = {}, []
+    if len(kinds) == 1:
+        data["features_pca"] = kinds[0]
     for read in readers:
         try:
             data.update(read())
@@ -169,8 +171,11 @@ def problems_in_data(data, where="data"):
         if data.get("word_to_idx") and any(data["idx_to_word"][i] != w for w, i in data["word_to_idx"].items()
                                            if 0 <= i < V):
             found.append(f"{where}/{VOCAB_FILE}: idx_to_word and word_to_idx disagree")
+    found += _feature_problems(data, where)
     for split in SPLITS:
         caps, idxs = data.get(f"{split}_captions"), data.get(f"{split}_image_idxs")
+        if caps is not None and caps.size and "word_to_idx" in data:
+            found += _caption_problems(caps, data["word_to_idx"], f"{where}/{CAPTIONS_FILE}: {split}_captions")
         if caps is not None and V is not None and caps.size and (caps.min() < 0 or caps.max() >= V):
             found.append(f"{where}/{CAPTIONS_FILE}: {split}_captions has word ids in "
                          f"[{caps.min()}, {caps.max()}], outside the vocabulary [0, {V})")
@@ -186,6 +191,51 @@ def problems_in_data(data, where="data"):
             if idxs.min() < 0 or idxs.max() >= n_img:
                 found.append(f"{where}/{CAPTIONS_FILE}: {split}_image_idxs has values in "
                              f"[{idxs.min()}, {idxs.max()}], but there are only {n_img} {split} images")
+    return found
+
+
+def _feature_keys(data):
+    """(data key, pca?) of each split's features: both kinds, or one kind under _features."""
+    if any(f"{s}_features_pca" in data for s in SPLITS):
+        return (("_features_pca", True), ("_features", False))
+    return (("_features", data.get("features_pca", True)),)
+
+
+def _feature_problems(data, where):
+    """Empty or non-finite features, and train/val widths that differ."""
+    found = []
+    for suffix, pca in _feature_keys(data):
+        widths = {}
+        for split in SPLITS:
+            f = data.get(split + suffix)
+            if f is None:
+                continue
+            name = f"{where}/{features_file(split, pca)}"
+            if f.shape[1] == 0:
+                found.append(f"{name}: '{FEATURES_KEY}' has no columns (shape {f.shape})")
+                continue
+            widths[split] = f.shape[1]
+            finite = np.isfinite(f).all(axis=1)
+            if not finite.all():
+                rows = np.flatnonzero(~finite)
+                found.append(f"{name}: {len(rows)} rows of '{FEATURES_KEY}' hold NaN or Inf (first: row {rows[0]})")
+        if len(set(widths.values())) > 1:
+            found.append(f"{where}: train and val features differ in width: "
+                         + ", ".join(f"{features_file(s, pca)} has {w}" for s, w in widths.items()))
+    return found
+
+
+def _caption_problems(caps, word_to_idx, name):
+    """Captions must start with <START> and hold at least one word before <END>/<NULL>."""
+    found = []
+    start, null, end = (word_to_idx.get(t) for t in (SPECIAL_TOKENS[1], SPECIAL_TOKENS[0], SPECIAL_TOKENS[2]))
+    no_start = np.flatnonzero(caps[:, 0] != start)
+    if len(no_start):
+        found.append(f"{name}: {len(no_start)} captions do not start with {SPECIAL_TOKENS[1]} "
+                     f"(first: row {no_start[0]})")
+    empty = np.flatnonzero(np.isin(caps[:, 1], [null, end]))
+    if len(empty):
+        found.append(f"{name}: {len(empty)} captions hold no word (first: row {empty[0]})")
     return found
 
 
@@ -242,9 +292,18 @@ def _read_vocab(base):
         vocab = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: not valid JSON ({e})")
+    if not isinstance(vocab, dict):
+        raise DatasetError(f"{path}: must be a JSON object with idx_to_word and word_to_idx, "
+                           f"got a {type(vocab).__name__}")
     for key, kind in (("idx_to_word", list), ("word_to_idx", dict)):
         if not isinstance(vocab.get(key), kind):
             raise DatasetError(f"{path}: missing key '{key}' ({kind.__name__})")
+    if not all(isinstance(w, str) for w in vocab["idx_to_word"]):
+        raise DatasetError(f"{path}: idx_to_word must be a list of strings")
+    bad = [w for w, i in vocab["word_to_idx"].items() if isinstance(i, bool) or not isinstance(i, int)]
+    if bad:
+        raise DatasetError(f"{path}: word_to_idx['{bad[0]}'] must be an integer index, "
+                           f"got {vocab['word_to_idx'][bad[0]]!r}")
     return {"idx_to_word": vocab["idx_to_word"], "word_to_idx": vocab["word_to_idx"]}
 
 
@@ -260,4 +319,5 @@ def load(base_dir, pca_features=True):
     data, found = _gather(base_dir, (bool(pca_features),))
     if found:
         raise DatasetError(f"invalid dataset {base_dir}:\n" + "\n".join(f"- {p}" for p in found))
+    data.pop("features_pca", None)
     return data
