@@ -1,5 +1,5 @@
-"""The capmodel command line: data shapes|fetch|check, gradcheck, train, sample, baseline,
-evaluate, summarize.
+"""The capmodel command line: data shapes|fetch|check|from-folder, gradcheck, train, sample,
+caption, baseline, evaluate, summarize.
 
 Each command parses its flags and calls one library function; on bad input it prints one
 line 'capmodel <command>: error: <message>' to stderr and exits with status 2.
@@ -54,6 +54,15 @@ def cmd_data_fetch(args):
     status = fetch.fetch(args.out_dir, url=args.url, sha256=args.sha256, progress=not args.no_progress,
                          keep_archive=args.keep_archive)
     print(f"{args.out_dir}: {'already present and valid' if status == 'present' else 'fetched and valid'}")
+    return 0
+
+
+def cmd_data_from_folder(args):
+    from capmodel.datasets import folder
+
+    stats = folder.make_dataset(args.images_dir, args.captions, args.out_dir, val_fraction=args.val_fraction,
+                                seed=args.seed, min_count=args.min_count, image_size=args.image_size)
+    print(json.dumps(stats))
     return 0
 
 
@@ -159,6 +168,21 @@ def build_parser():
     f.add_argument("--keep-archive", action="store_true", help="keep the zip after extracting it")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_data_fetch)
+
+    from capmodel.datasets import folder
+
+    ff = dsub.add_parser("from-folder", help="make a dataset from a folder of images and a captions CSV/JSON")
+    ff.add_argument("images_dir", help="folder of PNG/JPEG images (subfolders included)")
+    ff.add_argument("captions", help="CSV with columns image,caption[,split] or JSON {image: [captions]}")
+    ff.add_argument("out_dir", help="dataset directory to create; must be new, empty or made by from-folder")
+    ff.add_argument("--val-fraction", type=float, default=folder.DEFAULT_VAL_FRACTION,
+                    help="share of images for val when there is no split column (default: %(default)s)")
+    ff.add_argument("--seed", type=int, default=0, help="seed of that split (default: %(default)s)")
+    ff.add_argument("--min-count", type=_positive_int, default=folder.DEFAULT_MIN_COUNT,
+                    help="rarer training words become <UNK> (default: %(default)s)")
+    ff.add_argument("--image-size", type=_positive_int, default=folder.DEFAULT_IMAGE_SIZE,
+                    help="side the images are resized to for the features (default: %(default)s)")
+    ff.set_defaults(func=cmd_data_from_folder)
 
     g = sub.add_parser("gradcheck", help="numeric gradient checks of every layer and the model loss")
     g.add_argument("--out", required=True, help="CSV table to write (layer, cell, param, rel_error, tolerance, ok)")
