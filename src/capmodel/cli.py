@@ -110,6 +110,23 @@ def cmd_sample(args):
     return 0
 
 
+def cmd_caption(args):
+    from capmodel import captioner
+
+    rows = captioner.caption_files(args.model, args.images, data_dir=args.data, features_file=args.features,
+                                   method=args.method, beam_size=args.beam_size, max_length=args.max_length)
+    if args.out:
+        captioner.write_captions_csv(args.out, rows)
+    if args.html:
+        captioner.write_gallery(args.html, rows, title=f"Captions by {args.model}")
+    for r in [] if args.out else rows:
+        print(f"{r['image']}\t{r['caption']}")
+    written = [f for f in (args.out, args.html) if f]
+    if written:
+        print(f"{len(rows)} captions -> {', '.join(written)}", file=sys.stdout if args.out else sys.stderr)
+    return 0
+
+
 def cmd_baseline(args):
     from capmodel import pipeline
 
@@ -235,6 +252,21 @@ def build_parser():
     sm.add_argument("--max-length", type=_positive_int, default=16, help="maximum caption length")
     sm.add_argument("--num-images", type=_positive_int, help="caption only the first N images")
     sm.set_defaults(func=cmd_sample)
+
+    from capmodel import captioner
+
+    cp = sub.add_parser("caption", help="caption image files with a trained model")
+    cp.add_argument("model", help="model directory, model.npz, model.json or their path without extension")
+    cp.add_argument("images", nargs="+", help="PNG/JPEG files or folders of them")
+    cp.add_argument("--data", help="data set whose recorded feature extractor to use (default: the model's)")
+    cp.add_argument("--features", help="precomputed features instead: .npy (N, D) or HDF5 with a 'features' "
+                                       "dataset, one row per image in the order given")
+    cp.add_argument("--out", help="write a CSV (image, caption) instead of printing image<TAB>caption lines")
+    cp.add_argument("--html", help="also write a self-contained HTML gallery of the images and captions")
+    cp.add_argument("--method", choices=captioner.METHODS, default="greedy", help="decoder (default: %(default)s)")
+    cp.add_argument("--beam-size", type=_positive_int, default=3, help="beam width k (default: %(default)s)")
+    cp.add_argument("--max-length", type=_positive_int, default=16, help="maximum words (default: %(default)s)")
+    cp.set_defaults(func=cmd_caption)
 
     b = sub.add_parser("baseline", help="the most-frequent-training-caption baseline, as a samples CSV")
     b.add_argument("--data", required=True, help="dataset directory")
