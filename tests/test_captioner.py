@@ -235,3 +235,38 @@ def test_bad_input_gives_one_line_exit_2(trained, shapes_dir, capsys, tmp_path, 
     assert code == 2 and out == ""
     assert err.startswith("capmodel caption: error: ") and err.count("\n") == 1, err
     assert message.format(tmp=tmp_path, shapes=shapes_dir) in err
+
+
+# ----------------------------------------------------------------- the docs
+
+
+def _tested_blocks(path):
+    """The sh blocks of a Markdown file that follow a '<!-- tests/test_captioner.py runs this' marker."""
+    import re
+
+    text = path.read_text()
+    return [m.group(1).strip().splitlines()
+            for m in re.finditer(r"<!-- tests/test_captioner\.py runs this[^>]*-->\n```sh\n(.*?)```", text, re.S)]
+
+
+def test_docs_own_data_commands_run_verbatim(tmp_path, monkeypatch, capsys):
+    import shlex
+    from pathlib import Path
+
+    from capmodel.cli import main
+
+    blocks = _tested_blocks(Path(__file__).resolve().parents[1] / "docs" / "own-data.md")
+    assert [len(b) for b in blocks] == [2, 1]
+    make_photos(tmp_path)
+    (tmp_path / "captions.csv").rename(tmp_path / "my_photos.csv")
+    (tmp_path / "photos").rename(tmp_path / "my_photos")
+    monkeypatch.chdir(tmp_path)
+    for line in blocks[0] + blocks[1]:
+        argv = shlex.split(line)
+        assert argv[0] == "capmodel"
+        assert main(argv[1:]) == 0, line
+    out, err = capsys.readouterr()
+    captions = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    assert [c[0] for c in captions] == [f"my_photos/{p.name}" for p in sorted((tmp_path / "my_photos").iterdir())]
+    assert err.endswith("12 captions -> gallery.html\n") and (tmp_path / "gallery.html").stat().st_size > 1000
+    assert json.loads((tmp_path / "models" / "mine" / "model.json").read_text())["epochs"] == 20
