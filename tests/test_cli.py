@@ -64,7 +64,7 @@ def test_stages_by_hand(shapes_dir, tmp_path):
     (["train", "--data", "{tmp}/nothing", "--out-dir", "{tmp}/o"], "capmodel train: error: invalid dataset"),
     (["train", "--data", "{shapes}", "--out-dir", "{tmp}/o", "--dropout", "1.5"], "--dropout: must be finite number >= 0 and < 1"),
     (["train", "--data", "{shapes}", "--out-dir", "{tmp}/o", "--hidden-dim", "0"], "--hidden-dim: must be integer >= 1"),
-    (["sample", "--model", "{tmp}/none", "--data", "{shapes}", "--out", "{tmp}/s.csv"], "no trained model at"),
+    (["sample", "--model", "{tmp}/none", "--data", "{shapes}", "--out", "{tmp}/s.csv"], "none.npz does not exist"),
     (["evaluate", "--samples", "{tmp}/empty.csv", "--out", "{tmp}/m.json"], "has no captions to evaluate"),
     (["train", "--data", "{shapes}", "--out-dir", "{tmp}/o", "--settings", "{tmp}/empty.csv"], "is not readable JSON"),
     (["data", "shapes", "{tmp}/d", "--num-train", "0"], "--num-train: must be integer >= 1"),

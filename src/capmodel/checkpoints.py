@@ -154,6 +154,21 @@ def check_model_fits(model, meta, arrays, where):
             )
 
 
+def model_base(path):
+    """The checkpoint base (model.npz + model.json without extension) for a model path.
+
+    Accepts the model directory, model.npz, model.json or the base path itself; raises
+    CheckpointError naming the missing file.
+    """
+    path = Path(path)
+    base = path / "model" if path.is_dir() else path.with_suffix("") if path.suffix in (".npz", ".json") else path
+    for f in (base.with_suffix(".npz"), base.with_suffix(".json")):
+        if not f.is_file():
+            raise CheckpointError(
+                f"model file {f} does not exist (give the model directory, model.npz, model.json or their base path)")
+    return base
+
+
 def save_model(base, model, extra=None):
     """Save a trained model as base.npz (params) + base.json (config and vocabulary)."""
     arrays = {f"params/{k}": v for k, v in model.params.items()}

@@ -1,5 +1,5 @@
-"""The capmodel command line: data shapes|fetch|check, gradcheck, train, sample, baseline,
-evaluate, summarize.
+"""The capmodel command line: data shapes|fetch|check|from-folder, gradcheck, train, sample,
+caption, baseline, evaluate, summarize.
 
 Each command parses its flags and calls one library function; on bad input (argparse
 errors included) it prints one line 'capmodel <command>: error: <message>' to stderr and
@@ -78,6 +78,15 @@ def cmd_data_fetch(args):
     return 0
 
 
+def cmd_data_from_folder(args):
+    from capmodel.datasets import folder
+
+    stats = folder.make_dataset(args.images_dir, args.captions, args.out_dir, val_fraction=args.val_fraction,
+                                seed=args.seed, min_count=args.min_count, image_size=args.image_size)
+    print(json.dumps(stats))
+    return 0
+
+
 def cmd_gradcheck(args):
     from capmodel import gradcheck_suite
     from capmodel.atomic import check_writable
@@ -116,6 +125,23 @@ def cmd_sample(args):
     settings.update(S.from_args(args, S.DECODE))
     rows = pipeline.sample(args.model, args.data, args.out, settings)
     print(f"{len(rows)} captions -> {args.out}")
+    return 0
+
+
+def cmd_caption(args):
+    from capmodel import captioner
+
+    rows = captioner.caption_files(args.model, args.images, data_dir=args.data, features_file=args.features,
+                                   method=args.method, beam_size=args.beam_size, max_length=args.max_length)
+    if args.out:
+        captioner.write_captions_csv(args.out, rows)
+    if args.html:
+        captioner.write_gallery(args.html, rows, title=f"Captions by {args.model}")
+    for r in [] if args.out else rows:
+        print(f"{r['image']}\t{r['caption']}")
+    written = [f for f in (args.out, args.html) if f]
+    if written:
+        print(f"{len(rows)} captions -> {', '.join(written)}", file=sys.stdout if args.out else sys.stderr)
     return 0
 
 
@@ -176,6 +202,21 @@ def build_parser():
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_data_fetch)
 
+    from capmodel.datasets import folder
+
+    ff = dsub.add_parser("from-folder", help="make a dataset from a folder of images and a captions CSV/JSON")
+    ff.add_argument("images_dir", help="folder of PNG/JPEG images (subfolders included)")
+    ff.add_argument("captions", help="CSV with columns image,caption[,split] or JSON {image: [captions]}")
+    ff.add_argument("out_dir", help="dataset directory to create; must be new, empty or made by from-folder")
+    ff.add_argument("--val-fraction", type=float, default=folder.DEFAULT_VAL_FRACTION,
+                    help="share of images for val when there is no split column (default: %(default)s)")
+    ff.add_argument("--seed", type=int, default=0, help="seed of that split (default: %(default)s)")
+    ff.add_argument("--min-count", type=_positive_int, default=folder.DEFAULT_MIN_COUNT,
+                    help="rarer training words become <UNK> (default: %(default)s)")
+    ff.add_argument("--image-size", type=_positive_int, default=folder.DEFAULT_IMAGE_SIZE,
+                    help="side the images are resized to for the features (default: %(default)s)")
+    ff.set_defaults(func=cmd_data_from_folder)
+
     g = sub.add_parser("gradcheck", help="numeric gradient checks of every layer and the model loss")
     g.add_argument("--out", required=True, help="CSV table to write (layer, cell, param, rel_error, tolerance, ok)")
     g.add_argument("--seed", type=int, default=0, help="seed for the random test inputs")
@@ -202,6 +243,21 @@ def build_parser():
                     "flags given here override it")
     S.add_arguments(sm, S.DECODE)
     sm.set_defaults(func=cmd_sample)
+
+    from capmodel import captioner
+
+    cp = sub.add_parser("caption", help="caption image files with a trained model")
+    cp.add_argument("model", help="model directory, model.npz, model.json or their path without extension")
+    cp.add_argument("images", nargs="+", help="PNG/JPEG files or folders of them")
+    cp.add_argument("--data", help="data set whose recorded feature extractor to use (default: the model's)")
+    cp.add_argument("--features", help="precomputed features instead: .npy (N, D) or HDF5 with a 'features' "
+                                       "dataset, one row per image in the order given")
+    cp.add_argument("--out", help="write a CSV (image, caption) instead of printing image<TAB>caption lines")
+    cp.add_argument("--html", help="also write a self-contained HTML gallery of the images and captions")
+    cp.add_argument("--method", choices=captioner.METHODS, default="greedy", help="decoder (default: %(default)s)")
+    cp.add_argument("--beam-size", type=_positive_int, default=3, help="beam width k (default: %(default)s)")
+    cp.add_argument("--max-length", type=_positive_int, default=16, help="maximum words (default: %(default)s)")
+    cp.set_defaults(func=cmd_caption)
 
     b = sub.add_parser("baseline", help="the most-frequent-training-caption baseline, as a samples CSV")
     b.add_argument("--data", required=True, help="dataset directory")

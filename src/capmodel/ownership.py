@@ -40,12 +40,30 @@ def is_owned(path, kind):
     return m is not None and m.get("kind") == kind
 
 
-def mark(path, kind, created=True):
-    """Write the marker into directory path (which must exist)."""
+def mark(path, kind, created=True, manifest=False):
+    """Write the marker into directory path (which must exist).
+
+    With manifest=True the marker lists every file now below path, so that a later
+    replacement can tell whether anyone added a file since (unlisted_files).
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown directory kind {kind!r}; one of {KINDS}")
     record = {"kind": kind, "created_by": f"capmodel {__version__}", "created_dir": bool(created)}
+    if manifest:
+        record["files"] = _files(path)
     (Path(path) / MARKER).write_text(json.dumps(record) + "\n")
+
+
+def _files(path):
+    root = Path(path)
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if (p.is_file() or p.is_symlink()) and p.name != MARKER)
+
+
+def unlisted_files(path):
+    """Files below an owned directory that its marker's manifest does not list."""
+    listed = set((marker_of(path) or {}).get("files", []))
+    return [f for f in _files(path) if f not in listed]
 
 
 def check_owned(path, kind, what):

@@ -112,20 +112,6 @@ def blas_threads():
     return max(counts) if counts else 1
 
 
-def model_base(path):
-    """The base path (without extension) of a saved model, from the model directory, its
-    .npz or .json file, or the base itself."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model"
-    if path.suffix in (".npz", ".json"):
-        path = path.with_suffix("")
-    if not path.with_suffix(".npz").exists() or not path.with_suffix(".json").exists():
-        raise ValueError(f"no trained model at {path}: expected {path.with_suffix('.npz')} and "
-                         f"{path.with_suffix('.json')} (give the model directory, model.npz or model.json)")
-    return path
-
-
 def samples_record(samples_csv):
     """Where `capmodel sample`/`baseline` record what they did: the CSV's .json sibling."""
     return Path(samples_csv).with_suffix(".json")
@@ -136,7 +122,7 @@ def sample(model, data_dir, out_csv, settings=None, batch_size=500):
     and the decoding record (settings and label) beside it (samples_record)."""
     record = S.decode_record(settings or {})
     check_writable(out_csv, "output file")
-    base = model_base(model)
+    base = checkpoints.model_base(model)
     model, meta = checkpoints.load_model(base)
     pca = meta.get("settings", {}).get("pca_features", True)
     data = load_coco_data(data_dir, pca_features=pca)

@@ -11,9 +11,21 @@ object is), 2328-d in all. Like CS231n, a 512-d PCA fitted on train is applied t
 Measured with a linear probe on single-object images (held-out 25%): colour 93%, shape
 56% (chance 25%), size 91%, row and column ~100%. Shape is the hard part, as it should be.
 
-Dimension letters: N images, S image side, C channels, F feature dimension.
+A dataset made by capmodel records this extractor beside its files (RECORD_FILE, a JSON
+object, plus PCA_FILE, an HDF5 file with the fitted PCA `mean` (F,) and `components`
+(F, K)), so that features of new images can be computed later exactly as the dataset's
+were (see write_record / read_record). Datasets without the record, such as CS231n's
+COCO files (VGG-16 fc7), have features capmodel cannot compute.
+
+Dimension letters: N images, S image side, C channels, F feature dimension, K PCA
+components (K <= P, the format's PCA width; columns K..P are zero padding).
 """
 
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
 import numpy as np
 
 FILTER_SEED = 20141231  # fixed: the same extractor for every dataset and machine
@@ -78,3 +90,95 @@ def fit_pca(features, dim=512):
 def apply_pca(features, mean, components):
     """Project (N, F) features onto the fitted components -> float32 (N, dim)."""
     return ((features.astype(np.float64) - mean) @ components).astype(np.float32)
+
+
+def pca_project(features, mean, components, dim):
+    """apply_pca, then zero-pad to dim columns (a PCA fitted on fewer than dim images has fewer).
+
+    Inputs:
+    - features: (N, F) fc7 features
+    - mean, components: from fit_pca, of shapes (F,) and (F, K) with K <= dim
+    - dim: Output width P (the format's PCA_DIM)
+
+    Returns float32 (N, P).
+    """
+    out = apply_pca(features, mean, components)
+    return np.pad(out, ((0, 0), (0, dim - out.shape[1])))
+
+
+# ---------------------------------------------------------------- the record
+
+EXTRACTOR_NAME = "capmodel-randconv-v1"  # this module's extract(); change the name if extract() changes
+PREPROCESS = "rgb-center-crop-bilinear"  # how an image file becomes (S, S, 3): capmodel.datasets.folder
+RECORD_FILE = "feature_extractor.json"
+PCA_FILE = "feature_extractor_pca.h5"
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_record(out_dir, image_size, mean, components, pca_dim, created_by):
+    """Record the extractor and the fitted PCA in a dataset directory (RECORD_FILE + PCA_FILE).
+
+    Inputs:
+    - out_dir: The dataset directory (usually write_dataset's temporary one)
+    - image_size: Side S the images were resized to before extract()
+    - mean, components: The PCA fitted on the train features, (F,) and (F, K)
+    - pca_dim: Width P of the dataset's PCA features (K columns, then zeros)
+    - created_by: The capmodel command that made the dataset (ownership itself is
+      capmodel.ownership's marker)
+    """
+    out_dir = Path(out_dir)
+    with h5py.File(out_dir / PCA_FILE, "w", track_order=False, libver="earliest") as f:
+        f.create_dataset("mean", data=np.asarray(mean, dtype=np.float64), track_times=False)
+        f.create_dataset("components", data=np.asarray(components, dtype=np.float64), track_times=False)
+    record = {
+        "extractor": EXTRACTOR_NAME, "preprocess": PREPROCESS, "image_size": int(image_size),
+        "feature_dim": int(components.shape[0]), "pca_components": int(components.shape[1]),
+        "pca_dim": int(pca_dim), "pca_file": PCA_FILE, "pca_sha256": _sha256(out_dir / PCA_FILE),
+        "created_by": created_by,
+    }
+    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_record(data_dir):
+    """The extractor record of a dataset directory, with its PCA arrays; None if there is none.
+
+    Returns a dict with the JSON fields plus 'mean' (F,) and 'components' (F, K).
+    Raises ValueError naming the file when the record is malformed, its PCA file is
+    missing or altered, or it names an extractor this version of capmodel does not have.
+    """
+    path = Path(data_dir) / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})")
+    keys = ("extractor", "preprocess", "image_size", "feature_dim", "pca_dim", "pca_file", "pca_sha256")
+    missing = [k for k in keys if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+    if (record["extractor"], record["preprocess"]) != (EXTRACTOR_NAME, PREPROCESS):
+        raise ValueError(f"{path}: extractor {record['extractor']} with preprocessing {record['preprocess']} "
+                         f"is not the one this capmodel computes ({EXTRACTOR_NAME}, {PREPROCESS})")
+    pca_path = Path(data_dir) / record["pca_file"]
+    if not pca_path.is_file():
+        raise ValueError(f"{pca_path}: missing file (the PCA that {path} refers to)")
+    if _sha256(pca_path) != record["pca_sha256"]:
+        raise ValueError(f"{pca_path}: does not match the checksum in {path}; the file was altered")
+    with h5py.File(pca_path, "r") as f:
+        record["mean"], record["components"] = np.asarray(f["mean"]), np.asarray(f["components"])
+    return record
+
+
+def compute(images, record, pca=True):
+    """Features of uint8 images (N, S, S, 3) as the record's dataset has them.
+
+    Returns float32 (N, P) PCA features if pca, else the (N, F) fc7 features.
+    """
+    fc7 = extract(images)
+    if not pca:
+        return fc7
+    return pca_project(fc7, record["mean"], record["components"], record["pca_dim"])

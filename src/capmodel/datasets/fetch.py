@@ -130,7 +130,7 @@ def _extract(archive, out_dir):
         if problems:
             raise FetchError(f"{archive}: the extracted data is incomplete or invalid:\n"
                              + "\n".join(f"- {p}" for p in problems))
-        ownership.mark(roots[0], "dataset")
+        ownership.mark(roots[0], "dataset", manifest=True)
         fmt.replace_dir(roots[0], out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

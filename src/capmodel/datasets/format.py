@@ -71,7 +71,6 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        ownership.mark(tmp, "dataset")
         _write_h5(tmp / CAPTIONS_FILE, {
             f"{s}_{k}": np.asarray(v[s], dtype=np.int32)
             for s in SPLITS for k, v in (("captions", captions), ("image_idxs", image_idxs))
@@ -84,6 +83,7 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
         (tmp / VOCAB_FILE).write_text(json.dumps(vocab))
         if extra is not None:
             extra(tmp)
+        ownership.mark(tmp, "dataset", manifest=True)
         replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -91,18 +91,25 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
 
 
 def check_writable_dataset_dir(out_dir):
-    """Raise OwnershipError unless out_dir may receive a dataset: absent, empty, or one of ours.
+    """Raise OwnershipError unless out_dir may receive a dataset: absent, empty, or one of
+    ours to which nobody added a file since capmodel wrote it.
 
     Call it before any expensive work, so a run that would be refused fails at once.
     """
     ownership.check_owned(out_dir, "dataset", "dataset directory")
+    added = ownership.unlisted_files(out_dir) if ownership.is_owned(out_dir, "dataset") else []
+    if added:
+        raise ownership.OwnershipError(
+            f"dataset directory {out_dir} holds {len(added)} file(s) capmodel did not write there (first: "
+            f"{added[0]}); move them away or choose another directory: capmodel never deletes files it did not make")
 
 
 def replace_dir(src, dst):
     """Move the complete dataset directory src onto dst.
 
     A previous dst is replaced only if it is empty or a dataset capmodel made (it carries
-    the ownership marker); anything else raises OwnershipError and is left as it is.
+    the ownership marker) to which nobody added a file since; anything else raises
+    OwnershipError and is left as it is.
     """
     dst = Path(dst)
     check_writable_dataset_dir(dst)

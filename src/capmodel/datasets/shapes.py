@@ -5,7 +5,8 @@ six colours; small or large; placed on a 3x3 grid with jitter) on a textured
 background. Five reference captions per image come from a small grammar with
 paraphrases: synonyms, optional adjectives, positions, spatial relations between
 objects, counts. Some references are longer than 15 words and are truncated as CS231n
-did. The result is written in the CS231n on-disk format (capmodel.datasets.format).
+did. The result is written in the CS231n on-disk format (capmodel.datasets.format), with
+the images under images/ and the feature extractor's record (capmodel.datasets.features).
 
 Everything is drawn from np.random.default_rng([seed, split]), so a seed gives the same
 images, captions and HDF5 bytes on every run, and val does not depend on --num-train.
@@ -245,9 +246,7 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5, progress
         urls[s] = [(out_dir / "images" / s / f"{i:06d}.png").as_uri() for i in range(len(imgs))]
         images[s] = imgs
     mean, comps = feat.fit_pca(fc7["train"], dim=min(fmt.PCA_DIM, fc7["train"].shape[1]))
-    pca = {s: feat.apply_pca(fc7[s], mean, comps) for s in fc7}
-    if pca["train"].shape[1] < fmt.PCA_DIM:  # tiny datasets: pad to the format's 512 columns
-        pca = {s: np.pad(v, ((0, 0), (0, fmt.PCA_DIM - v.shape[1]))) for s, v in pca.items()}
+    pca = {s: feat.pca_project(fc7[s], mean, comps, fmt.PCA_DIM) for s in fc7}
 
     def add_images(tmp_dir):
         for s, imgs in images.items():
@@ -255,6 +254,8 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5, progress
             d.mkdir(parents=True)
             for i, img in enumerate(imgs):
                 _write_png(d / f"{i:06d}.png", img)
+        # so that `capmodel caption` computes the features of new images the same way
+        feat.write_record(tmp_dir, SIZE, mean, comps, fmt.PCA_DIM, created_by="capmodel data shapes")
 
     fmt.write_dataset(out_dir, captions, image_idxs, fc7, pca, urls, idx_to_word, extra=add_images)
     lengths = [len(c.split()) for c in train_text]

@@ -1,0 +1,272 @@
+"""Tests of captioning new images with a trained model (capmodel.captioner, `capmodel caption`)
+and of the feature extractor record that makes it possible."""
+
+import json
+
+import numpy as np
+import pytest
+
+from capmodel.coco_utils import load_coco_data
+from capmodel.datasets import features as feat
+from capmodel.image_utils import image_from_url
+
+
+def test_shapes_record_reproduces_the_stored_features(shapes_dir):
+    record = feat.read_record(shapes_dir)
+    saved = json.loads((shapes_dir / feat.RECORD_FILE).read_text())
+    assert saved["extractor"] == "capmodel-randconv-v1" and saved["image_size"] == 64
+    assert saved["created_by"] == "capmodel data shapes" and saved["pca_dim"] == 512
+    assert record["components"].shape == (2328, saved["pca_components"])
+    pca, fc7 = load_coco_data(shapes_dir), load_coco_data(shapes_dir, pca_features=False)
+    for split in ("train", "val"):
+        images = np.stack([image_from_url(u) for u in pca[f"{split}_urls"][:5]])
+        assert np.array_equal(feat.compute(images, record, pca=False), fc7[f"{split}_features"][:5])
+        np.testing.assert_allclose(feat.compute(images, record), pca[f"{split}_features"][:5], atol=1e-5)
+
+
+def test_record_without_pca_file_or_altered_is_refused(shapes_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "d"
+    shutil.copytree(shapes_dir, d, ignore=shutil.ignore_patterns("images"))
+    with open(d / feat.PCA_FILE, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="does not match the checksum"):
+        feat.read_record(d)
+    (d / feat.PCA_FILE).unlink()
+    with pytest.raises(ValueError, match=f"{feat.PCA_FILE}: missing file"):
+        feat.read_record(d)
+    (d / feat.RECORD_FILE).unlink()
+    assert feat.read_record(d) is None
+
+
+# ------------------------------------------------------------ captioning files
+
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230)}
+
+
+def draw(color, shape, side=48):
+    """A uint8 (side, side, 3) picture of one coloured circle or square on white."""
+    yy, xx = np.mgrid[0:side, 0:side] - side / 2
+    mask = xx**2 + yy**2 <= (side / 3) ** 2 if shape == "circle" else (abs(xx) <= side / 3) & (abs(yy) <= side / 3)
+    img = np.full((side, side, 3), 240, np.uint8)
+    img[mask] = COLORS[color]
+    return img
+
+
+def make_photos(d):
+    """12 PNGs (3 colours x 2 shapes x 2 sizes) and a captions CSV without a split column."""
+    from PIL import Image
+
+    (d / "photos").mkdir(parents=True)
+    lines = ["image,caption"]
+    for color in COLORS:
+        for shape in ("circle", "square"):
+            for k, side in enumerate((48, 64)):
+                name = f"{color}_{shape}_{k}.png"
+                Image.fromarray(draw(color, shape, side)).save(d / "photos" / name)
+                lines += [f"{name},a {color} {shape}", f"{name},one {color} {shape} on white"]
+    (d / "captions.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A from-folder dataset of 12 PNGs and a tiny LSTM trained on it for one epoch."""
+    from capmodel import pipeline
+    from capmodel.cli import main
+
+    tmp = tmp_path_factory.mktemp("cap")
+    make_photos(tmp)
+    assert main(["data", "from-folder", str(tmp / "photos"), str(tmp / "captions.csv"), str(tmp / "data")]) == 0
+    pipeline.train(tmp / "data", tmp / "model", {"cell_type": "lstm", "num_epochs": 1, "hidden_dim": 16,
+                                                 "wordvec_dim": 8, "batch_size": 10}, verbose=False)
+    return tmp
+
+
+def cli(capsys, *args):
+    from capmodel.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _expected(tmp, split):
+    """{image file name: greedy caption} from the features stored in the data set."""
+    from capmodel import checkpoints
+    from capmodel.coco_utils import decode_captions
+
+    model, _ = checkpoints.load_model(tmp / "model" / "model")
+    data = load_coco_data(tmp / "data")
+    caps = decode_captions(model.sample(data[f"{split}_features"], max_length=16), data["idx_to_word"],
+                           strip_special=True)
+    return {u.rsplit("/", 1)[1]: c for u, c in zip(data[f"{split}_urls"], caps)}
+
+
+def test_caption_folder_prints_one_line_per_image_as_from_stored_features(trained, capsys):
+    code, out, err = cli(capsys, "caption", trained / "model", trained / "photos")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    names = sorted(p.name for p in (trained / "photos").iterdir())
+    assert [line.split("\t")[0] for line in lines] == [str(trained / "photos" / n) for n in names]
+    got = {line.split("\t")[0].rsplit("/", 1)[1]: line.split("\t")[1] for line in lines}
+    assert any(got.values())  # a one-epoch model: some captions are just <END>
+    # images -> record's extractor -> the features the model was trained on
+    expected = {**_expected(trained, "train"), **_expected(trained, "val")}
+    assert got == expected
+
+
+@pytest.mark.parametrize("model_arg", ["model/model.npz", "model/model.json", "model/model"])
+def test_model_path_forms(trained, capsys, model_arg):
+    image = trained / "photos" / "red_circle_0.png"
+    code, out, _ = cli(capsys, "caption", trained / model_arg, image)
+    assert code == 0
+    assert out == cli(capsys, "caption", trained / "model", image)[1] and out.startswith(f"{image}\t")
+
+
+def test_csv_html_and_beam(trained, capsys, tmp_path):
+    import base64
+    import csv
+    import re
+
+    code, out, err = cli(capsys, "caption", trained / "model", trained / "photos", "--out", tmp_path / "c.csv",
+                         "--html", tmp_path / "g.html", "--method", "beam", "--beam-size", "2")
+    assert code == 0 and out == f"12 captions -> {tmp_path / 'c.csv'}, {tmp_path / 'g.html'}\n"
+    with open(tmp_path / "c.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image", "caption"] and len(rows) == 12
+    page = (tmp_path / "g.html").read_text()
+    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(uris) == 12 and base64.b64decode(uris[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    for r in rows:
+        assert f"<b>{r['caption'] or '<i>(empty caption)</i>'}</b><br><small>{r['image']}</small>" in page
+    assert "src=\"file:" not in page and "http" not in page  # self-contained
+    assert [p.name for p in tmp_path.iterdir()] and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_precomputed_features_npy_and_h5(trained, capsys, tmp_path):
+    import h5py
+
+    data = load_coco_data(trained / "data")
+    urls = list(data["val_urls"])
+    images = [u.replace("file://", "") for u in urls]
+    np.save(tmp_path / "f.npy", data["val_features"])
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["features"] = data["val_features"]
+    expected = _expected(trained, "val")
+    for name in ("f.npy", "f.h5"):
+        code, out, _ = cli(capsys, "caption", trained / "model", *images, "--features", tmp_path / name)
+        assert code == 0
+        assert [line.split("\t") for line in out.splitlines()] == [[p, expected[p.rsplit("/", 1)[1]]] for p in images]
+
+
+@pytest.fixture
+def no_record(trained, tmp_path):
+    """A copy of the data set without the extractor record, like CS231n's COCO."""
+    import shutil
+
+    d = tmp_path / "coco_like"
+    shutil.copytree(trained / "data", d)
+    (d / feat.RECORD_FILE).unlink()
+    (d / feat.PCA_FILE).unlink()
+    return d
+
+
+def test_dataset_without_record_says_so_and_features_work(trained, no_record, capsys, tmp_path):
+    code, out, err = cli(capsys, "caption", trained / "model", trained / "photos", "--data", no_record)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"capmodel caption: error: capmodel cannot compute the features of data set {no_record}")
+    assert "VGG-16 fc7" in err and "--features" in err and "PCA features of width 512" in err
+    data = load_coco_data(no_record)
+    np.save(tmp_path / "f.npy", data["train_features"][:2])
+    images = [u.replace("file://", "") for u in data["train_urls"][:2]]
+    code, out, _ = cli(capsys, "caption", trained / "model", *images, "--data", no_record, "--features",
+                       tmp_path / "f.npy")
+    assert code == 0 and len(out.splitlines()) == 2
+
+
+def _broken(tmp):
+    from PIL import Image
+
+    Image.fromarray(draw("red", "circle")).save(tmp / "broken.png")
+    (tmp / "broken.png").write_bytes((tmp / "broken.png").read_bytes()[:50])
+    return tmp / "broken.png"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unreadable image", "cannot read image {tmp}/broken.png"),
+    ("empty folder", "{tmp}/empty has no PNG or JPEG images"),
+    ("missing image", "image {tmp}/ghost.png does not exist"),
+    ("model missing", "model file {tmp}/nomodel/model.npz does not exist"),
+    ("width mismatch", "features in {tmp}/w.npy have width 7, but the model expects width 512"),
+    ("row mismatch", "features in {tmp}/r.npy have 3 rows but 1 images were given"),
+    ("pickled features", "cannot read features file {tmp}/o.npy"),
+    ("data set missing", "the model's data set {tmp}/gone does not exist"),
+    ("other vocabulary", "the vocabulary of {shapes} differs from the model's"),
+])
+def test_bad_input_gives_one_line_exit_2(trained, shapes_dir, capsys, tmp_path, case, message):
+    image = trained / "photos" / "red_circle_0.png"
+    model = trained / "model"
+    extra = []
+    if case == "unreadable image":
+        image = _broken(tmp_path)
+    elif case == "empty folder":
+        image = tmp_path / "empty"
+        image.mkdir()
+    elif case == "missing image":
+        image = tmp_path / "ghost.png"
+    elif case == "model missing":
+        model = tmp_path / "nomodel"
+        model.mkdir()
+    elif case == "width mismatch":
+        np.save(tmp_path / "w.npy", np.zeros((1, 7), np.float32))
+        extra = ["--features", tmp_path / "w.npy"]
+    elif case == "row mismatch":
+        np.save(tmp_path / "r.npy", np.zeros((3, 512), np.float32))
+        extra = ["--features", tmp_path / "r.npy"]
+    elif case == "pickled features":
+        np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        extra = ["--features", tmp_path / "o.npy"]
+    elif case == "data set missing":
+        extra = ["--data", tmp_path / "gone"]
+    elif case == "other vocabulary":
+        extra = ["--data", shapes_dir]
+    code, out, err = cli(capsys, "caption", model, image, *extra)
+    assert code == 2 and out == ""
+    assert err.startswith("capmodel caption: error: ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path, shapes=shapes_dir) in err
+
+
+# ----------------------------------------------------------------- the docs
+
+
+def _tested_blocks(path):
+    """The sh blocks of a Markdown file that follow a '<!-- tests/test_captioner.py runs this' marker."""
+    import re
+
+    text = path.read_text()
+    return [m.group(1).strip().splitlines()
+            for m in re.finditer(r"<!-- tests/test_captioner\.py runs this[^>]*-->\n```sh\n(.*?)```", text, re.S)]
+
+
+def test_docs_own_data_commands_run_verbatim(tmp_path, monkeypatch, capsys):
+    import shlex
+    from pathlib import Path
+
+    from capmodel.cli import main
+
+    blocks = _tested_blocks(Path(__file__).resolve().parents[1] / "docs" / "own-data.md")
+    assert [len(b) for b in blocks] == [2, 1]
+    make_photos(tmp_path)
+    (tmp_path / "captions.csv").rename(tmp_path / "my_photos.csv")
+    (tmp_path / "photos").rename(tmp_path / "my_photos")
+    monkeypatch.chdir(tmp_path)
+    for line in blocks[0] + blocks[1]:
+        argv = shlex.split(line)
+        assert argv[0] == "capmodel"
+        assert main(argv[1:]) == 0, line
+    out, err = capsys.readouterr()
+    captions = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    assert [c[0] for c in captions] == [f"my_photos/{p.name}" for p in sorted((tmp_path / "my_photos").iterdir())]
+    assert err.endswith("12 captions -> gallery.html\n") and (tmp_path / "gallery.html").stat().st_size > 1000
+    assert json.loads((tmp_path / "models" / "mine" / "model.json").read_text())["epochs"] == 20

@@ -1,0 +1,254 @@
+"""Tests of `capmodel data from-folder` (capmodel.datasets.folder) on folders of PNGs drawn here."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from capmodel.cli import main
+from capmodel.coco_utils import decode_captions, load_coco_data
+from capmodel.datasets import features as feat
+from capmodel.datasets import folder
+from capmodel.datasets import format as fmt
+
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230)}
+SHAPES = ("circle", "square")
+
+
+def draw(color, shape, side=40, background=(240, 240, 240)):
+    """A uint8 (side, side, 3) picture of one coloured shape on a plain background."""
+    yy, xx = np.mgrid[0:side, 0:side] - side / 2
+    mask = xx**2 + yy**2 <= (side / 3) ** 2 if shape == "circle" else (abs(xx) <= side / 3) & (abs(yy) <= side / 3)
+    img = np.empty((side, side, 3), np.uint8)
+    img[:] = background
+    img[mask] = COLORS[color]
+    return img
+
+
+def make_photos(d, copies=2, side=40):
+    """PNGs <color>_<shape>_<k>.png in d; returns {name: [two captions]} in name order."""
+    d.mkdir(parents=True, exist_ok=True)
+    captions = {}
+    for color in COLORS:
+        for shape in SHAPES:
+            for k in range(copies):
+                name = f"{color}_{shape}_{k}.png"
+                Image.fromarray(draw(color, shape, side + 8 * k)).save(d / name)
+                captions[name] = [f"a {color} {shape}", f"one {color} {shape} on a white background"]
+    return dict(sorted(captions.items()))
+
+
+def write_csv(path, rows, header=("image", "caption", "split")):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def csv_made(tmp_path_factory):
+    """A folder of 12 PNGs, a CSV with a split column (k=1 images are val), and the dataset made from them."""
+    tmp = tmp_path_factory.mktemp("csv")
+    caps = make_photos(tmp / "photos")
+    rows = [(n, c, "val" if n.endswith("_1.png") else "train") for n, cs in caps.items() for c in cs]
+    write_csv(tmp / "captions.csv", rows)
+    code = main(["data", "from-folder", str(tmp / "photos"), str(tmp / "captions.csv"), str(tmp / "data")])
+    assert code == 0
+    return tmp, caps
+
+
+def test_csv_with_split_column_makes_a_valid_dataset(csv_made, capsys):
+    tmp, caps = csv_made
+    assert run_cli(capsys, "data", "check", tmp / "data")[0] == 0
+    data = load_coco_data(tmp / "data")
+    assert data["train_captions"].shape == (12, 17) and data["val_captions"].shape == (12, 17)
+    assert data["train_features"].shape == (6, 512) and data["val_features"].shape == (6, 512)
+    val_names = sorted(n for n in caps if n.endswith("_1.png"))
+    assert [u.rsplit("/", 1)[1] for u in data["val_urls"]] == val_names
+    assert all(u.startswith("file:///") for u in data["train_urls"])
+    # every reference caption survives the round trip, attached to its own image
+    for split in ("train", "val"):
+        texts = decode_captions(data[f"{split}_captions"], data["idx_to_word"], strip_special=True)
+        for text, idx in zip(texts, data[f"{split}_image_idxs"]):
+            name = data[f"{split}_urls"][idx].rsplit("/", 1)[1]
+            assert text in caps[name]
+    assert {"red", "green", "blue", "circle", "square"} <= set(data["word_to_idx"])
+
+
+def test_dataset_records_the_extractor_that_reproduces_its_features(csv_made):
+    tmp, caps = csv_made
+    record = feat.read_record(tmp / "data")
+    assert record["created_by"] == folder.CREATED_BY and record["image_size"] == folder.DEFAULT_IMAGE_SIZE
+    assert record["components"].shape == (2328, 6)  # PCA on 6 train images, padded to 512
+    data = load_coco_data(tmp / "data", pca_features=False)
+    images = folder.read_images([tmp / "photos" / n for n in sorted(caps) if n.endswith("_1.png")], 64)
+    assert images.shape == (6, 64, 64, 3)
+    assert np.array_equal(feat.compute(images, record, pca=False), data["val_features"])
+    pca = load_coco_data(tmp / "data")["val_features"]
+    np.testing.assert_allclose(feat.compute(images, record), pca, atol=1e-5)
+    assert np.all(pca[:, 6:] == 0) and np.any(pca[:, :6] != 0)
+
+
+def test_json_with_val_fraction_leaves_out_uncaptioned_images_with_one_warning(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=2)
+    Image.fromarray(draw("red", "circle")).save(tmp_path / "photos" / "extra.png")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    (tmp_path / "photos" / "sub").mkdir()
+    wide = np.concatenate([draw("blue", "square", 40)] * 2, axis=1)[:, 20:80]  # 40 x 60: cropped to its centre
+    Image.fromarray(wide).save(tmp_path / "photos" / "sub" / "photo.JPG", quality=95)
+    caps["sub/photo.JPG"] = ["a blue square"]
+    (tmp_path / "captions.json").write_text(json.dumps({n: cs if i % 2 else cs[0] for i, (n, cs) in
+                                                       enumerate(caps.items())}))
+    (tmp_path / "data").mkdir()  # an empty directory is fine
+    code, out, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.json",
+                             tmp_path / "data", "--val-fraction", "0.25", "--seed", "7", "--image-size", "32")
+    assert code == 0
+    assert err.count("\n") == 1 and "1 image(s)" in err and "extra.png" in err
+    stats = json.loads(out)
+    assert (stats["train_images"], stats["val_images"]) == (10, 3)  # round(0.25 * 13)
+    assert stats["train_captions"] + stats["val_captions"] == 19 and stats["images_without_captions"] == ["extra.png"]
+    jpeg = folder.read_image(tmp_path / "photos" / "sub" / "photo.JPG", 32)
+    assert jpeg.shape == (32, 32, 3) and abs(int(jpeg[16, 16, 2]) - 230) < 20  # the square's blue centre
+    assert feat.read_record(tmp_path / "data")["image_size"] == 32
+    data = load_coco_data(tmp_path / "data")
+    assert not any(u.endswith("extra.png") for s in ("train", "val") for u in data[f"{s}_urls"])
+    # the split is a function of the seed
+    rows = [{"image": n, "caption": c, "split": None, "where": ""} for n, cs in caps.items() for c in cs]
+    val = sorted(n for n, s in folder.assign_splits(rows, 0.25, seed=7).items() if s == "val")
+    assert val == sorted(u.rsplit("/", 1)[1] for u in data["val_urls"])
+    assert val != sorted(n for n, s in folder.assign_splits(rows, 0.25, seed=8).items() if s == "val")
+
+
+def test_json_list_form_and_csv_quoting_parse(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps([
+        {"image": "a.png", "captions": ["a red circle", "a ball"], "split": "train"},
+        {"image": "sub/b.jpg", "caption": "a blue square", "split": "val"},
+    ]))
+    rows = folder.read_captions(tmp_path / "c.json")
+    assert [(r["image"], r["caption"], r["split"]) for r in rows] == [
+        ("a.png", "a red circle", "train"), ("a.png", "a ball", "train"), ("sub/b.jpg", "a blue square", "val")]
+    assert folder.assign_splits(rows) == {"a.png": "train", "sub/b.jpg": "val"}
+    path = tmp_path / "c.csv"
+    path.write_text('\ufeffImage,Caption\na.png,"a red circle, small"\n\nb.png,a square\n')
+    rows = folder.read_captions(path)
+    assert [(r["image"], r["caption"], r["split"]) for r in rows] == [
+        ("a.png", "a red circle, small", None), ("b.png", "a square", None)]
+    assert rows[1]["where"].endswith("c.csv line 4")
+
+
+def test_made_dataset_is_replaceable_until_someone_adds_a_file(csv_made, tmp_path):
+    tmp, _ = csv_made
+    fmt.check_writable_dataset_dir(tmp / "data")  # ours, unchanged: may be replaced
+    import shutil
+
+    from capmodel.ownership import OwnershipError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp / "data", copy)
+    (copy / "my_notes.txt").write_text("mine")
+    with pytest.raises(OwnershipError, match=r"holds 1 file\(s\) capmodel did not write there \(first: my_notes.txt\)"):
+        fmt.check_writable_dataset_dir(copy)
+
+
+def _broken_png(path):
+    Image.fromarray(draw("red", "circle")).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def _setup(tmp, case):
+    """Make the inputs of one error case; returns the from-folder arguments."""
+    caps = make_photos(tmp / "photos", copies=1)
+    rows = [(n, c, "val" if i == 0 else "train") for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    args = [tmp / "photos", tmp / "captions.csv", tmp / "data"]
+    if case == "corrupt image":
+        _broken_png(tmp / "photos" / "broken.png")
+        rows.append(("broken.png", "a broken picture", "train"))
+    elif case == "not an image":
+        (tmp / "photos" / "fake.png").write_text("hello")
+        rows.append(("fake.png", "a fake picture", "train"))
+    elif case == "empty folder":
+        args[0] = tmp / "empty"
+        args[0].mkdir()
+        (args[0] / "readme.txt").write_text("no pictures here")
+    elif case == "no folder":
+        args[0] = tmp / "nowhere"
+    elif case == "missing file":
+        rows.insert(2, ("ghost.png", "a ghost", "train"))
+    elif case == "not png or jpeg":
+        (tmp / "photos" / "anim.gif").write_bytes(b"GIF89a")
+        rows.append(("anim.gif", "a gif", "train"))
+    elif case == "empty caption":
+        rows.insert(3, (rows[0][0], "  ", "val"))
+    elif case == "no words":
+        rows.append((rows[2][0], "!!!", "train"))
+    elif case == "unknown split":
+        rows.append((rows[1][0], "a thing", "test"))
+    elif case == "split disagrees":
+        rows.append((rows[0][0], "a thing", "train"))
+    elif case == "no val":
+        rows = [(n, c, "train") for n, c, _ in rows]
+    elif case == "unknown column":
+        write_csv(tmp / "captions.csv", [r[:2] + ("train",) for r in rows], header=("image", "caption", "spilt"))
+        return args
+    elif case == "extra field":
+        write_csv(tmp / "captions.csv", rows + [(rows[0][0], "a red", "circle", "val")])
+        return args
+    elif case == "not json":
+        args[1] = tmp / "captions.json"
+        args[1].write_text("{'a.png': 'single quotes'}")
+    elif case == "bad extension":
+        args[1] = tmp / "captions.txt"
+        args[1].write_text("a.png a circle")
+    elif case == "user directory":
+        (tmp / "data").mkdir()
+        (tmp / "data" / "thesis.tex").write_text("precious")
+    elif case == "bad fraction":
+        rows = [r[:2] for r in rows]
+        write_csv(tmp / "captions.csv", rows, header=("image", "caption"))
+        return args + ["--val-fraction", "1.5"]
+    elif case == "image too small":
+        args += ["--image-size", "8"]
+    write_csv(tmp / "captions.csv", rows)
+    return args
+
+
+@pytest.mark.parametrize("case, message", [
+    ("corrupt image", "cannot read image {tmp}/photos/broken.png"),
+    ("not an image", "cannot read image {tmp}/photos/fake.png"),
+    ("empty folder", "{tmp}/empty has no PNG or JPEG images"),
+    ("no folder", "images folder {tmp}/nowhere does not exist"),
+    ("missing file", "{tmp}/captions.csv line 4: image 'ghost.png' is not in {tmp}/photos"),
+    ("not png or jpeg", "image 'anim.gif' is not a PNG or JPEG file"),
+    ("empty caption", "{tmp}/captions.csv line 5: empty caption for image 'blue_circle_0.png'"),
+    ("no words", "line 14: empty caption for image 'blue_square_0.png' (it has no words)"),
+    ("unknown split", "line 14: unknown split 'test'; use one of train, val"),
+    ("split disagrees", "line 14: image 'blue_circle_0.png' is in split 'train' here but 'val' in an earlier row"),
+    ("no val", "no image is in split 'val'"),
+    ("unknown column", "{tmp}/captions.csv line 1: unknown column(s) 'spilt'; the header must be image,caption"),
+    ("extra field", "line 14: more fields than the header's 3"),
+    ("not json", "captions file {tmp}/captions.json is not valid JSON"),
+    ("bad extension", "must end in .csv or .json, got '.txt'"),
+    ("user directory", "dataset directory {tmp}/data is not empty and was not created by capmodel"),
+    ("bad fraction", "--val-fraction must be between 0 and 1 (exclusive), got 1.5"),
+    ("image too small", "--image-size must be at least 16, got 8"),
+])
+def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, capsys, case, message):
+    args = _setup(tmp_path, case)
+    code, out, err = run_cli(capsys, "data", "from-folder", *args)
+    assert code == 2
+    assert err.startswith("capmodel data from-folder: error: ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path) in err
+    if case == "user directory":
+        assert [p.name for p in (tmp_path / "data").iterdir()] == ["thesis.tex"]
+    else:
+        assert not (tmp_path / "data").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data")]  # no temporary left behind
