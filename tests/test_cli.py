@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from capmodel.cli import build_parser, main
+from capmodel.pipeline import REF_SEP
 
 
 def run(*args):
@@ -42,7 +43,7 @@ def test_stages_by_hand(shapes_dir, tmp_path):
                  "--method", "beam", "--beam-size", "2"]) == 0
     with open(m / "s.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 and rows[0]["url"].startswith("file://") and len(rows[0]["references"].split(" ||| ")) == 5
+    assert len(rows) == 12 and rows[0]["url"].startswith("file://") and len(rows[0]["references"].split(REF_SEP)) == 5
     record = json.loads((m / "s.json").read_text())  # what sample did, beside its CSV
     assert record["decoding"] == {"split": "val", "method": "beam", "beam_size": 2, "length_norm": 0.0,
                                   "max_length": 16, "num_images": None} and record["label"] == "beam2"

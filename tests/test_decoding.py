@@ -89,7 +89,7 @@ def test_length_norm_prefers_longer_captions():
     lengths = lambda caps: (caps != 0).sum(axis=1).mean()
     plain = m.sample(feats, 15, method="beam", beam_size=5)
     normed = m.sample(feats, 15, method="beam", beam_size=5, length_norm=1.0)
-    assert lengths(normed) >= lengths(plain)
+    assert lengths(normed) > lengths(plain) + 0.5  # measured: 14.3 vs 13.4 words
 
 
 def test_temperature_is_reproducible_and_tends_to_greedy():

@@ -217,9 +217,9 @@ def test_a_broken_model_json_is_one_line(tiny_model, shapes_dir, tmp_path, capsy
     meta = json.loads((m / "model.json").read_text())
     edit(meta)
     meta.pop("npz_sha256")
-    from capmodel.checkpoints import _sha256
+    from capmodel.atomic import sha256_of
 
-    meta["npz_sha256"] = _sha256(m / "model.npz")
+    meta["npz_sha256"] = sha256_of(m / "model.npz")
     (m / "model.json").write_text(json.dumps(meta))
     assert main(["sample", "--model", str(m), "--data", str(shapes_dir), "--out", str(tmp_path / "s.csv")]) == 2
     assert message in _one_line(capsys, "sample")

@@ -37,11 +37,14 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, shapes_dir):
     assert _digest(tmp_path / "other") != _digest(shapes_dir)
 
 
-def test_val_does_not_depend_on_num_train(tmp_path):
+def test_val_images_and_fc7_do_not_depend_on_num_train_but_pca_does(tmp_path):
     shapes.generate(tmp_path / "a", num_train=10, num_val=5, seed=1)
     shapes.generate(tmp_path / "b", num_train=20, num_val=5, seed=1)
-    for name in ("val2014_vgg16_fc7.h5",):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    a, b = tmp_path / "a", tmp_path / "b"
+    same = ["val2014_vgg16_fc7.h5", *(f"images/val/{i:06d}.png" for i in range(5))]
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in same)
+    da, db = load_coco_data(a), load_coco_data(b)
+    assert not np.array_equal(da["val_features"], db["val_features"])  # the PCA is fitted on train
 
 
 def test_images_are_pngs_behind_file_urls_and_match_their_scene(shapes_dir):
@@ -81,27 +84,14 @@ def test_rare_words_become_unk():
 
 
 @pytest.fixture(scope="module")
-def single_object_features():
-    from capmodel.datasets import features as feat
-
-    scenes, images, _ = shapes.generate_split(2400, 11, "train")
-    single = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
-    return scenes, single, feat.extract(images[single])
+def probe():
+    return shapes.probe_features()
 
 
-@pytest.mark.parametrize("attr, chance, least", [("color", 1 / 6, 0.8), ("size", 0.5, 0.8), ("col", 1 / 3, 0.9),
-                                                 ("shape", 1 / 4, 0.4)])
-def test_features_encode_the_scene(single_object_features, attr, chance, least):
+@pytest.mark.parametrize("attr, least", [("color", 0.8), ("size", 0.8), ("col", 0.9), ("row", 0.9), ("shape", 0.4)])
+def test_features_encode_the_scene(probe, attr, least):
     """A ridge-regression probe on held-out single-object images reads each attribute back."""
-    scenes, single, X = single_object_features
-    y = np.array([str(scenes[i]["objects"][0][attr]) for i in single])
-    names = sorted(set(y))
-    Y = (y[:, None] == np.array(names)[None]).astype(float)
-    n = int(0.75 * len(X))
-    X = (X - X[:n].mean(0)) / (X[:n].std(0) + 1e-6)
-    X = np.hstack([X, np.ones((len(X), 1))])
-    W = np.linalg.solve(X[:n].T @ X[:n] + 10 * np.eye(X.shape[1]), X[:n].T @ Y[:n])
-    accuracy = np.mean(np.argmax(X[n:] @ W, 1) == np.argmax(Y[n:], 1))
+    accuracy, chance = probe[attr]
     assert accuracy > least > chance
 
 

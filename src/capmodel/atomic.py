@@ -7,6 +7,7 @@ given them under the current umask, so collaborators on a shared filesystem can 
 results.
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -30,6 +31,15 @@ def atomic_path(path, suffix=""):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def sha256_of(path):
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask():

@@ -13,7 +13,6 @@ data dict in the format of ``load_coco_data``, and, to validate, a callable
 """
 
 import math
-import time
 
 import numpy as np
 
@@ -320,7 +319,6 @@ class CaptioningSolver:
             from tqdm import tqdm
 
             bar = tqdm(total=num_iterations, initial=self.iteration, unit="it")
-        start = time.perf_counter()
         try:
             for t in range(self.iteration, num_iterations):
                 if self.finished:
@@ -353,7 +351,6 @@ class CaptioningSolver:
         finally:
             if bar is not None:
                 bar.close()
-        self.train_seconds = time.perf_counter() - start
         if self.validate and self.best_params:
             for k, v in self.best_params.items():
                 self.model.params[k] = v.copy()

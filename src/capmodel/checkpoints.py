@@ -6,7 +6,6 @@ crash, a truncated file or a corrupt one is detected on load. Nothing is pickled
 load with ``allow_pickle=False``.
 """
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from capmodel import ownership
-from capmodel.atomic import atomic_path, write_json
+from capmodel.atomic import atomic_path, sha256_of, write_json
 
 FORMAT_VERSION = 1
 
@@ -23,20 +22,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not fit the model."""
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save(base, arrays, meta):
     """Write base.npz (arrays, a dict of name -> ndarray) and base.json (meta, a JSON-able dict)."""
     base = Path(base)
     with atomic_path(base.with_suffix(".npz"), suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
-    meta = dict(meta, format_version=FORMAT_VERSION, npz_sha256=_sha256(base.with_suffix(".npz")))
+    meta = dict(meta, format_version=FORMAT_VERSION, npz_sha256=sha256_of(base.with_suffix(".npz")))
     write_json(base.with_suffix(".json"), meta)
 
 
@@ -53,7 +44,7 @@ def load(base):
         raise CheckpointError(f"checkpoint metadata {js} is not valid JSON ({e}); the file is corrupt or truncated")
     if not isinstance(meta, dict) or "npz_sha256" not in meta:
         raise CheckpointError(f"checkpoint metadata {js} has no npz_sha256 field; not a capmodel checkpoint")
-    if _sha256(npz) != meta["npz_sha256"]:
+    if sha256_of(npz) != meta["npz_sha256"]:
         raise CheckpointError(f"checkpoint arrays {npz} do not match the checksum in {js}: corrupt, truncated or torn write")
     try:
         with np.load(npz, allow_pickle=False) as z:

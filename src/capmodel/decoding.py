@@ -245,11 +245,6 @@ class _Shadows:
         self.state, self.words = state, words
 
 
-def _lengths(captions, end, null):
-    """Number of generated tokens per caption, <END> included."""
-    return (captions != null).sum(axis=1)
-
-
 def sequence_log_prob(model, features, captions):
     """Model log-probability of each caption (words up to and including <END>).
 

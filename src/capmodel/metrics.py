@@ -13,7 +13,6 @@ possible offline.
 import contextlib
 import io
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from collections import Counter
 import numpy as np
 
 from capmodel.coco_utils import decode_captions
+from capmodel.vocab import tokenize
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -48,8 +48,8 @@ def java_available():
 
 
 def simple_tokenize(text):
-    """The fallback tokenizer: lower-case words, punctuation dropped."""
-    return " ".join(re.findall(r"[a-z0-9]+(?:'[a-z0-9]+)*", text.lower()))
+    """The fallback tokenizer: lower-case words, punctuation dropped (capmodel.vocab.tokenize)."""
+    return " ".join(tokenize(text))
 
 
 def ptb_tokenize(captions_for_image):

@@ -8,8 +8,9 @@ filters) -> ReLU. The feature concatenates a 4x4 average-pooling grid of the sec
 max pooling of the first (280, translation invariant: colour and shape wherever the
 object is), 2328-d in all. Like CS231n, a 512-d PCA fitted on train is applied to val.
 
-Measured with a linear probe on single-object images (held-out 25%): colour 93%, shape
-56% (chance 25%), size 91%, row and column ~100%. Shape is the hard part, as it should be.
+A linear probe on single-object images reads colour, size and position back from these
+features, shape less well (benchmarks/probe_features.py prints the figures; the README
+quotes them).
 
 A dataset made by capmodel records this extractor beside its files (RECORD_FILE, a JSON
 object, plus PCA_FILE, an HDF5 file with the fitted PCA `mean` (F,) and `components`
@@ -21,12 +22,13 @@ Dimension letters: N images, S image side, C channels, F feature dimension, K PC
 components (K <= P, the format's PCA width; columns K..P are zero padding).
 """
 
-import hashlib
 import json
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from capmodel.atomic import sha256_of
 
 FILTER_SEED = 20141231  # fixed: the same extractor for every dataset and machine
 CONV1, CONV2, GRID = 24, 128, 4
@@ -114,10 +116,6 @@ RECORD_FILE = "feature_extractor.json"
 PCA_FILE = "feature_extractor_pca.h5"
 
 
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def write_record(out_dir, image_size, mean, components, pca_dim, created_by):
     """Record the extractor and the fitted PCA in a dataset directory (RECORD_FILE + PCA_FILE).
 
@@ -136,7 +134,7 @@ def write_record(out_dir, image_size, mean, components, pca_dim, created_by):
     record = {
         "extractor": EXTRACTOR_NAME, "preprocess": PREPROCESS, "image_size": int(image_size),
         "feature_dim": int(components.shape[0]), "pca_components": int(components.shape[1]),
-        "pca_dim": int(pca_dim), "pca_file": PCA_FILE, "pca_sha256": _sha256(out_dir / PCA_FILE),
+        "pca_dim": int(pca_dim), "pca_file": PCA_FILE, "pca_sha256": sha256_of(out_dir / PCA_FILE),
         "created_by": created_by,
     }
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -166,7 +164,7 @@ def read_record(data_dir):
     pca_path = Path(data_dir) / record["pca_file"]
     if not pca_path.is_file():
         raise ValueError(f"{pca_path}: missing file (the PCA that {path} refers to)")
-    if _sha256(pca_path) != record["pca_sha256"]:
+    if sha256_of(pca_path) != record["pca_sha256"]:
         raise ValueError(f"{pca_path}: does not match the checksum in {path}; the file was altered")
     with h5py.File(pca_path, "r") as f:
         record["mean"], record["components"] = np.asarray(f["mean"]), np.asarray(f["components"])

@@ -7,7 +7,6 @@ temporary directory, validates the result against the on-disk format and only th
 moves it into place. Running it again when the data is present and valid does nothing.
 """
 
-import hashlib
 import shutil
 import stat
 import tempfile
@@ -18,6 +17,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from capmodel import ownership
+from capmodel.atomic import sha256_of
 from capmodel.datasets import format as fmt
 
 DEFAULT_URL = "http://cs231n.stanford.edu/coco_captioning.zip"
@@ -26,14 +26,6 @@ CHUNK = 1 << 20
 
 class FetchError(RuntimeError):
     """The data could not be fetched; the message says why and what to do."""
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download(url, part, progress, timeout):

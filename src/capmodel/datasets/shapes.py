@@ -9,7 +9,9 @@ did. The result is written in the CS231n on-disk format (capmodel.datasets.forma
 the images under images/ and the feature extractor's record (capmodel.datasets.features).
 
 Everything is drawn from np.random.default_rng([seed, split]), so a seed gives the same
-images, captions and HDF5 bytes on every run, and val does not depend on --num-train.
+images, captions and HDF5 bytes on every run. The val images, their captions' text and
+their fc7 features do not depend on the number of training images; the vocabulary (so the
+caption ids) and the PCA (fitted on train) do.
 """
 
 from pathlib import Path
@@ -219,7 +221,7 @@ def _write_png(path, image):
     Image.fromarray(image).save(path, format="PNG", optimize=False)
 
 
-def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5, progress=False):
+def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5):
     """Generate the shapes dataset into out_dir (replaced atomically when complete).
 
     Inputs:
@@ -231,7 +233,7 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5, progress
     Returns a dict of summary statistics (image, caption and vocabulary counts).
     """
     if num_train < 1 or num_val < 1:
-        raise ValueError(f"--num-train and --num-val must be >= 1, got {num_train} and {num_val}")
+        raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
     out_dir = Path(out_dir).resolve()
     fmt.check_writable_dataset_dir(out_dir)  # before a minute of work, not after
     splits = {s: generate_split(n, seed, s) for s, n in (("train", num_train), ("val", num_val))}
@@ -265,3 +267,34 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5, progress
         "truncated_captions": int(sum(n > 15 for n in lengths)),
         "mean_words": float(np.mean(lengths)),
     }
+
+
+# ------------------------------------------------------------------ probe
+
+
+PROBE_ATTRIBUTES = ("color", "size", "shape", "row", "col")
+
+
+def probe_features(num_images=2400, seed=11, ridge=10.0, train_fraction=0.75):
+    """How well a linear (ridge-regression) probe reads each object attribute back from the
+    features of single-object images: {attribute: (held-out accuracy, chance)}.
+
+    Used by tests/test_shapes.py and benchmarks/probe_features.py (whose output the docs quote).
+    """
+    from capmodel.datasets import features as feat
+
+    scenes, images, _ = generate_split(num_images, seed, "train")
+    single = [i for i, s in enumerate(scenes) if len(s["objects"]) == 1]
+    X = feat.extract(images[single]).astype(np.float64)
+    n = int(train_fraction * len(X))
+    X = (X - X[:n].mean(0)) / (X[:n].std(0) + 1e-6)
+    X = np.hstack([X, np.ones((len(X), 1))])
+    result = {}
+    for attr in PROBE_ATTRIBUTES:
+        y = np.array([str(scenes[i]["objects"][0][attr]) for i in single])
+        names = sorted(set(y))
+        Y = (y[:, None] == np.array(names)[None]).astype(float)
+        W = np.linalg.solve(X[:n].T @ X[:n] + ridge * np.eye(X.shape[1]), X[:n].T @ Y[:n])
+        accuracy = float(np.mean(np.argmax(X[n:] @ W, 1) == np.argmax(Y[n:], 1)))
+        result[attr] = (accuracy, 1 / len(names))
+    return result
