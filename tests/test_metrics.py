@@ -107,3 +107,14 @@ def test_most_frequent_caption_and_references(tiny_data):
     assert text == " ".join(words[1 : words.index("<END>")])  # the caption now written 6 times
     refs = metrics.references_by_image(tiny_data, "val", num_images=3)
     assert list(refs) == [0, 1, 2] and all(len(r) == 2 for r in refs.values())
+
+
+def test_per_image_scores_rank_the_right_caption_first():
+    refs = {1: ["a red circle on the left", "the red circle"], 2: ["two blue squares", "blue squares"],
+            3: ["a green triangle at the top", "a green triangle"]}
+    cands = {1: "a red circle on the left", 2: "a yellow star", 3: "a green triangle"}
+    s = metrics.evaluate_captions(refs, cands, use_java=False, metrics=("Bleu_4", "ROUGE_L", "CIDEr"))
+    cider = {k: v["CIDEr"] for k, v in s["per_image"].items()}
+    assert set(s["per_image"]) == {1, 2, 3} and cider[2] == 0.0 and cider[1] > 0 and cider[3] > 0
+    assert s["CIDEr"] == pytest.approx(sum(cider.values()) / 3)  # CIDEr-D is the mean over images
+    assert s["per_image"][2]["ROUGE_L"] == 0.0 and s["per_image"][1]["ROUGE_L"] == pytest.approx(1.0)

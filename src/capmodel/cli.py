@@ -157,7 +157,7 @@ def cmd_evaluate(args):
     from capmodel import pipeline
 
     use_java = False if args.no_java else None
-    result = pipeline.evaluate(args.samples, args.out, use_java=use_java, name=args.name)
+    result = pipeline.evaluate(args.samples, args.out, use_java=use_java, name=args.name, scores_csv=args.scores)
     shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
     print(json.dumps(shown))
     return 0
@@ -270,6 +270,8 @@ def build_parser():
     e.add_argument("--samples", required=True, help="CSV from 'capmodel sample' or 'capmodel baseline'")
     e.add_argument("--out", required=True, help="metrics JSON to write")
     e.add_argument("--name", help="model name recorded in the JSON (default: the CSV's directory)")
+    e.add_argument("--scores", help="also write per-image scores (image_idx, generated, Bleu_4, ROUGE_L, CIDEr) "
+                   "to this CSV")
     e.add_argument("--no-java", action="store_true", help="pure-Python tokenizer, no METEOR")
     e.set_defaults(func=cmd_evaluate)
 

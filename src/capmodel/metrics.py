@@ -89,7 +89,9 @@ def evaluate_captions(references, candidates, use_java=None, metrics=METRIC_NAME
     - metrics: which of METRIC_NAMES to compute
 
     Returns a dict with the requested metric values plus 'tokenizer' ('ptb' or 'simple'),
-    'num_images' and 'skipped' (metrics that could not be computed).
+    'num_images', 'skipped' (metrics that could not be computed) and 'per_image': {image
+    id: {metric: score}} for BLEU-4, ROUGE-L and CIDEr-D (those the toolkit scores per
+    image; the corpus BLEU is not the mean of the per-image values).
     """
     require_toolkit()
     from pycocoevalcap.bleu.bleu import Bleu
@@ -115,10 +117,19 @@ def evaluate_captions(references, candidates, use_java=None, metrics=METRIC_NAME
         res = {k: [simple_tokenize(v)] for k, v in candidates.items()}
         tokenizer = "simple"
     out = {}
+    ids = list(gts)  # the toolkit's scorers return per-image scores in this order
+    per_image = {k: {} for k in ids}
+
+    def keep(name, scores):
+        for k, v in zip(ids, scores):
+            per_image[k][name] = float(v)
+
     if any(m.startswith("Bleu") for m in metrics):
         with contextlib.redirect_stdout(io.StringIO()):  # the scorer prints its internals
-            bleu, _ = Bleu(4).compute_score(gts, res)
+            bleu, bleu_each = Bleu(4).compute_score(gts, res)
         out.update({f"Bleu_{n}": float(bleu[n - 1]) for n in range(1, 5) if f"Bleu_{n}" in metrics})
+        if "Bleu_4" in metrics:
+            keep("Bleu_4", bleu_each[3])
     if "METEOR" in metrics:
         if java:
             from pycocoevalcap.meteor.meteor import Meteor
@@ -134,10 +145,14 @@ def evaluate_captions(references, candidates, use_java=None, metrics=METRIC_NAME
             why = "java not found" if use_java is None else "java disabled"
             print(f"warning: {why}: using the pure-Python tokenizer and skipping METEOR", file=sys.stderr)
     if "ROUGE_L" in metrics:
-        out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+        score, each = Rouge().compute_score(gts, res)
+        out["ROUGE_L"] = float(score)
+        keep("ROUGE_L", each)
     if "CIDEr" in metrics:
-        out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    out.update({"tokenizer": tokenizer, "num_images": len(references), "skipped": skipped})
+        score, each = Cider().compute_score(gts, res)
+        out["CIDEr"] = float(score)
+        keep("CIDEr", each)
+    out.update({"tokenizer": tokenizer, "num_images": len(references), "skipped": skipped, "per_image": per_image})
     return out
 
 

@@ -194,10 +194,13 @@ def read_samples(samples_csv):
     return out
 
 
-def evaluate(samples_csv, out_json, use_java=None, name=None):
-    """Score a samples CSV with the coco-caption metrics; write them, the decoding record
-    of the samples (when present) and per-image CIDEr-D as JSON."""
+def evaluate(samples_csv, out_json, use_java=None, name=None, scores_csv=None):
+    """Score a samples CSV with the coco-caption metrics; write them and the decoding
+    record of the samples (when present) as JSON, and with scores_csv the per-image
+    scores (image_idx, generated, Bleu_4, ROUGE_L, CIDEr) as CSV."""
     check_writable(out_json, "output file")
+    if scores_csv is not None:
+        check_writable(scores_csv, "output file")
     samples = read_samples(samples_csv)
     record_path = samples_record(samples_csv)
     record = {}
@@ -206,8 +209,13 @@ def evaluate(samples_csv, out_json, use_java=None, name=None):
     refs = {i: r for i, (_, r) in samples.items()}
     cands = {i: g for i, (g, _) in samples.items()}
     scores = metrics.evaluate_captions(refs, cands, use_java=use_java)
+    per_image = scores.pop("per_image")
     result = {"model": name or Path(samples_csv).parent.name, "samples": str(samples_csv), **scores,
               "settings": record.get("decoding", {}), "decoding": record.get("label", "")}
+    if scores_csv is not None:
+        names = [m for m in ("Bleu_4", "ROUGE_L", "CIDEr") if any(m in v for v in per_image.values())]
+        write_csv(scores_csv, [{"image_idx": i, "generated": cands[i], **{m: f"{v[m]:.6f}" for m in names}}
+                               for i, v in per_image.items()], ["image_idx", "generated", *names])
     write_json(out_json, result)
     return result
 

@@ -7,7 +7,8 @@ rule evaluate_captions:
         csv=f"results/{{kind}}/samples_{SPLIT}.csv",
         record=f"results/{{kind}}/samples_{SPLIT}.json",
     output:
-        "results/{kind}/metrics.json",
+        metrics="results/{kind}/metrics.json",
+        scores=f"results/{{kind}}/scores_{SPLIT}.csv",
     log:
         "logs/evaluate/{kind}.log",
     wildcard_constraints:
@@ -21,5 +22,6 @@ rule evaluate_captions:
         name=lambda wildcards: Path(wildcards.kind).name,
         java="" if config["evaluate"]["java"] else "--no-java",
     shell:
-        "capmodel evaluate --samples {input.csv} --out {output} --name {params.name}"
+        "capmodel evaluate --samples {input.csv} --out {output.metrics} --scores {output.scores}"
+        " --name {params.name}"
         " {params.java} > {log} 2>&1"
