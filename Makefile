@@ -14,15 +14,13 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[metrics,workflow,test]'
+	@echo "Installing capmodel and its dependencies into $(VENV) (about a minute, first time only)"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[metrics,workflow,test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
-	@echo
-	@echo "Reports: $(CURDIR)/reports/summary.html and one per model in $(CURDIR)/reports/"
-	@echo "Tables:  $(CURDIR)/results/summary.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -25,3 +25,7 @@ rule all:
     default_target: True
     input:
         get_final_outputs(),
+
+
+onsuccess:
+    print(wc.report_paths(get_final_outputs()))

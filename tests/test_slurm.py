@@ -1,7 +1,9 @@
 """The workflow on a real single-node SLURM cluster (started by .ci/slurm on 127.0.0.1).
 
-Needs root (to install and start SLURM with .ci/slurm) or an already running cluster
-reachable through SLURM_CONF; CI runs as root, so there it always runs.
+These tests change the system (Debian packages slurm and munge, /etc/slurm, /etc/munge),
+so they run only where the environment asks for it: CAPMODEL_TEST_SLURM=start (as root:
+.ci/slurm installs and starts a cluster; .ci/run, i.e. CI, sets it), or SLURM_CONF of a
+cluster that is already running. Elsewhere they are skipped with that reason.
 """
 
 import csv
@@ -26,8 +28,11 @@ def cluster(tmp_path_factory):
     if os.environ.get("SLURM_CONF") and shutil.which("sinfo"):
         yield os.environ["SLURM_CONF"], None  # a cluster the user started
         return
+    if os.environ.get("CAPMODEL_TEST_SLURM") != "start":
+        pytest.skip("set CAPMODEL_TEST_SLURM=start (as root: installs and starts a local SLURM cluster) or "
+                    "export SLURM_CONF of a running cluster; CI does the former")
     if os.geteuid() != 0:
-        pytest.skip("starting a SLURM cluster needs root (or export SLURM_CONF of a running one)")
+        pytest.fail("CAPMODEL_TEST_SLURM=start needs root to install and start SLURM")
     state = tmp_path_factory.mktemp("slurm")
     up = subprocess.run([str(ROOT / ".ci" / "slurm"), "up", str(state)], capture_output=True, text=True)
     assert up.returncode == 0, up.stdout + up.stderr

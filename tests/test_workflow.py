@@ -28,6 +28,7 @@ def test_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("wf")
     r = snakemake(work, "--cores", "2")
     assert r.returncode == 0, r.stderr[-3000:]
+    (work / "snakemake-output.txt").write_text(r.stdout + r.stderr)
     return work
 
 
@@ -143,3 +144,13 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
     resumed_at = int(re.search(r"Resumed from .* at iteration (\d+)", log).group(1))
     assert 0 < resumed_at < 6000  # 400 captions / batch 20 * 300 epochs
     assert json.loads((work / "results" / "models" / "tiny_rnn" / "model.json").read_text())["iterations"] == 6000
+
+
+def test_run_says_where_the_reports_are_and_training_logs_eta(test_run):
+    out = (test_run / "snakemake-output.txt").read_text()
+    assert "capmodel: reports written:" in out
+    for name in ("summary", "tiny_lstm", "tiny_rnn"):
+        assert f"{test_run / 'reports' / name}.html" in out
+    assert f"capmodel: summary table: {test_run / 'results' / 'summary.md'}" in out
+    log = (test_run / "logs" / "train" / "tiny_rnn.log").read_text()
+    assert re.search(r"\(Iteration 1 / 40\) loss: [0-9.]+ \[elapsed \d+:\d\d, ETA \d+:\d\d\]", log), log

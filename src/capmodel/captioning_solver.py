@@ -13,6 +13,7 @@ data dict in the format of ``load_coco_data``, and, to validate, a callable
 """
 
 import math
+import time
 
 import numpy as np
 
@@ -28,6 +29,13 @@ EXTRA_KWARGS = (
 # Training stops when the loss exceeds this multiple of the first iteration's loss: at
 # initialisation a captioning model predicts nearly uniformly, so no healthy run gets there.
 DIVERGENCE_FACTOR = 10.0
+
+
+def _clock(seconds):
+    """h:mm:ss or m:ss."""
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class TrainingError(RuntimeError):
@@ -318,7 +326,8 @@ class CaptioningSolver:
         if self.verbose and self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=num_iterations, initial=self.iteration, unit="it")
+            bar = tqdm(total=num_iterations, initial=self.iteration, unit="it", dynamic_ncols=True)
+        start, first = time.perf_counter(), self.iteration
         try:
             for t in range(self.iteration, num_iterations):
                 if self.finished:
@@ -326,10 +335,14 @@ class CaptioningSolver:
                 self._step(t, num_iterations, iterations_per_epoch)
                 self.iteration = t + 1
                 if bar is not None:
+                    bar.set_description(f"epoch {self.epoch + 1}/{self.num_epochs}", refresh=False)
+                    bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}", refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}")
                 elif self.verbose and t % self.print_every == 0:
-                    print("(Iteration %d / %d) loss: %f" % (t + 1, num_iterations, self.loss_history[-1]))
+                    elapsed = time.perf_counter() - start
+                    eta = elapsed / (t + 1 - first) * (num_iterations - t - 1)
+                    print("(Iteration %d / %d) loss: %f [elapsed %s, ETA %s]" % (
+                        t + 1, num_iterations, self.loss_history[-1], _clock(elapsed), _clock(eta)), flush=True)
 
                 epoch_end = (t + 1) % iterations_per_epoch == 0
                 if epoch_end:

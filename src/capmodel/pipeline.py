@@ -7,6 +7,7 @@ samples_<split>.csv,metrics.json}, results/summary.{csv,md}.
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -71,8 +72,9 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     if ckpt is not None:
         ckpt.claim({"data_dir": str(Path(data_dir).resolve()), "settings": s})
     solver_kwargs = {k: s[k] for k in solver_keys() if s[k] is not None}
+    progress = verbose and sys.stderr.isatty()  # a bar in a terminal, timed lines in a log
     solver = CaptioningSolver(model, data, optim_config={"learning_rate": s["learning_rate"]}, validate=validator,
-                              verbose=verbose, checkpoint_dir=checkpoint_dir, **solver_kwargs)
+                              verbose=verbose, progress=progress, checkpoint_dir=checkpoint_dir, **solver_kwargs)
     start = time.perf_counter()
     solver.train()
     seconds = time.perf_counter() - start

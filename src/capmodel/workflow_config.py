@@ -78,3 +78,12 @@ def check_config(config, schema_path):
     if error.validator == "enum":
         raise ValueError(f"{where}: {error.instance!r} is not one of {error.validator_value}")
     raise ValueError(f"{where}: {error.message}")
+
+
+def report_paths(outputs):
+    """The message a finished run prints: where the reports and the summary table are."""
+    reports = [o for o in outputs if o.endswith(".html")]
+    lines = ["capmodel: reports written:"] + [f"  {Path(r).resolve()}" for r in reports if Path(r).exists()]
+    tables = [o for o in outputs if o.endswith(".md") and Path(o).exists()]
+    lines += [f"capmodel: summary table: {Path(t).resolve()}" for t in tables]
+    return "\n".join(lines)
