@@ -119,7 +119,9 @@ def positional_encoding_forward(x, table):
     - cache: Values needed for the backward pass
     """
     if x.ndim != 3 or table.ndim != 2 or x.shape[2] != table.shape[1]:
-        raise ValueError(f"positional_encoding_forward: need x (N, T, W) and table (L, W), got {x.shape} and {table.shape}")
+        raise ValueError(
+            f"positional_encoding_forward: need x (N, T, W) and table (L, W), got {x.shape} and {table.shape}"
+        )
     if x.shape[1] > table.shape[0]:
         raise ValueError(
             f"positional_encoding_forward: sequence of {x.shape[1]} positions is longer than the "

@@ -260,7 +260,8 @@ class CaptioningTransformer:
         for lp in layers:
             empty = np.zeros((N, 0, W), dtype=self.dtype)
             state.extend((*tl.memory_keys_values(memory, lp), empty, empty.copy()))
-        W_embed, W_vocab, b_vocab, pe, nh, L = p["W_embed"], p["W_vocab"], p["b_vocab"], self.pe, self.num_heads, self.max_length
+        W_embed, W_vocab, b_vocab, pe = p["W_embed"], p["W_vocab"], p["b_vocab"], self.pe
+        nh, L = self.num_heads, self.max_length
 
         def step(state, words):
             t = state[2].shape[1]
@@ -303,6 +304,7 @@ class CaptioningTransformer:
 
         if max_length > self.max_length:
             raise ValueError(
-                f"cannot sample captions of max_length={max_length}: the model has max_length={self.max_length} positions"
+                f"cannot sample captions of max_length={max_length}: "
+                f"the model has max_length={self.max_length} positions"
             )
         return decoding.decode(self, features, max_length=max_length, method=method, **options)
