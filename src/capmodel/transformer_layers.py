@@ -340,7 +340,9 @@ def multihead_attention_backward(dout, cache):
     - dquery: Gradient of query, of shape (N, T, W)
     - dkey: Gradient of key, of shape (N, S, W)
     - dvalue: Gradient of value, of shape (N, S, W)
-    - dWq, dbq, dWk, dbk, dWv, dbv, dWo, dbo: Gradients of the projections
+    - dWq, dbq, dWk, dbk, dWv, dbv, dWo, dbo: Gradients of the projections; dbk is
+      exactly zero (the softmax cancels a constant added to a row of scores), and with
+      one key so are dquery, dkey, dWq, dbq and dWk
     """
     query, key, value, Wq, Wk, Wv, Wo, ctx, core = cache
     if core is None:  # one key: the output row was repeated over the T queries
