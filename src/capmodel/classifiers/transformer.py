@@ -1,0 +1,310 @@
+"""CaptioningTransformer: image features -> caption, with a Transformer decoder.
+
+Dimension letters: N minibatch, T caption length (inputs), D image feature dimension,
+W model width (= word vector dimension), nh attention heads, F feed-forward inner width,
+V vocabulary size, L = max_length positions.
+
+Parameter keys (shapes in brackets):
+- W_proj [D, W], b_proj [W]: image feature -> the one-position memory
+- W_embed [V, W]: word embeddings
+- layers.{i}.{key} for i in 0 .. num_layers-1, with key one of
+  capmodel.transformer_layers.LAYER_PARAM_KEYS (self_attn.Wq, ..., cross_attn.Wq, ...,
+  ffn.W1, ffn.b1, ffn.W2, ffn.b2, norm1.gamma, ..., norm3.beta)
+- W_vocab [W, V], b_vocab [V]: output scores
+"""
+
+import numpy as np
+
+from capmodel import rnn_layers as rl
+from capmodel import transformer_layers as tl
+from capmodel.layers import dropout_mask
+from capmodel.vocab import NULL
+
+FAMILY = "transformer"
+DESCRIPTION_KEYS = ("family", "input_dim", "wordvec_dim", "num_heads", "num_layers", "max_length", "hidden_dim",
+                    "dropout", "dtype", "word_to_idx")
+
+
+class CaptioningTransformer:
+    """A CaptioningTransformer produces captions from image features with a Transformer decoder.
+
+    The design is CS231n's: the image feature, projected to width W, is a memory of one
+    position that every decoder layer cross-attends to; the caption's words are embedded
+    to width W and the sinusoidal positional encoding is added; num_layers post-norm
+    decoder layers (causal self-attention, cross-attention, feed-forward) follow, and a
+    final affine layer gives scores over the V words. The loss is the masked temporal
+    softmax loss of CaptioningRNN: summed over time, averaged over N, <NULL> targets
+    excluded.
+
+    Weights start as in CS231n (and nanoGPT): normal with std 0.02 for the projections
+    and the embedding, zero biases, layer norms at gamma = 1, beta = 0, so every score
+    starts near 0 and the initial loss is near log(V) per word.
+
+    With dropout > 0, inverted dropout acts on the embedded words plus positions (as
+    CS231n's PositionalEncoding) and on the three residual branches of every layer,
+    during loss(training=True) only, never while sampling.
+    """
+
+    def __init__(self, word_to_idx, input_dim=512, wordvec_dim=256, num_heads=4, num_layers=2, max_length=50,
+                 hidden_dim=None, dtype=np.float32, dropout=0.0, seed=None):
+        """Construct a new CaptioningTransformer instance.
+
+        Inputs:
+        - word_to_idx: A dictionary giving the vocabulary. It contains V entries, and
+          maps each string to a unique integer in the range [0, V).
+        - input_dim: Dimension D of input image feature vectors.
+        - wordvec_dim: Model width W (word vectors, attention and residual stream); it
+          must be even and divisible by num_heads.
+        - num_heads: Number of attention heads nh.
+        - num_layers: Number of decoder layers.
+        - max_length: Number of positions L the model can attend over: the longest
+          caption input (T <= L) and the most decoding steps.
+        - hidden_dim: Inner width F of the feed-forward blocks; None means 4 * W. (The
+          workflow's hidden_dim setting, the RNN's H, is passed here for transformers.)
+        - dtype: numpy datatype to use; use float32 for training and float64 for
+          numeric gradient checking.
+        - dropout: Drop probability (0 = off); see the class docstring for where.
+        - seed: int or np.random.Generator for the initial weights and dropout masks.
+        """
+        if NULL not in word_to_idx:
+            raise ValueError(f"word_to_idx must contain {NULL}")
+        if hidden_dim is None:
+            hidden_dim = 4 * wordvec_dim
+        dims = (("input_dim", input_dim), ("wordvec_dim", wordvec_dim), ("num_heads", num_heads),
+                ("num_layers", num_layers), ("max_length", max_length), ("hidden_dim", hidden_dim))
+        for name, dim in dims:
+            if int(dim) != dim or dim < 1:
+                raise ValueError(f"{name} must be a positive integer, got {dim}")
+        if wordvec_dim % num_heads or wordvec_dim % 2:
+            raise ValueError(f"wordvec_dim must be even and divisible by num_heads={num_heads}, got {wordvec_dim}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dtype = np.dtype(dtype)
+        self.dropout = float(dropout)
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = {i: w for w, i in word_to_idx.items()}
+        self.input_dim, self.wordvec_dim, self.hidden_dim = int(input_dim), int(wordvec_dim), int(hidden_dim)
+        self.num_heads, self.num_layers, self.max_length = int(num_heads), int(num_layers), int(max_length)
+        self._null = word_to_idx[NULL]
+        self.rng = np.random.default_rng(seed)
+        self.pe = tl.positional_encoding(self.max_length, self.wordvec_dim, self.dtype)  # (L, W)
+
+        V = len(word_to_idx)
+        D, W, F = self.input_dim, self.wordvec_dim, self.hidden_dim
+        normal = lambda *shape: 0.02 * self.rng.standard_normal(shape)
+        params = {"W_proj": normal(D, W), "b_proj": np.zeros(W), "W_embed": normal(V, W)}
+        for i in range(self.num_layers):
+            layer = {}
+            for block in ("self_attn", "cross_attn"):
+                for k in ("q", "k", "v", "o"):
+                    layer[f"{block}.W{k}"] = normal(W, W)
+                    layer[f"{block}.b{k}"] = np.zeros(W)
+            layer.update({"ffn.W1": normal(W, F), "ffn.b1": np.zeros(F), "ffn.W2": normal(F, W), "ffn.b2": np.zeros(W)})
+            for n in (1, 2, 3):
+                layer[f"norm{n}.gamma"] = np.ones(W)
+                layer[f"norm{n}.beta"] = np.zeros(W)
+            params.update({f"layers.{i}.{k}": layer[k] for k in tl.LAYER_PARAM_KEYS})
+        params.update({"W_vocab": normal(W, V), "b_vocab": np.zeros(V)})
+        self.params = {k: v.astype(self.dtype) for k, v in params.items()}
+
+    # ------------------------------------------------------------ description
+
+    def describe(self):
+        """A JSON-able description, enough to rebuild the model with from_description."""
+        return {
+            "family": FAMILY,
+            "input_dim": self.input_dim,
+            "wordvec_dim": self.wordvec_dim,
+            "num_heads": self.num_heads,
+            "num_layers": self.num_layers,
+            "max_length": self.max_length,
+            "hidden_dim": self.hidden_dim,
+            "dropout": self.dropout,
+            "dtype": self.dtype.name,
+            "word_to_idx": dict(self.word_to_idx),
+        }
+
+    @classmethod
+    def from_description(cls, desc):
+        """Rebuild an untrained model (seed 0) of the shapes that describe() recorded."""
+        missing = [k for k in DESCRIPTION_KEYS if k not in desc]
+        if missing:
+            raise ValueError(f"model description lacks {', '.join(missing)}")
+        if desc["family"] != FAMILY:
+            raise ValueError(f'model description is of family "{desc["family"]}", not "{FAMILY}"')
+        return cls({w: int(i) for w, i in desc["word_to_idx"].items()}, input_dim=desc["input_dim"],
+                   wordvec_dim=desc["wordvec_dim"], num_heads=desc["num_heads"], num_layers=desc["num_layers"],
+                   max_length=desc["max_length"], hidden_dim=desc["hidden_dim"], dtype=np.dtype(desc["dtype"]),
+                   dropout=desc["dropout"], seed=0)
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_features(self, features):
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.input_dim:
+            raise ValueError(f"features must have shape (N, {self.input_dim}), got {features.shape}")
+        return features.astype(self.dtype, copy=False)
+
+    def _check_captions(self, captions, N):
+        captions = np.asarray(captions)
+        V = len(self.word_to_idx)
+        if captions.ndim != 2 or captions.shape[0] != N or captions.shape[1] < 2:
+            raise ValueError(f"captions must have shape (N={N}, T+1) with T >= 1, got {captions.shape}")
+        if captions.shape[1] - 1 > self.max_length:
+            raise ValueError(
+                f"captions of shape {captions.shape} have T={captions.shape[1] - 1} input words, more than "
+                f"the model's max_length={self.max_length}"
+            )
+        if not np.issubdtype(captions.dtype, np.integer):
+            raise ValueError(f"captions must be integer word ids, got dtype {captions.dtype}")
+        if captions.min() < 0 or captions.max() >= V:
+            raise ValueError(
+                f"captions contain word ids outside the vocabulary [0, {V}): "
+                f"min {captions.min()}, max {captions.max()}"
+            )
+        return captions
+
+    def _layer_params(self, i):
+        prefix = f"layers.{i}."
+        return {k: self.params[prefix + k] for k in tl.LAYER_PARAM_KEYS}
+
+    # -------------------------------------------------------------------- loss
+
+    def loss(self, features, captions, dropout_rng=None, training=True):
+        """Compute training-time loss for the Transformer.
+
+        Inputs:
+        - features: Input image features, of shape (N, D)
+        - captions: Ground-truth captions; an integer array of shape (N, T + 1) where
+          each element is in the range 0 <= y[i, t] < V and T <= max_length
+        - dropout_rng: Generator for the dropout masks (default: the model's own); pass
+          a freshly seeded one to get the same masks on every call.
+        - training: False turns dropout off (validation loss).
+
+        Returns a tuple of:
+        - loss: Scalar loss
+        - grads: Dictionary of gradients parallel to self.params
+        """
+        features = self._check_features(features)
+        captions = self._check_captions(captions, features.shape[0])
+        p = self.params
+        rng = self.rng if dropout_rng is None else dropout_rng
+        drop = self.dropout if training else 0.0
+
+        # Position t sees words 0 .. t of the input and predicts word t + 1.
+        captions_in = captions[:, :-1]
+        captions_out = captions[:, 1:]
+        N, T = captions_in.shape
+        memory = (features @ p["W_proj"] + p["b_proj"])[:, None]  # (N, 1, W)
+        x, embed_cache = rl.word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
+        x, _ = tl.positional_encoding_forward(x, self.pe)
+        x_mask = dropout_mask(x.shape, drop, rng, self.dtype)
+        if x_mask is not None:
+            x *= x_mask
+        causal = np.tril(np.ones((T, T), dtype=bool))
+        layer_caches = []
+        for i in range(self.num_layers):
+            x, cache = tl.decoder_layer_forward(x, memory, self._layer_params(i), self.num_heads, causal, drop, rng)
+            layer_caches.append(cache)
+
+        # <NULL> targets add neither loss nor gradient, so scores are computed for the K
+        # kept positions only, as one sequence; the loss layer averages over its batch of
+        # 1, so divide by N (as CaptioningRNN.loss).
+        W = self.wordvec_dim
+        keep = (captions_out != self._null).reshape(N * T)
+        x_kept = x.reshape(N * T, W)[keep][None]  # (1, K, W)
+        scores, affine_cache = rl.temporal_affine_forward(x_kept, p["W_vocab"], p["b_vocab"])  # (1, K, V)
+        y_kept = captions_out.reshape(N * T)[keep][None]
+        loss, dscores = rl.temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
+        loss /= N
+        dscores /= self.dtype.type(N)
+
+        grads = {}
+        dx_kept, grads["W_vocab"], grads["b_vocab"] = rl.temporal_affine_backward(dscores, affine_cache)
+        dx = np.zeros((N * T, W), dtype=self.dtype)
+        dx[keep] = dx_kept[0]
+        dx = dx.reshape(N, T, W)
+        dmemory = np.zeros_like(memory)
+        for i in reversed(range(self.num_layers)):
+            dx, dmem, dlayer = tl.decoder_layer_backward(dx, layer_caches[i])
+            dmemory += dmem
+            grads.update({f"layers.{i}.{k}": v for k, v in dlayer.items()})
+        if x_mask is not None:
+            dx *= x_mask
+        dx = tl.positional_encoding_backward(dx, None)
+        grads["W_embed"] = rl.word_embedding_backward(dx, embed_cache)
+        dmemory = dmemory[:, 0]  # (N, W)
+        grads["W_proj"] = features.T @ dmemory
+        grads["b_proj"] = dmemory.sum(axis=0)
+        return loss, grads
+
+    # ---------------------------------------------------------------- decoding
+
+    def decoder(self, features):
+        """Start decoding: return the initial state and a step function.
+
+        The state is a tuple of 4 arrays per layer, each with the row M as first axis:
+        the cross-attention keys and values of the memory, of shape (M, 1, W), computed
+        once here, and the self-attention keys and values of the positions decoded so
+        far, of shape (M, t, W), t = 0 at the start. Decoders may repeat, reorder and
+        concatenate rows. The step function maps (state, word ids of shape (M,)) to
+        (next state, scores of shape (M, V)): it runs position t only, attending to the
+        cached keys and values, and equals row t of the full forward pass.
+        """
+        features = self._check_features(features)
+        p = self.params
+        memory = (features @ p["W_proj"] + p["b_proj"])[:, None]  # (N, 1, W)
+        layers = [self._layer_params(i) for i in range(self.num_layers)]
+        N, W = len(features), self.wordvec_dim
+        state = []
+        for lp in layers:
+            empty = np.zeros((N, 0, W), dtype=self.dtype)
+            state.extend((*tl.memory_keys_values(memory, lp), empty, empty.copy()))
+        W_embed, W_vocab, b_vocab, pe = p["W_embed"], p["W_vocab"], p["b_vocab"], self.pe
+        nh, L = self.num_heads, self.max_length
+
+        def step(state, words):
+            t = state[2].shape[1]
+            if t >= L:
+                raise ValueError(f"cannot decode position {t + 1}: the model has max_length={L} positions")
+            x = W_embed[words][:, None]  # (M, 1, W)
+            x += pe[t]
+            next_state = []
+            for i, lp in enumerate(layers):
+                mem_k, mem_v, self_k, self_v = state[4 * i : 4 * i + 4]
+                x, next_k, next_v = tl.decoder_layer_step(x, self_k, self_v, mem_k, mem_v, lp, nh)
+                next_state.extend((mem_k, mem_v, next_k, next_v))
+            scores = x[:, 0] @ W_vocab  # (M, V)
+            scores += b_vocab
+            return tuple(next_state), scores
+
+        return tuple(state), step
+
+    def sample(self, features, max_length=30, method="greedy", **options):
+        """Run a test-time forward pass for the model, sampling captions for features.
+
+        The first input word is <START>; each step runs one new position of the decoder
+        against the cached keys and values of the earlier ones, scores all vocab words
+        and chooses the next word. Once a caption has produced <END>, the rest of its row
+        is <NULL>; <START> and <NULL> are never chosen.
+
+        Inputs:
+        - features: Array of input image features of shape (N, D).
+        - max_length: Maximum length T of generated captions, at most the model's
+          max_length.
+        - method: 'greedy' (the default, as CS231n), 'beam' or 'temperature'; see
+          capmodel.decoding for their options (beam_size, length_norm, temperature, rng).
+
+        Returns:
+        - captions: Array of shape (N, max_length) giving sampled captions, where each
+          element is an integer in the range [0, V). The first element of captions
+          should be the first sampled word, not the <START> token.
+        """
+        from capmodel import decoding
+
+        if max_length > self.max_length:
+            raise ValueError(
+                f"cannot sample captions of max_length={max_length}: "
+                f"the model has max_length={self.max_length} positions"
+            )
+        return decoding.decode(self, features, max_length=max_length, method=method, **options)
