@@ -87,7 +87,7 @@ def test_gradcheck_writes_table(tmp_path):
     assert r.returncode == 0
     with open(tmp_path / "g.csv") as f:
         rows = list(csv.DictReader(f))
-    assert set(rows[0]) == {"layer", "cell", "param", "rel_error", "tolerance", "ok"}
+    assert set(rows[0]) == {"layer", "cell", "param", "measure", "error", "tolerance", "ok"}
     assert all(r["ok"] == "True" for r in rows)
 
 

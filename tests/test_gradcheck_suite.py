@@ -13,6 +13,11 @@ def test_every_layer_and_cell_is_checked_and_passes():
     for cell in ("rnn", "lstm", "gru"):
         assert {(f"{cell}_step", cell), (f"{cell}_sequence", cell), ("CaptioningRNN.loss", cell)} <= layers
     assert {("word_embedding", ""), ("temporal_affine", ""), ("temporal_softmax_loss", "")} <= layers
+    for layer in ("layer_norm", "self_attention", "cross_attention", "feedforward", "decoder_layer",
+                  "CaptioningTransformer.loss"):
+        assert (layer, "transformer") in layers
+    scaled = [r["error"] for r in rows if r["measure"] == "scaled"]
+    assert len(scaled) > 40 and max(scaled) < 1e-7
 
 
 def test_a_wrong_gradient_is_caught(monkeypatch):
@@ -23,6 +28,22 @@ def test_a_wrong_gradient_is_caught(monkeypatch):
         return dx, dh0, dWx, dWh * 1.01, db  # 1% off
 
     monkeypatch.setattr(rl, "gru_backward", broken)
-    monkeypatch.setitem(gradcheck_suite.CELLS, "gru", (rl.gru_forward, broken, 3))
+    from capmodel.classifiers import rnn
+
+    monkeypatch.setitem(rnn.CELLS, "gru", (rl.gru_forward, broken, 3))
     failed = [(r["layer"], r["param"]) for r in gradcheck_suite.run(seed=0) if not r["ok"]]
     assert ("gru_sequence", "Wh") in failed
+
+
+def test_a_wrong_transformer_gradient_is_caught(monkeypatch):
+    from capmodel import transformer_layers as tl
+
+    real = tl.feedforward_backward
+
+    def broken(dout, cache):
+        dx, dW1, db1, dW2, db2 = real(dout, cache)
+        return dx, dW1, db1 * 1.01, dW2, db2  # 1% off
+
+    monkeypatch.setattr(tl, "feedforward_backward", broken)
+    failed = {(r["layer"], r["param"]) for r in gradcheck_suite.run(seed=0) if not r["ok"]}
+    assert ("feedforward", "b1") in failed and ("CaptioningTransformer.loss", "layers.0.ffn.b1") in failed

@@ -48,9 +48,10 @@ def test_lint_is_clean(tmp_path):
 def test_full_run_outputs(test_run):
     with open(test_run / "results" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["model"] for r in rows] == ["tiny_lstm", "tiny_rnn", "baseline"]
+    assert [r["model"] for r in rows] == ["tiny_lstm", "tiny_rnn", "tiny_transformer", "baseline"]
     assert all(0 <= float(r["Bleu_4"]) <= 1 and float(r["CIDEr"]) >= 0 for r in rows)
-    for name in ("tiny_lstm", "tiny_rnn", "summary"):
+    assert rows[2]["cell_type"] == "transformer" and float(rows[2]["val_loss"]) > 0
+    for name in ("tiny_lstm", "tiny_rnn", "tiny_transformer", "summary"):
         html = (test_run / "reports" / f"{name}.html").read_text()
         assert html.count("data:image/png;base64") >= 2, name  # figures embedded: self-contained
         assert "<table" in html and "Bleu_4" in html
@@ -149,7 +150,7 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
 def test_run_says_where_the_reports_are_and_training_logs_eta(test_run):
     out = (test_run / "snakemake-output.txt").read_text()
     assert "capmodel: reports written:" in out
-    for name in ("summary", "tiny_lstm", "tiny_rnn"):
+    for name in ("summary", "tiny_lstm", "tiny_rnn", "tiny_transformer"):
         assert f"{test_run / 'reports' / name}.html" in out
     assert f"capmodel: summary table: {test_run / 'results' / 'summary.md'}" in out
     log = (test_run / "logs" / "train" / "tiny_rnn.log").read_text()

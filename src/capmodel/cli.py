@@ -96,13 +96,13 @@ def cmd_gradcheck(args):
     rows = gradcheck_suite.run(seed=args.seed)
     failed = [r for r in rows if not r["ok"]]
     for r in rows:
-        r["rel_error"] = f"{r['rel_error']:.3e}"
+        r["error"] = f"{r['error']:.3e}"
     for r in failed:
-        print(f"gradient check failed: {r['layer']} {r['cell']} {r['param']}: relative error "
-              f"{r['rel_error']} > {r['tolerance']}", file=sys.stderr)
+        print(f"gradient check failed: {r['layer']} {r['cell']} {r['param']}: {r['measure']} error "
+              f"{r['error']} > {r['tolerance']}", file=sys.stderr)
     if failed:
         return EXIT_FAILED_CHECK
-    write_csv(args.out, rows, ["layer", "cell", "param", "rel_error", "tolerance", "ok"])
+    write_csv(args.out, rows, ["layer", "cell", "param", "measure", "error", "tolerance", "ok"])
     print(f"{len(rows)} gradient checks passed -> {args.out}")
     return 0
 
@@ -218,7 +218,7 @@ def build_parser():
     ff.set_defaults(func=cmd_data_from_folder)
 
     g = sub.add_parser("gradcheck", help="numeric gradient checks of every layer and the model loss")
-    g.add_argument("--out", required=True, help="CSV table to write (layer, cell, param, rel_error, tolerance, ok)")
+    g.add_argument("--out", required=True, help="CSV table to write (layer, cell, param, measure, error, tolerance, ok)")
     g.add_argument("--seed", type=int, default=0, help="seed for the random test inputs")
     g.set_defaults(func=cmd_gradcheck)
 

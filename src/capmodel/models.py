@@ -23,8 +23,9 @@ To add a family: write its module and tests, and add the class to FAMILIES below
 """
 
 from capmodel.classifiers.rnn import CaptioningRNN
+from capmodel.classifiers.transformer import CaptioningTransformer
 
-FAMILIES = (CaptioningRNN,)
+FAMILIES = (CaptioningRNN, CaptioningTransformer)
 
 
 def cell_types():

@@ -16,6 +16,12 @@ CELLS = {
     "lstm": (rl.lstm_forward, rl.lstm_backward, 4),
     "gru": (rl.gru_forward, rl.gru_backward, 3),
 }
+# cell type -> (step forward, step backward, the step's inputs), for the gradient checks
+STEPS = {
+    "rnn": (rl.rnn_step_forward, rl.rnn_step_backward, ("x", "prev_h", "Wx", "Wh", "b")),
+    "lstm": (rl.lstm_step_forward, rl.lstm_step_backward, ("x", "prev_h", "prev_c", "Wx", "Wh", "b")),
+    "gru": (rl.gru_step_forward, rl.gru_step_backward, ("x", "prev_h", "Wx", "Wh", "b")),
+}
 PARAM_NAMES = ("W_proj", "b_proj", "W_embed", "Wx", "Wh", "b", "W_vocab", "b_vocab")
 
 
@@ -113,6 +119,26 @@ class CaptioningRNN:
         return cls(desc["word_to_idx"], input_dim=desc["input_dim"], wordvec_dim=desc["wordvec_dim"],
                    hidden_dim=desc["hidden_dim"], cell_type=desc["cell_type"], dtype=np.dtype(desc["dtype"]),
                    dropout=desc.get("dropout", 0.0), seed=0)
+
+    @classmethod
+    def gradient_checks(cls, rng):
+        """(layer, cell, {input: rel_error}, tolerance) for every cell's step, sequence and
+        model loss (capmodel.gradcheck_suite collects them)."""
+        from capmodel import gradcheck_suite as gs
+
+        N, T, D, H = 3, 5, 4, 5
+        for cell, (fwd, bwd, k) in CELLS.items():
+            step_f, step_b, names = STEPS[cell]
+            shapes = {"x": (N, D), "prev_h": (N, H), "prev_c": (N, H), "Wx": (D, k * H), "Wh": (H, k * H),
+                      "b": (k * H,)}
+            yield f"{cell}_step", cell, gs.check_array_function(
+                step_f, step_b, [rng.standard_normal(shapes[n]) for n in names], names, rng), gs.LAYER_TOLERANCE
+            seq = [(N, T, D), (N, H), (D, k * H), (H, k * H), (k * H,)]
+            yield f"{cell}_sequence", cell, gs.check_array_function(
+                fwd, bwd, [rng.standard_normal(s) for s in seq], ("x", "h0", "Wx", "Wh", "b"), rng), gs.LAYER_TOLERANCE
+        for cell in CELLS:
+            model = cls(gs.VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64, seed=0)
+            yield "CaptioningRNN.loss", cell, gs.model_loss_errors(model, rng, D=D), gs.MODEL_TOLERANCE
 
     # ------------------------------------------------------------------ checks
 
