@@ -155,3 +155,12 @@ def test_run_says_where_the_reports_are_and_training_logs_eta(test_run):
     assert f"capmodel: summary table: {test_run / 'results' / 'summary.md'}" in out
     log = (test_run / "logs" / "train" / "tiny_rnn.log").read_text()
     assert re.search(r"\(Iteration 1 / 40\) loss: [0-9.]+ \[elapsed \d+:\d\d, ETA \d+:\d\d\]", log), log
+
+
+def test_a_data_set_at_any_path_is_used_as_it_is(shapes_dir, tmp_path):
+    cfg = _config_with(tmp_path, f"data: {{source: path, path: {shapes_dir}}}\n")
+    r = snakemake(tmp_path / "w", "-n", config=cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "make_shapes_data" not in r.stdout and "train_model" in r.stdout and str(shapes_dir) in r.stdout
+    r = snakemake(tmp_path / "w", "-n", config=_config_with(tmp_path, "data: {source: path}\n"))
+    assert r.returncode != 0 and "data.source is 'path' but data.path is not set" in r.stdout + r.stderr

@@ -61,7 +61,10 @@ def schema():
         "properties": {
             "data": _section("which dataset to use and how to make it", {
                 "source": _plain("string", "shapes", "shapes = the embedded generated dataset (offline); "
-                                 "coco = fetch the CS231n COCO features", enum=["shapes", "coco"]),
+                                 "coco = fetch the CS231n COCO features; path = a data set of yours at data.path",
+                                 enum=["shapes", "coco", "path"]),
+                "path": _plain(["string", "null"], None, "directory of a data set in the CS231n format (e.g. from "
+                               "capmodel data from-folder), used when source is path; it is only read"),
                 "shapes": _section("settings of the generated shapes dataset", _with_defaults(S.SHAPES)),
                 "coco": _section("where to fetch the CS231n COCO archive from", {
                     "url": _plain("string", DEFAULT_URL, "archive URL or mirror (http, https, file://)"),

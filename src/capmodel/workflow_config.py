@@ -87,3 +87,13 @@ def report_paths(outputs):
     tables = [o for o in outputs if o.endswith(".md") and Path(o).exists()]
     lines += [f"capmodel: summary table: {Path(t).resolve()}" for t in tables]
     return "\n".join(lines)
+
+
+def data_dir(data):
+    """The data set directory of the config's `data:` section: made by the workflow
+    (resources/data/shapes or resources/data/coco) or a user's own (source: path)."""
+    if data["source"] == "path":
+        if not data.get("path"):
+            raise ValueError("data.source is 'path' but data.path is not set: give the data set directory")
+        return str(data["path"])
+    return f"resources/data/{data['source']}"

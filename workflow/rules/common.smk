@@ -15,6 +15,7 @@ try:
     validate(config, schema=SCHEMA)
     MODELS = wc.expand_models(config)
     SAMPLE = wc.sample_settings(config["sample"])
+    DATA_DIR = wc.data_dir(config["data"])
 except ValueError as e:
     sys.exit(f"capmodel workflow: config error: {e}")
 
@@ -28,7 +29,7 @@ wildcard_constraints:
 
 
 def get_data_dir():
-    return f"resources/data/{config['data']['source']}"
+    return DATA_DIR
 
 
 def get_final_outputs():
