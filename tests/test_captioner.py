@@ -8,6 +8,7 @@ import pytest
 
 from capmodel.coco_utils import load_coco_data
 from capmodel.datasets import features as feat
+from capmodel.datasets.synthetic import draw_photo, photo_folder_with_csv
 from capmodel.image_utils import image_from_url
 
 
@@ -42,31 +43,9 @@ def test_record_without_pca_file_or_altered_is_refused(shapes_dir, tmp_path):
 
 # ------------------------------------------------------------ captioning files
 
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230)}
-
-
-def draw(color, shape, side=48):
-    """A uint8 (side, side, 3) picture of one coloured circle or square on white."""
-    yy, xx = np.mgrid[0:side, 0:side] - side / 2
-    mask = xx**2 + yy**2 <= (side / 3) ** 2 if shape == "circle" else (abs(xx) <= side / 3) & (abs(yy) <= side / 3)
-    img = np.full((side, side, 3), 240, np.uint8)
-    img[mask] = COLORS[color]
-    return img
-
-
 def make_photos(d):
-    """12 PNGs (3 colours x 2 shapes x 2 sizes) and a captions CSV without a split column."""
-    from PIL import Image
-
-    (d / "photos").mkdir(parents=True)
-    lines = ["image,caption"]
-    for color in COLORS:
-        for shape in ("circle", "square"):
-            for k, side in enumerate((48, 64)):
-                name = f"{color}_{shape}_{k}.png"
-                Image.fromarray(draw(color, shape, side)).save(d / "photos" / name)
-                lines += [f"{name},a {color} {shape}", f"{name},one {color} {shape} on white"]
-    (d / "captions.csv").write_text("\n".join(lines) + "\n")
+    """12 PNGs (3 colours x 2 shapes x 2 sizes) in d/photos and d/captions.csv without a split column."""
+    photo_folder_with_csv(d)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +167,7 @@ def test_dataset_without_record_says_so_and_features_work(trained, no_record, ca
 def _broken(tmp):
     from PIL import Image
 
-    Image.fromarray(draw("red", "circle")).save(tmp / "broken.png")
+    Image.fromarray(draw_photo("red", "circle")).save(tmp / "broken.png")
     (tmp / "broken.png").write_bytes((tmp / "broken.png").read_bytes()[:50])
     return tmp / "broken.png"
 

@@ -11,33 +11,11 @@ from capmodel.cli import main
 from capmodel.coco_utils import decode_captions, load_coco_data
 from capmodel.datasets import features as feat
 from capmodel.datasets import folder
+from capmodel.datasets.synthetic import PHOTO_COLORS, PHOTO_SHAPES, draw_photo, photo_folder
 from capmodel.datasets import format as fmt
 
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230)}
-SHAPES = ("circle", "square")
-
-
-def draw(color, shape, side=40, background=(240, 240, 240)):
-    """A uint8 (side, side, 3) picture of one coloured shape on a plain background."""
-    yy, xx = np.mgrid[0:side, 0:side] - side / 2
-    mask = xx**2 + yy**2 <= (side / 3) ** 2 if shape == "circle" else (abs(xx) <= side / 3) & (abs(yy) <= side / 3)
-    img = np.empty((side, side, 3), np.uint8)
-    img[:] = background
-    img[mask] = COLORS[color]
-    return img
-
-
-def make_photos(d, copies=2, side=40):
-    """PNGs <color>_<shape>_<k>.png in d; returns {name: [two captions]} in name order."""
-    d.mkdir(parents=True, exist_ok=True)
-    captions = {}
-    for color in COLORS:
-        for shape in SHAPES:
-            for k in range(copies):
-                name = f"{color}_{shape}_{k}.png"
-                Image.fromarray(draw(color, shape, side + 8 * k)).save(d / name)
-                captions[name] = [f"a {color} {shape}", f"one {color} {shape} on a white background"]
-    return dict(sorted(captions.items()))
+COLORS, SHAPES = PHOTO_COLORS, PHOTO_SHAPES
+draw, make_photos = draw_photo, photo_folder
 
 
 def write_csv(path, rows, header=("image", "caption", "split")):

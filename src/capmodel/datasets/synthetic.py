@@ -29,3 +29,46 @@ def random_data(num_images=20, captions_per_image=2, num_val_images=6, D=16, num
         data[f"{split}_features"] = rng.standard_normal((n_img, D)).astype(np.float32)
         data[f"{split}_urls"] = np.asarray([f"file:///{split}/{i}.png" for i in range(n_img)])
     return data
+
+
+PHOTO_COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230)}
+PHOTO_SHAPES = ("circle", "square")
+
+
+def draw_photo(color, shape, side=40, background=(240, 240, 240)):
+    """A uint8 (side, side, 3) picture of one coloured circle or square on a plain background."""
+    yy, xx = np.mgrid[0:side, 0:side] - side / 2
+    mask = xx**2 + yy**2 <= (side / 3) ** 2 if shape == "circle" else (abs(xx) <= side / 3) & (abs(yy) <= side / 3)
+    img = np.empty((side, side, 3), np.uint8)
+    img[:] = background
+    img[mask] = PHOTO_COLORS[color]
+    return img
+
+
+def photo_folder(d, copies=2, side=40):
+    """PNGs <color>_<shape>_<k>.png in folder d (3 colours x 2 shapes x copies, each copy 8
+    pixels larger), for the own-data tests and examples; returns {name: [two captions]}."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    captions = {}
+    for color in PHOTO_COLORS:
+        for shape in PHOTO_SHAPES:
+            for k in range(copies):
+                name = f"{color}_{shape}_{k}.png"
+                Image.fromarray(draw_photo(color, shape, side + 8 * k)).save(d / name)
+                captions[name] = [f"a {color} {shape}", f"one {color} {shape} on a white background"]
+    return dict(sorted(captions.items()))
+
+
+def photo_folder_with_csv(d, folder="photos", csv_name="captions.csv"):
+    """photo_folder(d / folder) plus a captions CSV (image,caption; no split column) in d."""
+    from pathlib import Path
+
+    captions = photo_folder(Path(d) / folder)
+    lines = ["image,caption"] + [f"{name},{c}" for name, caps in captions.items() for c in caps]
+    (Path(d) / csv_name).write_text("\n".join(lines) + "\n")
+    return captions
