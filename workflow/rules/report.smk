@@ -10,6 +10,7 @@ rule report_model:
         history="results/models/{model}/history.csv",
         val="results/models/{model}/val.csv",
         samples=f"results/models/{{model}}/samples_{SPLIT}.csv",
+        scores=f"results/models/{{model}}/scores_{SPLIT}.csv",
         metrics="results/models/{model}/metrics.json",
     output:
         html="reports/{model}.html",
@@ -40,6 +41,7 @@ rule report_model:
         "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
         " -p model_name {wildcards.model} -p model_json {input.meta} -p metrics_json {input.metrics}"
         " -p history_csv {input.history} -p val_csv {input.val} -p samples_csv {input.samples}"
+        " -p scores_csv {input.scores} -p summary_link summary.html"
         " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
         " --output {wildcards.model} >> {log} 2>&1"
