@@ -1,6 +1,10 @@
 # Stage 7: papermill-executed report notebooks rendered to self-contained HTML in reports/.
-# The notebooks only read result files; figures are also wrapped in report(...) for
-# `snakemake --report report.html`.
+# The notebooks only read result files, each an input of its rule and handed over as a
+# parameter; figures are also wrapped in report(...) for `snakemake --report report.html`.
+from snakemake import __version__ as SNAKEMAKE_VERSION
+
+# The seed of the summary's random sample of images: the same images in every run.
+REPORT_SEED = 0
 
 
 rule report_model:
@@ -51,7 +55,26 @@ rule report_summary:
     input:
         notebook=str(NOTEBOOKS / "summary_report.ipynb"),
         csv="results/summary.csv",
+        models=expand("results/models/{model}/model.json", model=sorted(MODELS)),
         val=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
+        samples=expand(
+            "results/{kind}/samples_{split}.csv",
+            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
+            split=SPLIT,
+        ),
+        records=expand(
+            "results/{kind}/samples_{split}.json",
+            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
+            split=SPLIT,
+        ),
+        scores=expand(
+            "results/{kind}/scores_{split}.csv",
+            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
+            split=SPLIT,
+        ),
+        data=get_data_dir(),
+        # The model reports it links to, so that every link resolves.
+        reports=expand("reports/{model}.html", model=sorted(MODELS)),
     output:
         html="reports/summary.html",
         notebook="results/notebooks/summary.ipynb",
@@ -73,13 +96,27 @@ rule report_summary:
         mem_mb=config["resources"]["small_mem_mb"],
         runtime=config["resources"]["small_runtime"],
     params:
-        val_files=lambda wildcards, input: json.dumps(
-            {Path(v).parent.name: v for v in input.val}
+        # Every file the notebook reads, by model name (YAML, as JSON), from the inputs.
+        files=lambda wildcards, input: json.dumps(
+            {
+                "model_json": {Path(p).parent.name: p for p in input.models},
+                "val_files": {Path(p).parent.name: p for p in input.val},
+                "samples_files": {Path(p).parent.name: p for p in input.samples},
+                "scores_files": {Path(p).parent.name: p for p in input.scores},
+                "records": {Path(p).parent.name: p for p in input.records},
+                "report_links": {Path(p).stem: Path(p).name for p in input.reports},
+            }
         ),
         figures_dir=lambda wildcards, output: Path(output.metrics).parent,
+        repo_dir=workflow.basedir,
+        snakemake_version=SNAKEMAKE_VERSION,
+        num_examples=config["report"]["num_examples"],
+        seed=REPORT_SEED,
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
-        " -p summary_csv {input.csv} -y 'val_files: {params.val_files}' -p figures_dir {params.figures_dir}"
+        " -p summary_csv {input.csv} -y '{params.files}' -p data_dir {input.data}"
+        " -p repo_dir {params.repo_dir:q} -p snakemake_version {params.snakemake_version}"
+        " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} -p seed {params.seed}"
         " > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
         " --output summary >> {log} 2>&1"
