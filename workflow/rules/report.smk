@@ -1,10 +1,29 @@
 # Stage 7: papermill-executed report notebooks rendered to self-contained HTML in reports/.
 # The notebooks only read result files, each an input of its rule and handed over as a
 # parameter; figures are also wrapped in report(...) for `snakemake --report report.html`.
+import subprocess
+
 from snakemake import __version__ as SNAKEMAKE_VERSION
 
 # The seed of the summary's random sample of images: the same images in every run.
 REPORT_SEED = 0
+
+
+# The workflow source's commit, marked when it has uncommitted changes ("unknown" without
+# git or outside a checkout). Read here, where the source is, not in the job.
+try:
+    GIT_COMMIT = (
+        subprocess.run(
+            ["git", "-C", workflow.basedir, "describe", "--always", "--abbrev=40"]
+            + ["--exclude=*", "--dirty=+uncommitted-changes"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        or "unknown"
+    )
+except (OSError, subprocess.SubprocessError):
+    GIT_COMMIT = "unknown"
 
 
 rule report_model:
@@ -108,14 +127,14 @@ rule report_summary:
             }
         ),
         figures_dir=lambda wildcards, output: Path(output.metrics).parent,
-        repo_dir=workflow.basedir,
+        git_commit=GIT_COMMIT,
         snakemake_version=SNAKEMAKE_VERSION,
         num_examples=config["report"]["num_examples"],
         seed=REPORT_SEED,
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
         " -p summary_csv {input.csv} -y '{params.files}' -p data_dir {input.data}"
-        " -p repo_dir {params.repo_dir:q} -p snakemake_version {params.snakemake_version}"
+        " -r git_commit {params.git_commit} -r snakemake_version {params.snakemake_version}"
         " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} -p seed {params.seed}"
         " > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
