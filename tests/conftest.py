@@ -1,5 +1,10 @@
 """Shared fixtures."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from capmodel.datasets.synthetic import random_data
@@ -19,3 +24,18 @@ def shapes_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "shapes"
     shapes.generate(out, num_train=60, num_val=12, seed=3)
     return out
+
+
+@pytest.fixture(scope="session")
+def workflow_run(tmp_path_factory):
+    """One run of the whole workflow on the .test config (tests/test_workflow.py and
+    tests/test_reports.py read it); Snakemake's output is kept in snakemake-output.txt."""
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("wf")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", str(work),
+           "--configfile", str(root / ".test" / "config" / "config.yaml"), "--cores", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (work / "snakemake-output.txt").write_text(r.stdout + r.stderr)
+    return work

@@ -24,12 +24,8 @@ def snakemake(workdir, *args, config=TEST_CONFIG, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def test_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("wf")
-    r = snakemake(work, "--cores", "2")
-    assert r.returncode == 0, r.stderr[-3000:]
-    (work / "snakemake-output.txt").write_text(r.stdout + r.stderr)
-    return work
+def test_run(workflow_run):
+    return workflow_run
 
 
 def test_dry_run_lists_every_stage(tmp_path):

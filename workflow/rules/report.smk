@@ -1,6 +1,29 @@
 # Stage 7: papermill-executed report notebooks rendered to self-contained HTML in reports/.
-# The notebooks only read result files; figures are also wrapped in report(...) for
-# `snakemake --report report.html`.
+# The notebooks only read result files, each an input of its rule and handed over as a
+# parameter; figures are also wrapped in report(...) for `snakemake --report report.html`.
+import subprocess
+
+from snakemake import __version__ as SNAKEMAKE_VERSION
+
+# The seed of the summary's random sample of images: the same images in every run.
+REPORT_SEED = 0
+
+
+# The workflow source's commit, marked when it has uncommitted changes ("unknown" without
+# git or outside a checkout). Read here, where the source is, not in the job.
+try:
+    GIT_COMMIT = (
+        subprocess.run(
+            ["git", "-C", workflow.basedir, "describe", "--always", "--abbrev=40"]
+            + ["--exclude=*", "--dirty=+uncommitted-changes"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        or "unknown"
+    )
+except (OSError, subprocess.SubprocessError):
+    GIT_COMMIT = "unknown"
 
 
 rule report_model:
@@ -10,6 +33,7 @@ rule report_model:
         history="results/models/{model}/history.csv",
         val="results/models/{model}/val.csv",
         samples=f"results/models/{{model}}/samples_{SPLIT}.csv",
+        scores=f"results/models/{{model}}/scores_{SPLIT}.csv",
         metrics="results/models/{model}/metrics.json",
     output:
         html="reports/{model}.html",
@@ -40,6 +64,7 @@ rule report_model:
         "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
         " -p model_name {wildcards.model} -p model_json {input.meta} -p metrics_json {input.metrics}"
         " -p history_csv {input.history} -p val_csv {input.val} -p samples_csv {input.samples}"
+        " -p scores_csv {input.scores} -p summary_link summary.html"
         " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
         " --output {wildcards.model} >> {log} 2>&1"
@@ -49,7 +74,26 @@ rule report_summary:
     input:
         notebook=str(NOTEBOOKS / "summary_report.ipynb"),
         csv="results/summary.csv",
+        models=expand("results/models/{model}/model.json", model=sorted(MODELS)),
         val=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
+        samples=expand(
+            "results/{kind}/samples_{split}.csv",
+            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
+            split=SPLIT,
+        ),
+        records=expand(
+            "results/{kind}/samples_{split}.json",
+            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
+            split=SPLIT,
+        ),
+        scores=expand(
+            "results/{kind}/scores_{split}.csv",
+            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
+            split=SPLIT,
+        ),
+        data=get_data_dir(),
+        # The model reports it links to, so that every link resolves.
+        reports=expand("reports/{model}.html", model=sorted(MODELS)),
     output:
         html="reports/summary.html",
         notebook="results/notebooks/summary.ipynb",
@@ -71,13 +115,27 @@ rule report_summary:
         mem_mb=config["resources"]["small_mem_mb"],
         runtime=config["resources"]["small_runtime"],
     params:
-        val_files=lambda wildcards, input: json.dumps(
-            {Path(v).parent.name: v for v in input.val}
+        # Every file the notebook reads, by model name (YAML, as JSON), from the inputs.
+        files=lambda wildcards, input: json.dumps(
+            {
+                "model_json": {Path(p).parent.name: p for p in input.models},
+                "val_files": {Path(p).parent.name: p for p in input.val},
+                "samples_files": {Path(p).parent.name: p for p in input.samples},
+                "scores_files": {Path(p).parent.name: p for p in input.scores},
+                "records": {Path(p).parent.name: p for p in input.records},
+                "report_links": {Path(p).stem: Path(p).name for p in input.reports},
+            }
         ),
         figures_dir=lambda wildcards, output: Path(output.metrics).parent,
+        git_commit=GIT_COMMIT,
+        snakemake_version=SNAKEMAKE_VERSION,
+        num_examples=config["report"]["num_examples"],
+        seed=REPORT_SEED,
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
-        " -p summary_csv {input.csv} -y 'val_files: {params.val_files}' -p figures_dir {params.figures_dir}"
+        " -p summary_csv {input.csv} -y '{params.files}' -p data_dir {input.data}"
+        " -r git_commit {params.git_commit} -r snakemake_version {params.snakemake_version}"
+        " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} -p seed {params.seed}"
         " > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
         " --output summary >> {log} 2>&1"

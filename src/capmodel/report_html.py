@@ -1,0 +1,113 @@
+"""HTML pieces of the report notebooks (workflow/notebooks): tables, embedded images,
+references. Shared by the model and the summary report; they only format what the
+notebooks read from result files.
+"""
+
+import base64
+import html
+import io
+import urllib.parse
+
+from capmodel.image_utils import image_from_url
+
+CSS = """<style>
+.cm table.cm-t {border-collapse: collapse; font-size: 13px; margin: 6px 0 14px 0; table-layout: auto;}
+.cm table.cm-t th, .cm table.cm-t td {border: 1px solid #c8c8c8; padding: 4px 8px; vertical-align: top;
+  text-align: left; white-space: normal; max-width: 44em; overflow-wrap: break-word;}
+.cm table.cm-t th {white-space: nowrap;}
+.cm .row {display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start;}
+.cm table.cm-t th {background: #eef1f5; position: sticky; top: 0;}
+.cm table.cm-t td.num, .cm table.cm-t th.num {text-align: right; white-space: nowrap;}
+.cm table.cm-t tr.baseline td {background: #f3f3f3; font-style: italic;}
+.cm table.cm-t img {width: 112px; height: auto; image-rendering: pixelated; display: block;}
+.cm table.models th, .cm table.models td {font-size: 12px; padding: 3px 5px; white-space: normal;}
+.cm .gen {font-weight: 600;}
+.cm .score {color: #555; font-size: 11px; white-space: nowrap;}
+.cm ol.refs {margin: 0; padding-left: 1.4em;}
+.cm .na {color: #999; font-size: 11px; display: block; width: 112px;}
+.cm table.sortable th {cursor: pointer;}
+.cm table.sortable th:after {content: " \\2195"; color: #aaa;}
+.cm a.back {font-size: 14px;}
+</style>"""
+
+_images = {}
+_remote = {"ok": True}
+
+
+def esc(value):
+    return html.escape(str(value))
+
+
+def load_image(url):
+    """The image at url as a uint8 array (H, W, 3), or None when it cannot be read. After one
+    failed http(s) URL no further remote image is tried (COCO's Flickr URLs offline would
+    otherwise cost a timeout each)."""
+    if url not in _images:
+        remote = urllib.parse.urlparse(str(url)).scheme in ("http", "https")
+        _images[url] = None
+        if not remote or _remote["ok"]:
+            try:
+                _images[url] = image_from_url(url, timeout=5)
+            except ValueError:
+                _remote["ok"] = _remote["ok"] and not remote
+    return _images[url]
+
+
+def img_tag(url):
+    """An <img> with the image embedded as base64 PNG, or a note when it cannot be read."""
+    from PIL import Image
+
+    image = load_image(url)
+    if image is None:
+        return '<span class="na">image unavailable</span>'
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return f'<img alt="{esc(url)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def refs_html(references):
+    return '<ol class="refs">' + "".join(f"<li>{esc(r)}</li>" for r in references) + "</ol>"
+
+
+def table_html(header, rows, cls="", row_classes=None, num_cols=()):
+    """An HTML table from a header list and rows of already-escaped cell HTML."""
+    th = "".join(f'<th class="num">{h}</th>' if i in num_cols else f"<th>{h}</th>" for i, h in enumerate(header or []))
+    body = []
+    for k, row in enumerate(rows):
+        rc = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
+        tds = "".join(f'<td class="num">{c}</td>' if i in num_cols else f"<td>{c}</td>" for i, c in enumerate(row))
+        body.append(f"<tr{rc}>{tds}</tr>")
+    head = f"<thead><tr>{th}</tr></thead>" if header else ""
+    return f'<table class="cm-t {cls}">{head}<tbody>{"".join(body)}</tbody></table>'
+
+
+def show(fragment):
+    """Display an HTML fragment in the notebook, styled by CSS."""
+    from IPython.display import HTML, display
+
+    display(HTML(f'<div class="cm">{fragment}</div>'))
+
+
+def show_css():
+    """Display the report stylesheet once, at the top of a report."""
+    from IPython.display import HTML, display
+
+    display(HTML(CSS))
+
+
+def fmt(value):
+    """A setting or number for reading: None as '-', floats to 6 significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def two_columns(pairs, header=("setting", "value")):
+    """A two-column table of (name, value) pairs (header None: no header row)."""
+    return table_html(header and list(header), [[esc(k), esc(fmt(v))] for k, v in pairs])
+
+
+def side_by_side(*fragments):
+    return '<div class="row">' + "".join(f"<div>{f}</div>" for f in fragments) + "</div>"
