@@ -61,7 +61,7 @@ def test_remove_owned_keeps_a_directory_the_user_made(tmp_path):
     d.mkdir()
     ownership.claim(d, "checkpoints", "checkpoint directory")
     (d / "ckpt-1.npz").write_bytes(b"x")
-    assert ownership.remove_owned(d, "checkpoints", ("ckpt-*",)) is False
+    assert ownership.remove_owned(d, "checkpoints", lambda f: f.name.startswith("ckpt-")) is False
     assert d.is_dir() and list(d.iterdir()) == []  # emptied of our files, but the directory is theirs
 
 
@@ -69,9 +69,9 @@ def test_remove_owned_never_touches_unmarked_or_other_kind(tmp_path):
     d = tmp_path / "d"
     d.mkdir()
     (d / "ckpt-1.npz").write_bytes(b"x")
-    assert ownership.remove_owned(d, "checkpoints", ("ckpt-*",)) is False and (d / "ckpt-1.npz").exists()
+    assert ownership.remove_owned(d, "checkpoints", lambda f: True) is False and (d / "ckpt-1.npz").exists()
     ownership.mark(d, "dataset")
-    assert ownership.remove_owned(d, "checkpoints", ("ckpt-*",)) is False and (d / "ckpt-1.npz").exists()
+    assert ownership.remove_owned(d, "checkpoints", lambda f: True) is False and (d / "ckpt-1.npz").exists()
 
 
 @pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "", "-x"])
@@ -147,3 +147,95 @@ def test_fetch_refuses_to_replace_a_directory_that_is_not_ours(tmp_path, shapes_
     with pytest.raises(ownership.OwnershipError, match="not created by capmodel"):
         fetch.fetch(d, url="http://127.0.0.1:9/x.zip", progress=False)
     assert (d / "keep.txt").exists()
+
+
+# --- found by a hostile probe of the first fix
+
+
+def test_sample_never_overwrites_the_json_beside_its_csv(shapes_dir, tmp_path, capsys):
+    m = tmp_path / "m"
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(m), *TINY]) == 0
+    model_json = (m / "model.json").read_bytes()
+    # model.csv's record would be model.json: refused before any work, the model intact
+    assert main(["sample", "--model", str(m), "--data", str(shapes_dir), "--out", str(m / "model.csv")]) == 2
+    assert "model.json is also an input of this command" in _one_error_line(capsys, "sample")
+    assert (m / "model.json").read_bytes() == model_json and not (m / "model.csv").exists()
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    assert main(["baseline", "--data", str(shapes_dir), "--out", str(tmp_path / "notes.csv")]) == 2
+    assert "notes.json exists and is not a samples record capmodel wrote" in _one_error_line(capsys, "baseline")
+    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}' 
+    assert main(["sample", "--model", str(m), "--data", str(shapes_dir), "--out", str(m / "model.npz")]) == 2
+    assert "must end in .csv" in _one_error_line(capsys, "sample")
+    # a second run replaces its own outputs
+    for _ in range(2):
+        assert main(["sample", "--model", str(m), "--data", str(shapes_dir), "--out", str(m / "s.csv")]) == 0
+
+
+def test_evaluate_never_writes_over_its_input(tmp_path, capsys):
+    (tmp_path / "s.csv").write_text("image_idx,url,generated,references\n1,u,a cat,a cat\n")
+    assert main(["evaluate", "--samples", str(tmp_path / "s.csv"), "--out", str(tmp_path / "s.csv"), "--no-java"]) == 2
+    assert "must end in .json" in _one_error_line(capsys, "evaluate")
+    (tmp_path / "s.json").write_text('{"kind": "samples_record", "decoding": {}}')
+    assert main(["evaluate", "--samples", str(tmp_path / "s.csv"), "--out", str(tmp_path / "s.json"), "--no-java"]) == 2
+    assert "is also an input of this command" in _one_error_line(capsys, "evaluate")
+
+
+def test_user_files_named_like_checkpoints_are_kept(shapes_dir, tmp_path):
+    ckpt = tmp_path / "ck"
+    args = ["train", "--data", str(shapes_dir), "--checkpoint-dir", str(ckpt), *TINY]
+    assert main([*args, "--out-dir", str(tmp_path / "m1"), "--keep-checkpoints"]) == 0
+    (ckpt / "ckpt-notes.json").write_text("{}")
+    (ckpt / "ckpt-000000001.json").write_text('{"my": "notes"}')
+    assert main([*args, "--out-dir", str(tmp_path / "m2")]) == 0
+    assert sorted(p.name for p in ckpt.iterdir()) == [ownership.MARKER, "ckpt-000000001.json", "ckpt-notes.json"]
+
+
+def test_a_symlinked_checkpoint_dir_is_cleaned_without_breaking_the_run(shapes_dir, tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "m1"), "--checkpoint-dir",
+                 str(real), "--keep-checkpoints", *TINY]) == 0
+    link.symlink_to(real)
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "m2"), "--checkpoint-dir",
+                 str(link), *TINY]) == 0
+    assert (tmp_path / "m2" / "model.npz").exists() and link.is_symlink() and real.is_dir()
+    assert list(real.iterdir()) == []
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "o").symlink_to(d / "gone"), "symbolic link to a missing target"),
+    (lambda d: (d / "o").symlink_to(d / "o"), "symbolic link to a missing target (or a link loop)"),
+])
+def test_broken_links_as_outputs_are_refused_before_training(shapes_dir, tmp_path, capsys, make, message):
+    make(tmp_path)
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), *TINY]) == 2
+    assert message in _one_error_line(capsys, "train")
+    assert main(["data", "shapes", str(tmp_path / "o"), "--num-train", "5", "--num-val", "2"]) == 2
+    assert "symbolic link" in _one_error_line(capsys, "data shapes")
+
+
+def test_a_killed_generation_leaves_no_temporary_directory_behind(tmp_path):
+    stale = tmp_path / ".d.tmp-abc123"
+    stale.mkdir()
+    ownership.mark(stale, "temporary")
+    (stale / "coco2014_captions.h5").write_bytes(b"half")
+    foreign = tmp_path / ".d.tmp-mine"  # looks alike but is not ours
+    foreign.mkdir()
+    assert main(["data", "shapes", str(tmp_path / "d"), "--num-train", "5", "--num-val", "2"]) == 0
+    assert not stale.exists() and foreign.exists()
+
+
+def test_an_empty_directory_added_to_a_dataset_blocks_its_replacement(tmp_path, capsys):
+    d = tmp_path / "d"
+    assert main(["data", "shapes", str(d), "--num-train", "5", "--num-val", "2"]) == 0
+    (d / "mywork").mkdir()
+    assert main(["data", "shapes", str(d), "--num-train", "5", "--num-val", "2"]) == 2
+    assert "first: mywork" in _one_error_line(capsys, "data shapes") and (d / "mywork").is_dir()
+
+
+@pytest.mark.parametrize("name", [2024, True, "x\n"])
+def test_odd_model_names(name):
+    if name == "x\n":
+        with pytest.raises(ValueError, match="must start with a letter or digit"):
+            expand_models({"models": {name: {"cell_type": "rnn"}}})
+    else:
+        assert list(expand_models({"models": {name: {"cell_type": "rnn"}}})) == [str(name)]

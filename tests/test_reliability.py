@@ -226,7 +226,7 @@ def test_a_broken_model_json_is_one_line(tiny_model, shapes_dir, tmp_path, capsy
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample", "--model", "{model}", "--data", "{data}", "--out", "{tmp}"], "is a directory; give a file name"),
+    (["sample", "--model", "{model}", "--data", "{data}", "--out", "{tmp}"], "must end in .csv"),
     (["gradcheck", "--out", "{tmp}"], "is a directory; give a file name"),
     (["data", "shapes", "{tmp}/f", "--num-train", "2", "--num-val", "1"], "f exists and is not a directory"),
     (["train", "--data", "{data}", "--out-dir", "{tmp}/f", *TINY_FLAGS], "exists and is not a directory"),
@@ -268,3 +268,25 @@ def test_ctrl_c_prints_one_line_keeps_checkpoints_and_exits_130(shapes_dir, tmp_
     assert proc.returncode == 130
     assert err.strip().count("\n") == 0 and "capmodel train: interrupted" in err and "Traceback" not in err
     assert any(ckpt.glob("ckpt-*.npz")) and not (tmp_path / "m").exists()
+
+
+def test_an_empty_train_split_is_a_data_set_problem(broken, capsys):
+    d = broken(fmt.CAPTIONS_FILE, "train_captions", lambda c: c[:0])
+    broken(fmt.CAPTIONS_FILE, "train_image_idxs", lambda c: c[:0])
+    assert main(["data", "check", str(d)]) == 1
+    assert "the train split has no captions" in capsys.readouterr().err
+
+
+def test_empty_references_are_refused(tmp_path, capsys):
+    (tmp_path / "s.csv").write_text("image_idx,url,generated,references\n1,u,a cat,a cat |||  ||| a dog\n")
+    assert main(["evaluate", "--samples", str(tmp_path / "s.csv"), "--out", str(tmp_path / "m.json"), "--no-java"]) == 2
+    assert "row 2: empty reference caption" in _one_line(capsys, "evaluate")
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "capmodel.cli", "data", "check", str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.05)  # still importing
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and err.count("\n") <= 1, err

@@ -71,6 +71,8 @@ def check_writable(path, what, directory=False):
     path itself, if it exists, must be a directory (directory=True) or a file.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{what} {path} is a symbolic link to a missing target (or a link loop)")
     if path.exists():
         if directory and not path.is_dir():
             raise ValueError(f"{what} {path} exists and is not a directory")

@@ -7,6 +7,7 @@ load with ``allow_pickle=False``.
 """
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -62,13 +63,14 @@ class CheckpointDir:
 
     capmodel owns it (capmodel.ownership): claim() creates it with the ownership marker,
     or takes an empty or already-owned one, and refuses any other directory; remove()
-    deletes only the files listed in FILES, then the directory if capmodel created it and
+    deletes only the files it wrote there (is_ours), then the directory if capmodel created it and
     nothing else is left. A fingerprint (the run's settings and data) is recorded on the
     first claim and compared on every later one, so a resume never mixes two runs.
     """
 
     # ours: checkpoints, the fingerprint, and temporary files a killed write left behind
-    FILES = ("ckpt-*.npz", "ckpt-*.json", "run_config.json", ".ckpt-*.tmp*", ".run_config.json.*.tmp")
+    NAME = re.compile(r"ckpt-\d{9}")
+    TEMPORARY = re.compile(r"\.(ckpt-\d{9}\.(npz|json)|run_config\.json)\.\w+\.tmp(\.npz)?")
 
     def __init__(self, path, keep=2):
         if int(keep) < 1:
@@ -102,13 +104,17 @@ class CheckpointDir:
     def save(self, iteration, arrays, meta):
         """Write checkpoint ckpt-<iteration>, then prune all but the newest `keep`."""
         save(self.path / f"ckpt-{iteration:09d}", arrays, meta)
-        for js in sorted(self.path.glob("ckpt-*.json"))[: -self.keep]:
+        for js in self._checkpoints()[: -self.keep]:
             js.with_suffix(".npz").unlink(missing_ok=True)
             js.unlink(missing_ok=True)
 
+    def _checkpoints(self):
+        """The checkpoint JSON files, oldest first (by their iteration in the name)."""
+        return sorted(p for p in self.path.glob("ckpt-*.json") if self.NAME.fullmatch(p.stem))
+
     def newest(self, warn=print):
         """(arrays, meta, path) of the newest valid checkpoint, or None; corrupt ones are skipped."""
-        for js in sorted(self.path.glob("ckpt-*.json"), reverse=True):
+        for js in reversed(self._checkpoints()):
             try:
                 arrays, meta = load(js.with_suffix(""))
             except CheckpointError as e:
@@ -117,9 +123,25 @@ class CheckpointDir:
             return arrays, meta, js.with_suffix(".npz")
         return None
 
+    def is_ours(self, f):
+        """A file capmodel wrote here: a checkpoint pair (the JSON must say so), the
+        fingerprint, or a temporary file of an interrupted write."""
+        if self.TEMPORARY.fullmatch(f.name):
+            return True
+        if f.name == "run_config.json":
+            return True
+        if f.suffix == ".npz" and self.NAME.fullmatch(f.stem):
+            return True
+        if f.suffix == ".json" and self.NAME.fullmatch(f.stem):
+            try:
+                return json.loads(f.read_text()).get("kind") == "training_state"
+            except (OSError, ValueError, AttributeError):
+                return False
+        return False
+
     def remove(self):
         """Delete the checkpoints (only capmodel's own files); True if the directory went too."""
-        return ownership.remove_owned(self.path, "checkpoints", self.FILES)
+        return ownership.remove_owned(self.path, "checkpoints", self.is_ours)
 
 
 # ------------------------------------------------------------------ models
@@ -152,6 +174,9 @@ def model_base(path):
     CheckpointError naming the missing file.
     """
     path = Path(path)
+    if path.suffix not in ("", ".npz", ".json") and not path.is_dir():
+        raise CheckpointError(f"{path} is not a model file: give the model directory, model.npz, model.json "
+                              "or their base path")
     base = path / "model" if path.is_dir() else path.with_suffix("") if path.suffix in (".npz", ".json") else path
     for f in (base.with_suffix(".npz"), base.with_suffix(".json")):
         if not f.is_file():

@@ -13,7 +13,19 @@ import sys
 from pathlib import Path
 
 from capmodel import __version__
-from capmodel import settings as S
+
+
+class _Settings:
+    """capmodel.settings, imported on first use: the numerical stack loads inside main(),
+    where Ctrl-C is one line, not during the import of this module."""
+
+    def __getattr__(self, name):
+        from capmodel import settings
+
+        return getattr(settings, name)
+
+
+S = _Settings()
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_CHECK = 1
@@ -286,17 +298,19 @@ def build_parser():
 
 
 def main(argv=None):
-    from capmodel.captioning_solver import TrainingError
-    from capmodel.checkpoints import CheckpointError
-    from capmodel.datasets.fetch import FetchError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    name = args.command + (f" {args.data_command}" if args.command == "data" else "")
+    name = "capmodel"
     try:
+        from capmodel.captioning_solver import TrainingError
+        from capmodel.checkpoints import CheckpointError
+        from capmodel.datasets.fetch import FetchError
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        name = args.command + (f" {args.data_command}" if args.command == "data" else "")
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"capmodel {name}: interrupted (checkpoints written so far are kept)", file=sys.stderr)
+        what = "" if name == "capmodel" else f" {name}"
+        print(f"capmodel{what}: interrupted (checkpoints written so far are kept)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, CheckpointError, FetchError, TrainingError) as e:
         message = str(e).replace("\n", "\n  ")

@@ -18,7 +18,7 @@ from pathlib import Path
 from capmodel import __version__
 
 MARKER = ".capmodel-owned"
-KINDS = ("dataset", "checkpoints")
+KINDS = ("dataset", "checkpoints", "temporary")  # temporary: a data set being written
 
 
 class OwnershipError(ValueError):
@@ -61,9 +61,13 @@ def _files(path):
 
 
 def unlisted_files(path):
-    """Files below an owned directory that its marker's manifest does not list."""
+    """Files and directories below an owned directory that its marker's manifest does not
+    list (a directory counts as listed when a listed file is inside it)."""
     listed = set((marker_of(path) or {}).get("files", []))
-    return [f for f in _files(path) if f not in listed]
+    parents = {p.as_posix() for f in listed for p in Path(f).parents if p != Path(".")}
+    root = Path(path)
+    dirs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir() and not p.is_symlink())
+    return [f for f in _files(path) if f not in listed] + [d for d in dirs if d not in parents]
 
 
 def check_owned(path, kind, what):
@@ -72,16 +76,24 @@ def check_owned(path, kind, what):
     what: how to name the path in the message (e.g. "checkpoint directory").
     """
     path = Path(path)
-    if not path.exists():
-        return
+    if path.is_symlink() and not path.exists():
+        raise OwnershipError(f"{what} {path} is a symbolic link to a missing directory; choose another path")
+    try:
+        if not path.exists():
+            return
+    except OSError as e:  # e.g. a symbolic link loop
+        raise OwnershipError(f"{what} {path} cannot be used ({e.strerror or e})")
     if not path.is_dir():
         raise OwnershipError(f"{what} {path} exists and is not a directory; choose another path")
     if is_owned(path, kind):
         return
     if any(path.iterdir()):
+        other = (marker_of(path) or {}).get("kind")
+        why = (f"was made by capmodel as a {other} directory, not a {kind} one" if other
+               else f"was not created by capmodel (no {MARKER} marker)")
         raise OwnershipError(
-            f"{what} {path} is not empty and was not created by capmodel (no {MARKER} marker); "
-            "capmodel never writes into or deletes a directory it did not make: choose a new or empty directory"
+            f"{what} {path} is not empty and {why}; capmodel never writes into or deletes a directory it did not "
+            "make for this purpose: choose a new or empty directory"
         )
 
 
@@ -96,9 +108,10 @@ def claim(path, kind, what):
     return path
 
 
-def remove_owned(path, kind, names):
-    """Delete the given files (names or glob patterns) inside an owned directory, then the
-    marker and the directory itself if capmodel created it and nothing else is left.
+def remove_owned(path, kind, is_ours):
+    """Delete the files directly inside an owned directory for which is_ours(file) is true,
+    then the marker and the directory itself if capmodel created it and nothing else is
+    left (a symbolic link to the directory and its target are kept).
 
     Returns True if the directory itself was removed. A directory that is not ours of this
     kind is left untouched.
@@ -107,15 +120,14 @@ def remove_owned(path, kind, names):
     if not is_owned(path, kind):
         return False
     created = marker_of(path).get("created_dir", True)
-    for pattern in names:
-        for f in path.glob(pattern):
-            if f.is_file() and not f.is_symlink():
-                f.unlink()
+    for f in list(path.iterdir()):
+        if f.is_file() and not f.is_symlink() and f.name != MARKER and is_ours(f):
+            f.unlink()
     left = [p for p in path.iterdir() if p.name != MARKER]
     if left:
         return False
     (path / MARKER).unlink()
-    if created:
+    if created and not path.is_symlink():
         os.rmdir(path)
         return True
     return False

@@ -119,12 +119,41 @@ def samples_record(samples_csv):
     return Path(samples_csv).with_suffix(".json")
 
 
+def _json_kind(path):
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def check_output(path, suffix, kind=None, inputs=()):
+    """Refuse an output path before any work: it must end in suffix, must not be one of
+    the command's inputs, and an existing JSON file is replaced only if it is one that
+    capmodel wrote for the same purpose (kind), so a model.json or a user's file is never
+    overwritten by a record."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise ValueError(f"output file {path} must end in {suffix}")
+    if any(path.resolve() == Path(i).resolve() for i in inputs):
+        raise ValueError(f"output file {path} is also an input of this command; choose another name")
+    check_writable(path, "output file")
+    if kind is not None and path.exists() and _json_kind(path) != kind:
+        raise ValueError(f"{path} exists and is not a {kind.replace('_', ' ')} capmodel wrote; capmodel does not "
+                         "overwrite it: move it away or choose another output name")
+
+
+def _check_samples_outputs(out_csv, inputs=()):
+    check_output(out_csv, ".csv", inputs=inputs)
+    check_output(samples_record(out_csv), ".json", kind="samples_record", inputs=inputs)
+
+
 def sample(model, data_dir, out_csv, settings=None, batch_size=500):
     """Caption the images of a split; write image_idx, url, generated, references as CSV,
     and the decoding record (settings and label) beside it (samples_record)."""
     record = S.decode_record(settings or {})
-    check_writable(out_csv, "output file")
     base = checkpoints.model_base(model)
+    _check_samples_outputs(out_csv, inputs=(base.with_suffix(".npz"), base.with_suffix(".json")))
     model, meta = checkpoints.load_model(base)
     pca = meta.get("settings", {}).get("pca_features", True)
     data = load_coco_data(data_dir, pca_features=pca)
@@ -147,14 +176,14 @@ def sample(model, data_dir, out_csv, settings=None, batch_size=500):
     rows = [{"image_idx": int(i), "url": urls[i], "generated": t, "references": REF_SEP.join(refs[int(i)])}
             for i, t in zip(ids, texts)]
     write_csv(out_csv, rows, ["image_idx", "url", "generated", "references"])
-    write_json(samples_record(out_csv), {"model": str(base), "data_dir": str(data_dir), "decoding": record,
-                                         "label": S.decode_label(record)})
+    write_json(samples_record(out_csv), {"kind": "samples_record", "model": str(base), "data_dir": str(data_dir),
+                                         "decoding": record, "label": S.decode_label(record)})
     return rows
 
 
 def baseline(data_dir, out_csv, split="val", num_images=None):
     """The most-frequent-training-caption baseline, written like sample()'s output."""
-    check_writable(out_csv, "output file")
+    _check_samples_outputs(out_csv)
     data = load_coco_data(data_dir)
     caption = metrics.most_frequent_caption(data)
     refs = metrics.references_by_image(data, split, num_images)
@@ -163,14 +192,16 @@ def baseline(data_dir, out_csv, split="val", num_images=None):
             for i, r in refs.items()]
     write_csv(out_csv, rows, ["image_idx", "url", "generated", "references"])
     record = {"split": split, "method": "most_frequent_caption", "num_images": num_images}
-    write_json(samples_record(out_csv), {"model": None, "data_dir": str(data_dir), "decoding": record,
-                                         "label": "most frequent caption"})
+    write_json(samples_record(out_csv), {"kind": "samples_record", "model": None, "data_dir": str(data_dir),
+                                         "decoding": record, "label": "most frequent caption"})
     return caption
 
 
 def read_samples(samples_csv):
     """{image_idx: (generated, [references])} from a samples CSV; errors name file and row."""
     path = Path(samples_csv)
+    if path.is_dir():
+        raise ValueError(f"samples file {path} is a directory; give the CSV from 'capmodel sample'")
     if not path.is_file():
         raise ValueError(f"samples file {path} does not exist (make it with 'capmodel sample')")
     try:
@@ -192,7 +223,10 @@ def read_samples(samples_csv):
             raise ValueError(f"{path}, row {n}: image_idx {i} appears twice")
         if r["generated"] is None or r["references"] is None:
             raise ValueError(f"{path}, row {n}: missing columns")
-        out[i] = (r["generated"], r["references"].split(REF_SEP))
+        refs = r["references"].split(REF_SEP)
+        if not all(ref.strip() for ref in refs):
+            raise ValueError(f"{path}, row {n}: empty reference caption (references are joined by '{REF_SEP.strip()}')")
+        out[i] = (r["generated"], refs)
     return out
 
 
@@ -200,11 +234,12 @@ def evaluate(samples_csv, out_json, use_java=None, name=None, scores_csv=None):
     """Score a samples CSV with the coco-caption metrics; write them and the decoding
     record of the samples (when present) as JSON, and with scores_csv the per-image
     scores (image_idx, generated, Bleu_4, ROUGE_L, CIDEr) as CSV."""
-    check_writable(out_json, "output file")
-    if scores_csv is not None:
-        check_writable(scores_csv, "output file")
-    samples = read_samples(samples_csv)
     record_path = samples_record(samples_csv)
+    inputs = (samples_csv, record_path)
+    check_output(out_json, ".json", kind="metrics", inputs=inputs)
+    if scores_csv is not None:
+        check_output(scores_csv, ".csv", inputs=inputs + (out_json,))
+    samples = read_samples(samples_csv)
     record = {}
     if record_path.exists():
         record = read_settings_file(record_path, "samples record")
@@ -212,7 +247,7 @@ def evaluate(samples_csv, out_json, use_java=None, name=None, scores_csv=None):
     cands = {i: g for i, (g, _) in samples.items()}
     scores = metrics.evaluate_captions(refs, cands, use_java=use_java)
     per_image = scores.pop("per_image")
-    result = {"model": name or Path(samples_csv).parent.name, "samples": str(samples_csv), **scores,
+    result = {"kind": "metrics", "model": name or Path(samples_csv).parent.name, "samples": str(samples_csv), **scores,
               "settings": record.get("decoding", {}), "decoding": record.get("label", "")}
     if scores_csv is not None:
         names = [m for m in ("Bleu_4", "ROUGE_L", "CIDEr") if any(m in v for v in per_image.values())]

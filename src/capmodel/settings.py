@@ -174,7 +174,7 @@ DECODE = (
     _s("length_norm", float, 0.0, "rank beams by logp / length ** length_norm (method beam)", minimum=0),
     _s("temperature", float, 1.0, "softmax temperature (method temperature)", exclusive_minimum=0),
     _s("seed", int, 0, "seed of temperature sampling", minimum=0),
-    _s("max_length", int, 16, "maximum caption length", minimum=1),
+    _s("max_length", int, 16, "maximum caption length", minimum=1, maximum=100),
     _s("num_images", int, None, "caption only the first N images (null = all)", minimum=1, optional=True),
 )
 # Which decoding settings each method uses (the others are not recorded).

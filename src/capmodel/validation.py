@@ -28,8 +28,8 @@ class Validator:
             raise ValueError(f'invalid val_metric "{metric}"; choose one of {METRICS}')
         n = data["val_captions"].shape[0]
         if n == 0:
-            raise ValueError("validation needs validation captions, but the val split has none; "
-                             "turn validation off (val_metric null) or use a data set with a val split")
+            raise ValueError("validation needs validation captions, but the val split has none (capmodel train "
+                             "always validates, to keep the best epoch): use a data set with a val split")
         if metric is not None:  # fail now, not after an epoch, without the metrics extra
             from capmodel.metrics import require_toolkit
 

@@ -29,18 +29,18 @@ def expand_models(config):
     defaults = dict(config.get("train_defaults") or {})
     models = {}
     for name, settings in (config.get("models") or {}).items():
-        models[name] = {**defaults, **(settings or {})}
+        models[str(name)] = {**defaults, **(settings or {})}  # YAML reads a name like 2024 as a number
     for sweep, spec in (config.get("sweep") or {}).items():
         base = {**defaults, **(spec.get("base") or {})}
         grid = spec.get("grid") or {}
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
-            name = "_".join([sweep] + [f"{k}{_value_tag(v)}" for k, v in zip(keys, values)])
+            name = "_".join([str(sweep)] + [f"{k}{_value_tag(v)}" for k, v in zip(keys, values)])
             models[name] = {**base, **dict(zip(keys, values))}
     if not models:
         raise ValueError("the config defines no models: add entries under 'models:' or 'sweep:'")
     for name, settings in models.items():
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise ValueError(f"model name '{name}' must start with a letter or digit and contain only letters, "
                              "digits, '_', '.' and '-' (it becomes a directory name)")
         models[name] = S.check_all(settings, S.train_settings(), where=f"models.{name}")

@@ -134,10 +134,10 @@ def fetch(out_dir, url=DEFAULT_URL, sha256=None, progress=True, timeout=30, keep
     Returns "present" when out_dir already held valid data, else "fetched".
     Raises FetchError with a message that names the URL or file and the problem.
     """
-    out_dir = Path(out_dir).resolve()
-    if out_dir.is_dir() and not fmt.problems(out_dir):
+    if Path(out_dir).is_dir() and not fmt.problems(out_dir):
         return "present"
     fmt.check_writable_dataset_dir(out_dir)
+    out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     archive = out_dir.parent / f"{out_dir.name}.zip"  # where a zip placed by hand is picked up
     part = archive.with_name(archive.name + ".part")

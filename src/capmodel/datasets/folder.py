@@ -237,8 +237,8 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     """
     if image_size < MIN_IMAGE_SIZE:
         raise FolderError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
-    out_dir = Path(out_dir).resolve()
     fmt.check_writable_dataset_dir(out_dir)
+    out_dir = Path(out_dir).resolve()
     images = list_images(images_dir)
     rows = read_captions(captions_file)
     for r in rows:

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from capmodel import ownership
-from capmodel.atomic import make_shareable
+from capmodel.atomic import check_writable, make_shareable
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
 SPLITS = ("train", "val")
@@ -69,7 +69,11 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     out_dir = Path(out_dir)
     check_writable_dataset_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed earlier run
+        if ownership.is_owned(stale, "temporary"):
+            shutil.rmtree(stale)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    ownership.mark(tmp, "temporary")
     try:
         _write_h5(tmp / CAPTIONS_FILE, {
             f"{s}_{k}": np.asarray(v[s], dtype=np.int32)
@@ -97,6 +101,7 @@ def check_writable_dataset_dir(out_dir):
     Call it before any expensive work, so a run that would be refused fails at once.
     """
     ownership.check_owned(out_dir, "dataset", "dataset directory")
+    check_writable(Path(out_dir).parent / ".new-dataset", "dataset directory", directory=True)
     added = ownership.unlisted_files(out_dir) if ownership.is_owned(out_dir, "dataset") else []
     if added:
         raise ownership.OwnershipError(
@@ -179,6 +184,9 @@ def problems_in_data(data, where="data"):
                                            if 0 <= i < V):
             found.append(f"{where}/{VOCAB_FILE}: idx_to_word and word_to_idx disagree")
     found += _feature_problems(data, where)
+    caps = data.get("train_captions")
+    if caps is not None and caps.shape[0] == 0:
+        found.append(f"{where}/{CAPTIONS_FILE}: the train split has no captions")
     for split in SPLITS:
         caps, idxs = data.get(f"{split}_captions"), data.get(f"{split}_image_idxs")
         if caps is not None and caps.size and "word_to_idx" in data:

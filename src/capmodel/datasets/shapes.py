@@ -234,8 +234,8 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5):
     """
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
-    out_dir = Path(out_dir).resolve()
     fmt.check_writable_dataset_dir(out_dir)  # before a minute of work, not after
+    out_dir = Path(out_dir).resolve()
     splits = {s: generate_split(n, seed, s) for s, n in (("train", num_train), ("val", num_val))}
     train_text = [c for caps in splits["train"][2] for c in caps]
     word_to_idx, idx_to_word = build_vocab(train_text, min_count=min_count)
