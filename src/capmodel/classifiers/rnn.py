@@ -7,6 +7,7 @@ W word vector dimension, H hidden dimension, V vocabulary size.
 import numpy as np
 
 from capmodel import rnn_layers as rl
+from capmodel.classifiers.inputs import check_captions, check_features
 from capmodel.layers import dropout_mask
 from capmodel.vocab import END, NULL, START
 
@@ -143,26 +144,10 @@ class CaptioningRNN:
     # ------------------------------------------------------------------ checks
 
     def _check_features(self, features):
-        features = np.asarray(features)
-        if features.ndim != 2 or features.shape[1] != self.params["W_proj"].shape[0]:
-            raise ValueError(
-                f"features must have shape (N, {self.params['W_proj'].shape[0]}), got {features.shape}"
-            )
-        return features.astype(self.dtype, copy=False)
+        return check_features(features, self.params["W_proj"].shape[0], self.dtype)
 
     def _check_captions(self, captions, N):
-        captions = np.asarray(captions)
-        V = self.params["W_embed"].shape[0]
-        if captions.ndim != 2 or captions.shape[0] != N or captions.shape[1] < 2:
-            raise ValueError(f"captions must have shape (N={N}, T+1) with T >= 1, got {captions.shape}")
-        if not np.issubdtype(captions.dtype, np.integer):
-            raise ValueError(f"captions must be integer word ids, got dtype {captions.dtype}")
-        if captions.min() < 0 or captions.max() >= V:
-            raise ValueError(
-                f"captions contain word ids outside the vocabulary [0, {V}): "
-                f"min {captions.min()}, max {captions.max()}"
-            )
-        return captions
+        return check_captions(captions, N, self.params["W_embed"].shape[0])
 
     # -------------------------------------------------------------------- loss
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from capmodel import rnn_layers as rl
 from capmodel import transformer_layers as tl
+from capmodel.classifiers.inputs import check_captions, check_features
 from capmodel.layers import dropout_mask
 from capmodel.settings import Setting
 from capmodel.vocab import NULL
@@ -192,29 +193,10 @@ class CaptioningTransformer:
     # ------------------------------------------------------------------ checks
 
     def _check_features(self, features):
-        features = np.asarray(features)
-        if features.ndim != 2 or features.shape[1] != self.input_dim:
-            raise ValueError(f"features must have shape (N, {self.input_dim}), got {features.shape}")
-        return features.astype(self.dtype, copy=False)
+        return check_features(features, self.input_dim, self.dtype)
 
     def _check_captions(self, captions, N):
-        captions = np.asarray(captions)
-        V = len(self.word_to_idx)
-        if captions.ndim != 2 or captions.shape[0] != N or captions.shape[1] < 2:
-            raise ValueError(f"captions must have shape (N={N}, T+1) with T >= 1, got {captions.shape}")
-        if captions.shape[1] - 1 > self.max_length:
-            raise ValueError(
-                f"captions of shape {captions.shape} have T={captions.shape[1] - 1} input words, more than "
-                f"the model's max_length={self.max_length}"
-            )
-        if not np.issubdtype(captions.dtype, np.integer):
-            raise ValueError(f"captions must be integer word ids, got dtype {captions.dtype}")
-        if captions.min() < 0 or captions.max() >= V:
-            raise ValueError(
-                f"captions contain word ids outside the vocabulary [0, {V}): "
-                f"min {captions.min()}, max {captions.max()}"
-            )
-        return captions
+        return check_captions(captions, N, len(self.word_to_idx), self.max_length)
 
     def _layer_params(self, i):
         prefix = f"layers.{i}."
