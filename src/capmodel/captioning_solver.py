@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from capmodel import checkpoints, optim, schedules
+from capmodel.progress import clock
 from capmodel.coco_utils import sample_coco_minibatch
 
 CS231N_KWARGS = ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs", "print_every", "verbose")
@@ -29,13 +30,6 @@ EXTRA_KWARGS = (
 # Training stops when the loss exceeds this multiple of the first iteration's loss: at
 # initialisation a captioning model predicts nearly uniformly, so no healthy run gets there.
 DIVERGENCE_FACTOR = 10.0
-
-
-def _clock(seconds):
-    """h:mm:ss or m:ss."""
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class TrainingError(RuntimeError):
@@ -342,7 +336,7 @@ class CaptioningSolver:
                     elapsed = time.perf_counter() - start
                     eta = elapsed / (t + 1 - first) * (num_iterations - t - 1)
                     print("(Iteration %d / %d) loss: %f [elapsed %s, ETA %s]" % (
-                        t + 1, num_iterations, self.loss_history[-1], _clock(elapsed), _clock(eta)), flush=True)
+                        t + 1, num_iterations, self.loss_history[-1], clock(elapsed), clock(eta)), flush=True)
 
                 epoch_end = (t + 1) % iterations_per_epoch == 0
                 if epoch_end:

@@ -19,6 +19,7 @@ from capmodel.atomic import check_writable, write_json, write_text
 from capmodel.captioning_solver import CaptioningSolver
 from capmodel.coco_utils import decode_captions, load_coco_data
 from capmodel.tables import read_csv, write_csv
+from capmodel.progress import clock, track
 from capmodel.validation import Validator
 
 REF_SEP = " ||| "
@@ -167,7 +168,8 @@ def sample(model, data_dir, out_csv, settings=None, batch_size=500):
     if method == "temperature":
         options["rng"] = np.random.default_rng(options.pop("seed"))
     captions = []
-    for s in range(0, len(ids), batch_size):
+    batches = range(0, len(ids), batch_size)
+    for s in track(batches, len(batches), f"{method} decoding of {len(ids)} {split} images", unit="batches"):
         feats = data[f"{split}_features"][ids[s : s + batch_size]]
         captions.append(model.sample(feats, max_length=record["max_length"], method=method, **options))
     caps = np.concatenate(captions) if captions else np.zeros((0, record["max_length"]), int)
@@ -245,7 +247,10 @@ def evaluate(samples_csv, out_json, use_java=None, name=None, scores_csv=None):
         record = read_settings_file(record_path, "samples record")
     refs = {i: r for i, (_, r) in samples.items()}
     cands = {i: g for i, (g, _) in samples.items()}
+    start = time.perf_counter()
+    print(f"scoring the captions of {len(cands)} images ...", file=sys.stderr, flush=True)
     scores = metrics.evaluate_captions(refs, cands, use_java=use_java)
+    print(f"scored in {clock(time.perf_counter() - start)}", file=sys.stderr, flush=True)
     per_image = scores.pop("per_image")
     result = {"kind": "metrics", "model": name or Path(samples_csv).parent.name, "samples": str(samples_csv), **scores,
               "settings": record.get("decoding", {}), "decoding": record.get("label", "")}

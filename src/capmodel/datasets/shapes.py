@@ -20,6 +20,7 @@ import numpy as np
 
 from capmodel.datasets import features as feat
 from capmodel.datasets import format as fmt
+from capmodel.progress import track
 from capmodel.vocab import build_vocab, encode_captions
 
 SIZE = 64
@@ -244,7 +245,9 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5):
         flat = [c for cs in caps for c in cs]
         captions[s] = encode_captions(flat, word_to_idx)
         image_idxs[s] = np.repeat(np.arange(len(caps), dtype=np.int32), [len(cs) for cs in caps])
-        fc7[s] = feat.extract(imgs)
+        chunks = range(0, len(imgs), 256)  # extract()'s own batch: the same arithmetic as in one call
+        fc7[s] = np.concatenate([feat.extract(imgs[i : i + 256]) for i in track(
+            chunks, len(chunks), f"{s} features", unit="chunks of 256 images")])
         urls[s] = [(out_dir / "images" / s / f"{i:06d}.png").as_uri() for i in range(len(imgs))]
         images[s] = imgs
     mean, comps = feat.fit_pca(fc7["train"], dim=min(fmt.PCA_DIM, fc7["train"].shape[1]))
