@@ -52,7 +52,7 @@ def test_stages_by_hand(shapes_dir, tmp_path):
     assert 0 <= met["Bleu_4"] <= 1 and met["settings"]["beam_size"] == 2 and met["model"] == "m"
     assert met["decoding"] == "beam2"
     assert main(["summarize", "--metrics", str(m / "metrics.json"), "--models", str(m / "model.json"),
-                 "--val", str(m / "val.csv"), "--out-csv", str(tmp_path / "s.csv"), "--out-md",
+                 "--val", str(m / "val.csv"), "--out", str(tmp_path / "s.csv"), "--markdown",
                  str(tmp_path / "s.md")]) == 0
     table = (tmp_path / "s.md").read_text()
     best = [r for r in val if r["best"] == "1"][-1]

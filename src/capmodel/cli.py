@@ -178,9 +178,9 @@ def cmd_evaluate(args):
 def cmd_summarize(args):
     from capmodel import pipeline
 
-    rows = pipeline.summarize(args.metrics, args.out_csv, args.out_md, model_files=args.models or (),
+    rows = pipeline.summarize(args.metrics, args.out, args.markdown, model_files=args.models or (),
                               val_files=args.val or ())
-    print(f"{len(rows)} models -> {args.out_csv}, {args.out_md}")
+    print(f"{len(rows)} models -> {args.out}, {args.markdown}")
     return 0
 
 
@@ -291,8 +291,8 @@ def build_parser():
     su.add_argument("--metrics", nargs="+", required=True, help="metrics.json files")
     su.add_argument("--models", nargs="*", help="model.json files (matched to metrics by directory)")
     su.add_argument("--val", nargs="*", help="val.csv files (matched to metrics by directory)")
-    su.add_argument("--out-csv", required=True, help="CSV to write")
-    su.add_argument("--out-md", required=True, help="Markdown table to write")
+    su.add_argument("--out", required=True, help="CSV table to write")
+    su.add_argument("--markdown", required=True, help="also write the table as Markdown to this file")
     su.set_defaults(func=cmd_summarize)
     return p
 
