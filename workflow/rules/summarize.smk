@@ -25,4 +25,4 @@ rule summarize:
         runtime=config["resources"]["small_runtime"],
     shell:
         "capmodel summarize --metrics {input.metrics} --models {input.models} --val {input.val}"
-        " --out {output.csv} --markdown {output.md} > {log} 2>        " --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"1"
+        " --out {output.csv} --markdown {output.md} > {log} 2>&1"
