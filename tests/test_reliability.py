@@ -286,7 +286,7 @@ def test_empty_references_are_refused(tmp_path, capsys):
 def test_ctrl_c_while_starting_is_one_line(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "capmodel.cli", "data", "check", str(tmp_path)],
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(0.05)  # still importing
+    time.sleep(0.3)  # the interpreter is up, capmodel still importing numpy and h5py
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err and err.count("\n") <= 1, err
