@@ -227,6 +227,7 @@ def test_a_killed_generation_leaves_no_temporary_directory_behind(tmp_path):
 def test_an_empty_directory_added_to_a_dataset_blocks_its_replacement(tmp_path, capsys):
     d = tmp_path / "d"
     assert main(["data", "shapes", str(d), "--num-train", "5", "--num-val", "2"]) == 0
+    capsys.readouterr()
     (d / "mywork").mkdir()
     assert main(["data", "shapes", str(d), "--num-train", "5", "--num-val", "2"]) == 2
     assert "first: mywork" in _one_error_line(capsys, "data shapes") and (d / "mywork").is_dir()
