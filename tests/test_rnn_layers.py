@@ -249,3 +249,66 @@ def test_layers_preserve_dtype(dtype):
 def test_bad_shapes_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("k, fwd, bwd", [
+    (1, rl.rnn_forward, rl.rnn_backward),
+    (4, rl.lstm_forward, rl.lstm_backward),
+    (3, rl.gru_forward, rl.gru_backward),
+])
+def test_threaded_row_blocks_match_one_thread_and_repeat_exactly(k, fwd, bwd):
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(13)
+    N, T, D, H = 96, 5, 7, 8  # 96 rows: three blocks with 3 BLAS threads
+    x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
+    Wx, Wh, b = rng.standard_normal((D, k * H)) / 3, rng.standard_normal((H, k * H)) / 3, rng.standard_normal(k * H)
+    dh = rng.standard_normal((N, T, H))
+    runs = {}
+    for threads in (1, 3, 3):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            h, cache = fwd(x, h0, Wx, Wh, b)
+            runs.setdefault(threads, []).append((h, *bwd(dh, cache)))
+    for one, many in zip(runs[1][0], runs[3][0]):
+        np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-12)
+    for first, again in zip(*runs[3]):
+        assert np.array_equal(first, again)  # deterministic for a given thread count
+
+
+@pytest.mark.parametrize("core, k", [(rl.rnn_core_forward, 1), (rl.gru_core_forward, 3)])
+def test_public_step_cores_match_the_step_functions(core, k):
+    rng = np.random.default_rng(14)
+    N, D, H = 3, 4, 5
+    x, h = rng.standard_normal((N, D)), rng.standard_normal((N, H))
+    Wx, Wh, b = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)), rng.standard_normal(k * H)
+    out = core(x @ Wx + b, h, Wh)
+    step = rl.rnn_step_forward if k == 1 else rl.gru_step_forward
+    np.testing.assert_array_equal(out if k == 1 else out[0], step(x, h, Wx, Wh, b)[0])
+
+
+def test_lstm_core_backward_may_overwrite_dnext_c():
+    rng = np.random.default_rng(15)
+    N, H = 3, 4
+    prev_h, prev_c, xa = rng.standard_normal((N, H)), rng.standard_normal((N, H)), rng.standard_normal((N, 4 * H))
+    Wh = rng.standard_normal((H, 4 * H))
+    _, _, acts, tc = rl.lstm_core_forward(xa, prev_h, prev_c, Wh)
+    dnext_h, dnext_c = rng.standard_normal((N, H)), rng.standard_normal((N, H))
+    da1, da2 = np.empty((N, 4 * H)), np.empty((N, 4 * H))
+    expected = rl.lstm_core_backward(dnext_h, dnext_c.copy(), prev_c, acts, tc, da1)
+    buf = dnext_c.copy()
+    got = rl.lstm_core_backward(dnext_h, buf, prev_c, acts, tc, da2, dprev_c=buf)
+    assert got is buf
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(da2, da1)
+
+
+def test_gates_saturate_without_nan_or_warning():
+    N, H = 2, 3
+    xa = np.full((N, 4 * H), -1e4, dtype=np.float32)  # exp(-a) overflows to inf
+    xa[1] = 1e4
+    with np.errstate(all="raise"):
+        h, c, acts, _ = rl.lstm_core_forward(xa, np.zeros((N, H), np.float32), np.zeros((N, H), np.float32),
+                                             np.zeros((H, 4 * H), np.float32))
+    np.testing.assert_array_equal(acts[0], [0] * 3 * H + [-1] * H)
+    np.testing.assert_array_equal(acts[1], [1] * 4 * H)
+    assert np.isfinite(h).all() and h.dtype == np.float32

@@ -7,7 +7,7 @@ W word vector dimension, H hidden dimension, V vocabulary size.
 import numpy as np
 
 from capmodel import rnn_layers as rl
-from capmodel.layers import dropout_mask
+from capmodel.layers import dropout_mask, run_row_blocks
 from capmodel.vocab import END, NULL, START
 
 # cell type -> (sequence forward, sequence backward, gates per hidden unit)
@@ -135,42 +135,49 @@ class CaptioningRNN:
         rng = self.rng if dropout_rng is None else dropout_rng
 
         # The input is everything but the last word and the target everything but the
-        # first, so the RNN predicts word t + 1 from words up to t.
-        captions_in = captions[:, :-1]
-        captions_out = captions[:, 1:]
-        mask = captions_out != self._null
+        # first, so the RNN predicts word t + 1 from words up to t. Everything below is
+        # time-major, (T, N, ...): the cell's buffers are, so no array is transposed.
+        captions_in = captions[:, :-1].T  # (T, N)
+        captions_out = captions[:, 1:].T
+        T, N = captions_in.shape
+        H = self.hidden_dim
 
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
-        x, embed_cache = rl.word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
-        x_mask = dropout_mask(x.shape, self.dropout, rng, self.dtype)
+        xt, embed_cache = rl.word_embedding_forward(captions_in, p["W_embed"])  # (T, N, W)
+        # Masks are drawn as (N, T, ...) so that a seed gives the same masks as before.
+        x_mask = dropout_mask((N, T, self.wordvec_dim), self.dropout, rng, self.dtype)
         if x_mask is not None:
-            x = x * x_mask
-        h, cell_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
-        h_mask = dropout_mask(h.shape, self.dropout, rng, self.dtype)
-        h_in = h if h_mask is None else h * h_mask
+            x_mask = x_mask.swapaxes(0, 1)
+            xt = xt * x_mask
+        h, cell_cache = forward(xt.swapaxes(0, 1), h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
+        ht = h.swapaxes(0, 1)  # (T, N, H), contiguous
+        h_mask = dropout_mask((N, T, H), self.dropout, rng, self.dtype)
+        if h_mask is not None:
+            h_mask = h_mask.swapaxes(0, 1)
+            ht = ht * h_mask
         # <NULL> positions add neither loss nor gradient, so the vocabulary scores are only
         # computed for the M unmasked positions, as one sequence of length M; the loss
         # layer averages over its batch of 1, so divide by N.
-        N, T, H = h.shape
-        keep = mask.reshape(N * T)
-        h_kept = h_in.reshape(N * T, H)[keep][None]  # (1, M, H)
+        keep = np.flatnonzero(captions_out.reshape(T * N) != self._null)  # (M,)
+        h_kept = np.take(ht.reshape(T * N, H), keep, axis=0)[None]  # (1, M, H)
         scores, affine_cache = rl.temporal_affine_forward(h_kept, p["W_vocab"], p["b_vocab"])  # (1, M, V)
-        y_kept = captions_out.reshape(N * T)[keep][None]
+        y_kept = captions_out.reshape(T * N)[keep][None]
         loss, dscores = rl.temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
         loss /= N
         dscores /= self.dtype.type(N)
 
         grads = {}
         dh_kept, grads["W_vocab"], grads["b_vocab"] = rl.temporal_affine_backward(dscores, affine_cache)
-        dh = np.zeros((N * T, H), dtype=dh_kept.dtype)
-        dh[keep] = dh_kept[0]
-        dh = dh.reshape(N, T, H)
+        dht = np.zeros((T * N, H), dtype=dh_kept.dtype)
+        dht[keep] = dh_kept[0]
+        dht = dht.reshape(T, N, H)
         if h_mask is not None:
-            dh *= h_mask
-        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, cell_cache)
+            dht *= h_mask
+        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dht.swapaxes(0, 1), cell_cache)
+        dxt = dx.swapaxes(0, 1)  # (T, N, W), contiguous
         if x_mask is not None:
-            dx *= x_mask
-        grads["W_embed"] = rl.word_embedding_backward(dx, embed_cache)
+            dxt = dxt * x_mask
+        grads["W_embed"] = rl.word_embedding_backward(dxt, embed_cache)
         grads["W_proj"] = features.T @ dh0
         grads["b_proj"] = dh0.sum(axis=0)
         return loss, grads
@@ -190,30 +197,34 @@ class CaptioningRNN:
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
         table = p["W_embed"] @ p["Wx"] + p["b"]  # (V, kH)
         Wh, W_vocab, b_vocab = p["Wh"], p["W_vocab"], p["b_vocab"]
+        H, kH, V = Wh.shape[0], Wh.shape[1], W_vocab.shape[1]
+        lstm, gru = self.cell_type == "lstm", self.cell_type == "gru"
+        state = (h0, np.zeros_like(h0)) if lstm else (h0,)
 
-        def vocab_scores(h):
-            scores = h @ W_vocab  # (M, V)
-            scores += b_vocab
-            return scores
+        # Rows are independent, so a step runs on row blocks in worker threads (one per
+        # BLAS thread; see capmodel.layers.run_row_blocks), each block doing its cell
+        # update and its vocabulary scores.
+        def step(state, words):
+            M = len(words)
+            h = np.empty((M, H), dtype=h0.dtype)
+            scores = np.empty((M, V), dtype=h0.dtype)
+            c = np.empty_like(h) if lstm else None
+            gates = None if not (lstm or gru) else np.empty((M, kH), dtype=h0.dtype)
 
-        if self.cell_type == "rnn":
-            state = (h0,)
+            def run(rows):
+                xa = table[words[rows]]  # (m, kH)
+                if lstm:
+                    out = (gates[rows], c[rows], np.empty_like(h[rows]), h[rows])
+                    rl.lstm_core_forward(xa, state[0][rows], state[1][rows], Wh, out=out)
+                elif gru:
+                    rl.gru_core_forward(xa, state[0][rows], Wh, out=(gates[rows], np.empty_like(xa), h[rows]))
+                else:
+                    rl.rnn_core_forward(xa, state[0][rows], Wh, out=h[rows])
+                np.matmul(h[rows], W_vocab, out=scores[rows])
+                scores[rows] += b_vocab
 
-            def step(state, words):
-                h = rl._rnn_core_forward(table[words], state[0], Wh)
-                return (h,), vocab_scores(h)
-        elif self.cell_type == "lstm":
-            state = (h0, np.zeros_like(h0))
-
-            def step(state, words):
-                h, c, _, _ = rl._lstm_core_forward(table[words], state[0], state[1], Wh)
-                return (h, c), vocab_scores(h)
-        else:
-            state = (h0,)
-
-            def step(state, words):
-                h, _, _ = rl._gru_core_forward(table[words], state[0], Wh)
-                return (h,), vocab_scores(h)
+            run_row_blocks(M, run)
+            return ((h, c) if lstm else (h,)), scores
 
         return state, step
 
