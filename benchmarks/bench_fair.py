@@ -13,7 +13,9 @@ What makes it fair (see docs/benchmarks.md):
   ran are checked equal);
 - 0.2 s of idle time before every timed call (BLAS/OpenMP worker threads spin for about
   0.1 s after a call and would slow whatever runs next), and the order alternates
-  between rounds (capmodel first, then torch first);
+  between rounds (capmodel first, then torch first); on a shared machine the gap is
+  repeated (up to --quiet-wait seconds) until other processes used under 15% of the CPU
+  during it, so timed calls start in quiet moments;
 - warm-up calls, then medians, min and max over --rounds rounds;
 - the share of the CPU that other processes used during the timed rounds, from
   /proc/stat minus this process's own /proc/self/stat time, with a warning above 15%.
@@ -41,6 +43,9 @@ def parse(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed calls of each function before timing")
     p.add_argument("--gap", type=float, default=0.2, help="idle seconds before each timed call")
     p.add_argument("--max-length", type=int, default=30, help="maximum caption length when sampling")
+    p.add_argument("--quiet-wait", type=float, default=10.0,
+                   help="before each timed call, wait up to this many seconds for a gap in which other "
+                        "processes used under 15%% of the CPU (0: never wait)")
     p.add_argument("--cases", nargs="+", help="run only cases whose name contains one of these words")
     p.add_argument("--out", default=str(HERE / "results" / "latest.md"), help="markdown results file to write")
     return p.parse_args(argv)
@@ -107,6 +112,18 @@ class OtherLoad:
 LOAD = OtherLoad()
 
 
+def idle_gap():
+    """Sleep ARGS.gap seconds; repeat (up to ARGS.quiet_wait s) while other processes used the CPU."""
+    waited = 0.0
+    while True:
+        gap = OtherLoad()
+        with gap:
+            time.sleep(ARGS.gap)
+        waited += ARGS.gap
+        if gap.share < BUSY_WARNING or waited >= ARGS.quiet_wait:
+            return
+
+
 def time_pair(fa, fb):
     """Alternating, gapped timing of two functions; returns two lists of seconds."""
     for _ in range(ARGS.warmup):
@@ -115,7 +132,7 @@ def time_pair(fa, fb):
     for r in range(ARGS.rounds):
         order = ((fa, ta), (fb, tb)) if r % 2 == 0 else ((fb, tb), (fa, ta))
         for f, times in order:
-            time.sleep(ARGS.gap)
+            idle_gap()
             with LOAD:
                 s = time.perf_counter()
                 f()
@@ -254,7 +271,8 @@ def main():
         f"- shapes: N={N}, T={T} (captions of {T + 1} tokens), V={V}, D={D}, W={W}, H={H}; "
         f"sampling max_length={ARGS.max_length}",
         f"- method: {ARGS.rounds} timed rounds after {ARGS.warmup} warm-up calls, {ARGS.gap} s idle before each "
-        "timed call, order alternating between rounds; median (min-max) in ms",
+        f"timed call (repeated, up to {ARGS.quiet_wait:g} s, until other processes used under "
+        f"{100 * BUSY_WARNING:.0f}% of the CPU in it), order alternating between rounds; median (min-max) in ms",
         f"- other processes used {100 * share:.1f}% of the CPU during the timed rounds"
         + (f" -- WARNING: above {100 * BUSY_WARNING:.0f}%, the machine was busy and the figures are noisy"
            if share > BUSY_WARNING else ""),
