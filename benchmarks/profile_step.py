@@ -1,11 +1,12 @@
 """Where the time of one capmodel training step goes (LSTM and GRU, float32).
 
 Same model, shapes and threads as bench_fair.py. The public layer functions that
-CaptioningRNN.loss calls, the row-block runner of the recurrences and the Adam update
-are wrapped with timers (module attributes patched for this process only); each
-section's median over --rounds steps is reported with its share of the median step.
-"Projection / weight-gradient matmuls" is the time of the sequence functions outside
-their time loops; "rest of loss" is everything in CaptioningRNN.loss not listed.
+CaptioningRNN.loss calls, the step cores the sequence functions call once per timestep
+and the Adam update are wrapped with timers (module attributes patched for this process
+only); each section's median over --rounds steps is reported with its share of the
+median step. The rest of the sequence functions is their input projection (forward) and
+their recurrent and weight-gradient matmuls (backward); "rest of loss" is everything in
+CaptioningRNN.loss not listed.
 
 Usage: python benchmarks/profile_step.py [--threads 2] [--rounds 15] [--out benchmarks/results/profile.md]
 """
@@ -56,31 +57,16 @@ def timed(label, fn):
 
 
 def patch(cell):
-    fwd, bwd = f"{cell}_forward", f"{cell}_backward"
-    state = {"phase": "forward"}
-    run_blocks = rl.run_row_blocks
-
-    def blocks(n, fn, workers=None):
-        label = f"{cell.upper()} recurrence, {state['phase']} (row-block threads)"
-        return timed(label, run_blocks)(n, fn, workers)
-
-    def seq(name, phase):
-        f = getattr(rl, name)
-
-        def wrapper(*args):
-            state["phase"] = phase
-            return timed(f"sequence {phase} total", f)(*args)
-        return wrapper
-
-    rl.run_row_blocks = blocks
-    for name, label in (("word_embedding_forward", "word embedding forward"),
+    for name, label in ((f"{cell}_core_forward", f"{cell.upper()} step cores, forward (h @ Wh and gates, per step)"),
+                        (f"{cell}_core_backward", f"{cell.upper()} step cores, backward (gates, per step)"),
+                        ("word_embedding_forward", "word embedding forward"),
                         ("word_embedding_backward", "word embedding backward"),
                         ("temporal_affine_forward", "vocabulary scores (matmul)"),
                         ("temporal_softmax_loss", "softmax loss"),
-                        ("temporal_affine_backward", "vocabulary backward (2 matmuls)")):
+                        ("temporal_affine_backward", "vocabulary backward (2 matmuls)"),
+                        (f"{cell}_forward", "sequence forward total"),
+                        (f"{cell}_backward", "sequence backward total")):
         setattr(rl, name, timed(label, getattr(rl, name)))
-    setattr(rl, fwd, seq(fwd, "forward"))
-    setattr(rl, bwd, seq(bwd, "backward"))
 
 
 def profile(cell):
@@ -127,10 +113,10 @@ def _profile(cell):
             for k, v in TIMES.items():
                 rounds[k].append(v)
     med = {k: 1000 * float(np.median(v)) for k, v in rounds.items()}
-    rec_f = next(v for k, v in med.items() if "recurrence, forward" in k)
-    rec_b = next(v for k, v in med.items() if "recurrence, backward" in k)
-    med["input projection matmul (outside the time loop)"] = med.pop("sequence forward total") - rec_f
-    med["weight-gradient matmuls (outside the time loop)"] = med.pop("sequence backward total") - rec_b
+    core_f = next(v for k, v in med.items() if "cores, forward" in k)
+    core_b = next(v for k, v in med.items() if "cores, backward" in k)
+    med["input projection matmul (before the time loop)"] = med.pop("sequence forward total") - core_f
+    med["dh @ Wh.T per step + weight-gradient matmuls (backward)"] = med.pop("sequence backward total") - core_b
     listed = [k for k in med if k not in ("step", "loss total", "Adam, every parameter")]
     med["rest of loss (h0 projection, gathers, scatters)"] = med.pop("loss total") - sum(med[k] for k in listed)
     total = med.pop("step")

@@ -47,35 +47,3 @@ def test_dropout_mask_is_inverted_and_seeded():
     assert dropout_mask((3, 3), 0.0, np.random.default_rng(1), np.dtype(np.float32)) is None
     with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
         dropout_mask((3, 3), 1.0, np.random.default_rng(1), np.dtype(np.float32))
-
-
-@pytest.mark.parametrize("n, workers, sizes", [
-    (100, 2, [50, 50]), (100, 3, [33, 33, 34]), (100, 1, [100]), (40, 2, [40]), (64, 8, [32, 32]), (0, 2, [0]),
-])
-def test_row_blocks_cover_the_rows_in_order(n, workers, sizes):
-    from capmodel.layers import row_blocks
-
-    blocks = row_blocks(n, workers)
-    assert [b.stop - b.start for b in blocks] == sizes
-    assert blocks[0].start == 0 and blocks[-1].stop == n
-    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
-
-
-def test_run_row_blocks_runs_every_block_and_reraises():
-    from capmodel.layers import run_row_blocks
-
-    out = np.zeros(100)
-
-    def fill(rows):
-        out[rows] = rows.start
-        return rows.start
-
-    assert run_row_blocks(100, fill, workers=2) == [0, 50]
-    assert set(out) == {0, 50}
-
-    def fail(rows):
-        if rows.start:
-            raise RuntimeError("block failed")
-
-    with pytest.raises(RuntimeError, match="block failed"):
-        run_row_blocks(100, fail, workers=2)

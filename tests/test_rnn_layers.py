@@ -256,23 +256,18 @@ def test_bad_shapes_raise_value_error(call, message):
     (4, rl.lstm_forward, rl.lstm_backward),
     (3, rl.gru_forward, rl.gru_backward),
 ])
-def test_threaded_row_blocks_match_one_thread_and_repeat_exactly(k, fwd, bwd):
-    from threadpoolctl import threadpool_limits
-
+def test_sequence_functions_repeat_exactly_and_keep_float32(k, fwd, bwd):
     rng = np.random.default_rng(13)
-    N, T, D, H = 96, 5, 7, 8  # 96 rows: three blocks with 3 BLAS threads
-    x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
-    Wx, Wh, b = rng.standard_normal((D, k * H)) / 3, rng.standard_normal((H, k * H)) / 3, rng.standard_normal(k * H)
-    dh = rng.standard_normal((N, T, H))
-    runs = {}
-    for threads in (1, 3, 3):
-        with threadpool_limits(limits=threads, user_api="blas"):
-            h, cache = fwd(x, h0, Wx, Wh, b)
-            runs.setdefault(threads, []).append((h, *bwd(dh, cache)))
-    for one, many in zip(runs[1][0], runs[3][0]):
-        np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-12)
-    for first, again in zip(*runs[3]):
-        assert np.array_equal(first, again)  # deterministic for a given thread count
+    N, T, D, H = 64, 5, 7, 8
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    x, h0, Wx, Wh, b, dh = f32(N, T, D), f32(N, H), f32(D, k * H), f32(H, k * H), f32(k * H), f32(N, T, H)
+    runs = []
+    for _ in range(2):
+        h, cache = fwd(x, h0, Wx, Wh, b)
+        runs.append((h, *bwd(dh, cache)))
+    for first, again in zip(*runs):
+        assert first.dtype == np.float32
+        assert np.array_equal(first, again)  # deterministic: bit-identical resume relies on it
 
 
 @pytest.mark.parametrize("core, k", [(rl.rnn_core_forward, 1), (rl.gru_core_forward, 3)])

@@ -7,7 +7,7 @@ W word vector dimension, H hidden dimension, V vocabulary size.
 import numpy as np
 
 from capmodel import rnn_layers as rl
-from capmodel.layers import dropout_mask, run_row_blocks
+from capmodel.layers import dropout_mask
 from capmodel.vocab import END, NULL, START
 
 # cell type -> (sequence forward, sequence backward, gates per hidden unit)
@@ -197,34 +197,23 @@ class CaptioningRNN:
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
         table = p["W_embed"] @ p["Wx"] + p["b"]  # (V, kH)
         Wh, W_vocab, b_vocab = p["Wh"], p["W_vocab"], p["b_vocab"]
-        H, kH, V = Wh.shape[0], Wh.shape[1], W_vocab.shape[1]
         lstm, gru = self.cell_type == "lstm", self.cell_type == "gru"
         state = (h0, np.zeros_like(h0)) if lstm else (h0,)
 
-        # Rows are independent, so a step runs on row blocks in worker threads (one per
-        # BLAS thread; see capmodel.layers.run_row_blocks), each block doing its cell
-        # update and its vocabulary scores.
         def step(state, words):
-            M = len(words)
-            h = np.empty((M, H), dtype=h0.dtype)
-            scores = np.empty((M, V), dtype=h0.dtype)
-            c = np.empty_like(h) if lstm else None
-            gates = None if not (lstm or gru) else np.empty((M, kH), dtype=h0.dtype)
-
-            def run(rows):
-                xa = table[words[rows]]  # (m, kH)
-                if lstm:
-                    out = (gates[rows], c[rows], np.empty_like(h[rows]), h[rows])
-                    rl.lstm_core_forward(xa, state[0][rows], state[1][rows], Wh, out=out)
-                elif gru:
-                    rl.gru_core_forward(xa, state[0][rows], Wh, out=(gates[rows], np.empty_like(xa), h[rows]))
-                else:
-                    rl.rnn_core_forward(xa, state[0][rows], Wh, out=h[rows])
-                np.matmul(h[rows], W_vocab, out=scores[rows])
-                scores[rows] += b_vocab
-
-            run_row_blocks(M, run)
-            return ((h, c) if lstm else (h,)), scores
+            xa = table[words]  # (M, kH)
+            if lstm:
+                h, c, _, _ = rl.lstm_core_forward(xa, state[0], state[1], Wh)
+                state = (h, c)
+            elif gru:
+                h, _, _ = rl.gru_core_forward(xa, state[0], Wh)
+                state = (h,)
+            else:
+                h = rl.rnn_core_forward(xa, state[0], Wh)
+                state = (h,)
+            scores = h @ W_vocab  # (M, V)
+            scores += b_vocab
+            return state, scores
 
         return state, step
 
