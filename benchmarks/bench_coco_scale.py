@@ -78,13 +78,32 @@ def write_coco_sized(out_dir, seed=0):
     fmt.write_dataset(out_dir, captions, image_idxs, features, pca, urls, idx_to_word)
 
 
+def busy_jiffies():
+    """(system-wide busy jiffies, total jiffies) from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total
+
+
+OTHER = []  # other processes' share of the CPU during each command
+
+
 def run(argv, env, log):
-    """Run one command; return (wall seconds, peak RSS in MB, exit status)."""
+    """Run one command; return (wall seconds, peak RSS in MB, exit status).
+
+    Also records in OTHER the share of the CPU that processes other than the command
+    used meanwhile (system-wide busy time minus the command's own user + system time).
+    """
+    busy0, total0 = busy_jiffies()
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
+    busy1, total1 = busy_jiffies()
+    own = (usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK")
+    OTHER.append(max(busy1 - busy0 - own, 0) / max(total1 - total0, 1))
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed with status {proc.returncode}; see:\n{Path(log).read_text()[-3000:]}")
@@ -111,6 +130,7 @@ def main():
         size_gb = sum(f.stat().st_size for f in data.iterdir()) / 1e9
         rows.append(("write the dataset (format.write_dataset)", s, mem, f"{size_gb:.2f} GB on disk"))
 
+        OTHER.clear()  # the share while writing is not of interest
         s, mem, _ = run([*cli, "data", "check", str(data)], env, logs / "check.log")
         rows.append(("capmodel data check", s, mem, "both feature sets"))
 
@@ -125,6 +145,7 @@ def main():
         epoch_min = per_iter * iters_per_epoch / 60
         rows.append((f"capmodel train (LSTM H=512 W=256 batch {BATCH}, {n} iterations)", s, mem,
                      f"{per_iter:.3f} s/iteration; start-up and loading {s - per_iter * n:.1f} s"))
+        train_other = OTHER[-1]
         rows.append((f"projected epoch ({iters_per_epoch} iterations)", per_iter * iters_per_epoch, None,
                      f"{epoch_min:.1f} min"))
 
@@ -160,6 +181,9 @@ def main():
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {args.threads} BLAS threads per process",
         f"- numpy {np.__version__}, Python {platform.python_version()}; random data with CS231n coco_captioning's "
         "sizes (train 82,783 images / 400,135 captions, val 40,504 / 195,954, fc7 4096-d + PCA 512-d, 1,004 words)",
+        f"- other processes used {100 * train_other:.0f}% of the CPU during `capmodel train` and "
+        f"{100 * max(OTHER):.0f}% at most during any measured command"
+        + (" -- WARNING: the machine was busy, times are inflated" if max(OTHER) > 0.15 else ""),
         "",
         "| step | wall s | peak memory MB | notes |",
         "|---|---|---|---|",
