@@ -64,14 +64,16 @@ def _sequence_project(x, W, b):
     return _project(_time_major(x), W, b)
 
 
-def _weight_grads(x, W, da, hp):
+def _weight_grads(x, W, da, hp=None):
     """dx (N, T, D), dW (D, M), dWh (H, M) and db (M,) from the time-major gradients da
-    (T, N, M) of the pre-activations and the states hp (T, N, H) entering each step."""
+    (T, N, M) of the pre-activations and the states hp (T, N, H) entering each step
+    (dWh is None without hp: the GRU's hidden-side gradient is not da)."""
     T, N, M = da.shape
     da2 = da.reshape(T * N, M)
     xt = _time_major(x).reshape(T * N, -1)
     dx = (da2 @ W.T).reshape(T, N, -1).swapaxes(0, 1)
-    return dx, xt.T @ da2, hp.reshape(T * N, -1).T @ da2, da2.sum(axis=0)
+    dWh = None if hp is None else hp.reshape(T * N, -1).T @ da2
+    return dx, xt.T @ da2, dWh, da2.sum(axis=0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -624,7 +626,7 @@ def gru_backward(dh, cache):
         direct = gru_core_backward(dnext, hs[t], gates[t], has[t][:, 2 * H :], dxa[t], dha[t])
         np.matmul(dha[t], WhT, out=dnext)
         dnext += direct
-    dx, dWx, _, db = _weight_grads(x, Wx, dxa, hs[:-1])
+    dx, dWx, _, db = _weight_grads(x, Wx, dxa)
     T, N, H3 = dha.shape
     dWh = hs[:-1].reshape(T * N, H).T @ dha.reshape(T * N, H3)
     return dx, dnext, dWx, dWh, db
