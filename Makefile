@@ -25,10 +25,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The fair capmodel-vs-PyTorch table and the step profile, pasted into docs/benchmarks.md.
+# `make bench COCO=1` also runs the full-COCO-scale benchmark (about 2.5 GB of scratch disk
+# in TMPDIR, 10-30 minutes).
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
-	$(BIN)/python benchmarks/bench_step.py
-	$(BIN)/python benchmarks/bench_decode.py
+	$(BIN)/python benchmarks/bench_fair.py --threads $(CORES)
+	$(BIN)/python benchmarks/profile_step.py --threads $(CORES)
+	$(if $(COCO),$(BIN)/python benchmarks/bench_coco_scale.py --threads $(CORES))
+	$(BIN)/python benchmarks/update_docs.py
 
 clean:
 	rm -rf results logs reports/*.html .snakemake

@@ -30,7 +30,9 @@ def test_a_wrong_gradient_is_caught(monkeypatch):
     monkeypatch.setattr(rl, "gru_backward", broken)
     from capmodel.classifiers import rnn
 
-    monkeypatch.setitem(rnn.CELLS, "gru", (rl.gru_forward, broken, 3))
+    import dataclasses
+
+    monkeypatch.setitem(rnn.CELLS, "gru", dataclasses.replace(rnn.CELLS["gru"], backward=broken))
     failed = [(r["layer"], r["param"]) for r in gradcheck_suite.run(seed=0) if not r["ok"]]
     assert ("gru_sequence", "Wh") in failed
 

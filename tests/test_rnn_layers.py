@@ -249,3 +249,61 @@ def test_layers_preserve_dtype(dtype):
 def test_bad_shapes_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("k, fwd, bwd", [
+    (1, rl.rnn_forward, rl.rnn_backward),
+    (4, rl.lstm_forward, rl.lstm_backward),
+    (3, rl.gru_forward, rl.gru_backward),
+])
+def test_sequence_functions_repeat_exactly_and_keep_float32(k, fwd, bwd):
+    rng = np.random.default_rng(13)
+    N, T, D, H = 64, 5, 7, 8
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    x, h0, Wx, Wh, b, dh = f32(N, T, D), f32(N, H), f32(D, k * H), f32(H, k * H), f32(k * H), f32(N, T, H)
+    runs = []
+    for _ in range(2):
+        h, cache = fwd(x, h0, Wx, Wh, b)
+        runs.append((h, *bwd(dh, cache)))
+    for first, again in zip(*runs):
+        assert first.dtype == np.float32
+        assert np.array_equal(first, again)  # deterministic: bit-identical resume relies on it
+
+
+@pytest.mark.parametrize("core, k", [(rl.rnn_core_forward, 1), (rl.gru_core_forward, 3)])
+def test_public_step_cores_match_the_step_functions(core, k):
+    rng = np.random.default_rng(14)
+    N, D, H = 3, 4, 5
+    x, h = rng.standard_normal((N, D)), rng.standard_normal((N, H))
+    Wx, Wh, b = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)), rng.standard_normal(k * H)
+    out = core(x @ Wx + b, h, Wh)
+    step = rl.rnn_step_forward if k == 1 else rl.gru_step_forward
+    np.testing.assert_array_equal(out if k == 1 else out[0], step(x, h, Wx, Wh, b)[0])
+
+
+def test_lstm_core_backward_may_overwrite_dnext_c():
+    rng = np.random.default_rng(15)
+    N, H = 3, 4
+    prev_h, prev_c, xa = rng.standard_normal((N, H)), rng.standard_normal((N, H)), rng.standard_normal((N, 4 * H))
+    Wh = rng.standard_normal((H, 4 * H))
+    _, _, acts, tc = rl.lstm_core_forward(xa, prev_h, prev_c, Wh)
+    dnext_h, dnext_c = rng.standard_normal((N, H)), rng.standard_normal((N, H))
+    da1, da2 = np.empty((N, 4 * H)), np.empty((N, 4 * H))
+    expected = rl.lstm_core_backward(dnext_h, dnext_c.copy(), prev_c, acts, tc, da1)
+    buf = dnext_c.copy()
+    got = rl.lstm_core_backward(dnext_h, buf, prev_c, acts, tc, da2, dprev_c=buf)
+    assert got is buf
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(da2, da1)
+
+
+def test_gates_saturate_without_nan_or_warning():
+    N, H = 2, 3
+    xa = np.full((N, 4 * H), -1e4, dtype=np.float32)  # exp(-a) overflows to inf
+    xa[1] = 1e4
+    with np.errstate(all="raise"):
+        h, c, acts, _ = rl.lstm_core_forward(xa, np.zeros((N, H), np.float32), np.zeros((N, H), np.float32),
+                                             np.zeros((H, 4 * H), np.float32))
+    np.testing.assert_array_equal(acts[0], [0] * 3 * H + [-1] * H)
+    np.testing.assert_array_equal(acts[1], [1] * 4 * H)
+    assert np.isfinite(h).all() and h.dtype == np.float32

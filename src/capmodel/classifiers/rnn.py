@@ -4,6 +4,9 @@ Dimension letters: N minibatch, T caption length (inputs), D image feature dimen
 W word vector dimension, H hidden dimension, V vocabulary size.
 """
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from capmodel import rnn_layers as rl
@@ -11,17 +14,48 @@ from capmodel.classifiers.inputs import check_captions, check_features
 from capmodel.layers import dropout_mask
 from capmodel.vocab import END, NULL, START
 
-# cell type -> (sequence forward, sequence backward, gates per hidden unit)
+
+
+def _rnn_decode(xa, state, Wh):
+    return (rl.rnn_core_forward(xa, state[0], Wh),)
+
+
+def _lstm_decode(xa, state, Wh):
+    return rl.lstm_core_forward(xa, state[0], state[1], Wh)[:2]
+
+
+def _gru_decode(xa, state, Wh):
+    return rl.gru_core_forward(xa, state[0], Wh)[:1]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell, registered once: its layers and how decoding steps it.
+
+    - forward / backward: the sequence functions (rnn_forward, ...)
+    - gates: gates per hidden unit k (Wx is (W, kH))
+    - step_forward / step_backward / step_inputs: the step functions and their inputs
+    - state_size: arrays in the decoding state ((h,) or (h, c))
+    - decode: (xa, state, Wh) -> next state, where xa = x @ Wx + b is precomputed
+    """
+
+    forward: Callable
+    backward: Callable
+    gates: int
+    step_forward: Callable
+    step_backward: Callable
+    step_inputs: tuple
+    state_size: int
+    decode: Callable
+
+
 CELLS = {
-    "rnn": (rl.rnn_forward, rl.rnn_backward, 1),
-    "lstm": (rl.lstm_forward, rl.lstm_backward, 4),
-    "gru": (rl.gru_forward, rl.gru_backward, 3),
-}
-# cell type -> (step forward, step backward, the step's inputs), for the gradient checks
-STEPS = {
-    "rnn": (rl.rnn_step_forward, rl.rnn_step_backward, ("x", "prev_h", "Wx", "Wh", "b")),
-    "lstm": (rl.lstm_step_forward, rl.lstm_step_backward, ("x", "prev_h", "prev_c", "Wx", "Wh", "b")),
-    "gru": (rl.gru_step_forward, rl.gru_step_backward, ("x", "prev_h", "Wx", "Wh", "b")),
+    "rnn": Cell(rl.rnn_forward, rl.rnn_backward, 1, rl.rnn_step_forward, rl.rnn_step_backward,
+                ("x", "prev_h", "Wx", "Wh", "b"), 1, _rnn_decode),
+    "lstm": Cell(rl.lstm_forward, rl.lstm_backward, 4, rl.lstm_step_forward, rl.lstm_step_backward,
+                 ("x", "prev_h", "prev_c", "Wx", "Wh", "b"), 2, _lstm_decode),
+    "gru": Cell(rl.gru_forward, rl.gru_backward, 3, rl.gru_step_forward, rl.gru_step_backward,
+                ("x", "prev_h", "Wx", "Wh", "b"), 1, _gru_decode),
 }
 PARAM_NAMES = ("W_proj", "b_proj", "W_embed", "Wx", "Wh", "b", "W_vocab", "b_vocab")
 
@@ -83,7 +117,7 @@ class CaptioningRNN:
         self._end = word_to_idx.get(END, None)
         self.rng = np.random.default_rng(seed)
 
-        k = CELLS[cell_type][2]
+        k = CELLS[cell_type].gates
         D, W, H = self.input_dim, self.wordvec_dim, self.hidden_dim
         r = self.rng
         self.params = {
@@ -128,8 +162,9 @@ class CaptioningRNN:
         from capmodel import gradcheck_suite as gs
 
         N, T, D, H = 3, 5, 4, 5
-        for cell, (fwd, bwd, k) in CELLS.items():
-            step_f, step_b, names = STEPS[cell]
+        for cell, c in CELLS.items():
+            fwd, bwd, k, step_f, step_b, names = c.forward, c.backward, c.gates, c.step_forward, c.step_backward, \
+                c.step_inputs
             shapes = {"x": (N, D), "prev_h": (N, H), "prev_c": (N, H), "Wx": (D, k * H), "Wh": (H, k * H),
                       "b": (k * H,)}
             yield f"{cell}_step", cell, gs.check_array_function(
@@ -173,47 +208,54 @@ class CaptioningRNN:
         features = self._check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         p = self.params
-        forward, backward, _ = CELLS[self.cell_type]
+        forward, backward = CELLS[self.cell_type].forward, CELLS[self.cell_type].backward
         rng = self.rng if dropout_rng is None else dropout_rng
         dropout = self.dropout if training else 0.0
 
         # The input is everything but the last word and the target everything but the
-        # first, so the RNN predicts word t + 1 from words up to t.
-        captions_in = captions[:, :-1]
-        captions_out = captions[:, 1:]
-        mask = captions_out != self._null
+        # first, so the RNN predicts word t + 1 from words up to t. Everything below is
+        # time-major, (T, N, ...): the cell's buffers are, so no array is transposed.
+        captions_in = captions[:, :-1].T  # (T, N)
+        captions_out = captions[:, 1:].T
+        T, N = captions_in.shape
+        H = self.hidden_dim
 
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
-        x, embed_cache = rl.word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
-        x_mask = dropout_mask(x.shape, dropout, rng, self.dtype)
+        xt, embed_cache = rl.word_embedding_forward(captions_in, p["W_embed"])  # (T, N, W)
+        # Masks are drawn as (N, T, ...) so that a seed gives the same masks as before.
+        x_mask = dropout_mask((N, T, self.wordvec_dim), dropout, rng, self.dtype)
         if x_mask is not None:
-            x = x * x_mask
-        h, cell_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
-        h_mask = dropout_mask(h.shape, dropout, rng, self.dtype)
-        h_in = h if h_mask is None else h * h_mask
+            x_mask = x_mask.swapaxes(0, 1)
+            xt = xt * x_mask
+        h, cell_cache = forward(xt.swapaxes(0, 1), h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
+        ht = h.swapaxes(0, 1)  # (T, N, H), contiguous
+        h_mask = dropout_mask((N, T, H), dropout, rng, self.dtype)
+        if h_mask is not None:
+            h_mask = h_mask.swapaxes(0, 1)
+            ht = ht * h_mask
         # <NULL> positions add neither loss nor gradient, so the vocabulary scores are only
         # computed for the M unmasked positions, as one sequence of length M; the loss
         # layer averages over its batch of 1, so divide by N.
-        N, T, H = h.shape
-        keep = mask.reshape(N * T)
-        h_kept = h_in.reshape(N * T, H)[keep][None]  # (1, M, H)
+        keep = np.flatnonzero(captions_out.reshape(T * N) != self._null)  # (M,)
+        h_kept = np.take(ht.reshape(T * N, H), keep, axis=0)[None]  # (1, M, H)
         scores, affine_cache = rl.temporal_affine_forward(h_kept, p["W_vocab"], p["b_vocab"])  # (1, M, V)
-        y_kept = captions_out.reshape(N * T)[keep][None]
+        y_kept = captions_out.reshape(T * N)[keep][None]
         loss, dscores = rl.temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
         loss /= N
         dscores /= self.dtype.type(N)
 
         grads = {}
         dh_kept, grads["W_vocab"], grads["b_vocab"] = rl.temporal_affine_backward(dscores, affine_cache)
-        dh = np.zeros((N * T, H), dtype=dh_kept.dtype)
-        dh[keep] = dh_kept[0]
-        dh = dh.reshape(N, T, H)
+        dht = np.zeros((T * N, H), dtype=dh_kept.dtype)
+        dht[keep] = dh_kept[0]
+        dht = dht.reshape(T, N, H)
         if h_mask is not None:
-            dh *= h_mask
-        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dh, cell_cache)
+            dht *= h_mask
+        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dht.swapaxes(0, 1), cell_cache)
+        dxt = dx.swapaxes(0, 1)  # (T, N, W), contiguous
         if x_mask is not None:
-            dx *= x_mask
-        grads["W_embed"] = rl.word_embedding_backward(dx, embed_cache)
+            dxt = dxt * x_mask
+        grads["W_embed"] = rl.word_embedding_backward(dxt, embed_cache)
         grads["W_proj"] = features.T @ dh0
         grads["b_proj"] = dh0.sum(axis=0)
         return loss, grads
@@ -233,30 +275,14 @@ class CaptioningRNN:
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
         table = p["W_embed"] @ p["Wx"] + p["b"]  # (V, kH)
         Wh, W_vocab, b_vocab = p["Wh"], p["W_vocab"], p["b_vocab"]
+        cell = CELLS[self.cell_type]
+        state = (h0,) + tuple(np.zeros_like(h0) for _ in range(cell.state_size - 1))
 
-        def vocab_scores(h):
-            scores = h @ W_vocab  # (M, V)
+        def step(state, words):
+            state = cell.decode(table[words], state, Wh)  # table[words]: (M, kH)
+            scores = state[0] @ W_vocab  # (M, V)
             scores += b_vocab
-            return scores
-
-        if self.cell_type == "rnn":
-            state = (h0,)
-
-            def step(state, words):
-                h = rl._rnn_core_forward(table[words], state[0], Wh)
-                return (h,), vocab_scores(h)
-        elif self.cell_type == "lstm":
-            state = (h0, np.zeros_like(h0))
-
-            def step(state, words):
-                h, c, _, _ = rl._lstm_core_forward(table[words], state[0], state[1], Wh)
-                return (h, c), vocab_scores(h)
-        else:
-            state = (h0,)
-
-            def step(state, words):
-                h, _, _ = rl._gru_core_forward(table[words], state[0], Wh)
-                return (h,), vocab_scores(h)
+            return state, scores
 
         return state, step
 

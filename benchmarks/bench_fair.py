@@ -1,0 +1,302 @@
+"""Fair benchmark: capmodel (NumPy) against the same model in PyTorch on the CPU.
+
+Shapes of CS231n's COCO model: N=100 captions of T=16 input words (17 tokens), V=1004,
+D=512, W=256, H=512; 2 threads each (threadpoolctl for NumPy's BLAS,
+torch.set_num_threads for torch). Cases: the training step (loss + backward + Adam on
+every parameter) of the LSTM and the GRU in float32 and float64, greedy sampling and
+beam-3 sampling (float32).
+
+What makes it fair (see docs/benchmarks.md):
+- both models hold identical parameters; losses, gradients and greedy captions are
+  checked equal before anything is timed, and the run stops if they are not;
+- equal work: both greedy decoders stop once every caption has ended (the steps each
+  ran are checked equal);
+- 0.2 s of idle time before every timed call (BLAS/OpenMP worker threads spin for about
+  0.1 s after a call and would slow whatever runs next), and the order alternates
+  between rounds (capmodel first, then torch first); on a shared machine the gap is
+  repeated (up to --quiet-wait seconds) until other processes used under 15% of the CPU
+  during it, so timed calls start in quiet moments;
+- warm-up calls, then medians, min and max over --rounds rounds;
+- the share of the CPU that other processes used during the timed rounds, from
+  /proc/stat minus this process's own /proc/self/stat time, with a warning above 15%.
+
+Beam search: torch has no built-in beam search, so only capmodel's beam is timed and
+reported as its ratio to capmodel's greedy decoding of the same images.
+
+Usage: python benchmarks/bench_fair.py [--threads 2] [--rounds 15] [--out benchmarks/results/latest.md]
+Needs the bench extra: pip install -e '.[bench]' (torch, CPU).
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUSY_WARNING = 0.15
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2, help="BLAS / torch threads of each framework")
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds of each case (>= 15 for published figures)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls of each function before timing")
+    p.add_argument("--gap", type=float, default=0.2, help="idle seconds before each timed call")
+    p.add_argument("--max-length", type=int, default=30, help="maximum caption length when sampling")
+    p.add_argument("--quiet-wait", type=float, default=10.0,
+                   help="before each timed call, wait up to this many seconds for a gap in which other "
+                        "processes used under 15%% of the CPU (0: never wait)")
+    p.add_argument("--cases", nargs="+", help="run only cases whose name contains one of these words")
+    p.add_argument("--out", default=str(HERE / "results" / "latest.md"), help="markdown results file to write")
+    return p.parse_args(argv)
+
+
+ARGS = parse()
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(ARGS.threads)
+
+import datetime  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from torch_reference import TorchCaptioner  # noqa: E402
+
+from capmodel import optim  # noqa: E402
+from capmodel.classifiers.rnn import CaptioningRNN  # noqa: E402
+
+N, T, V, D, W, H = 100, 16, 1004, 512, 256, 512
+TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # relative error of losses and gradients
+
+
+# ------------------------------------------------------------------ CPU share
+
+
+def cpu_jiffies():
+    """(system-wide busy jiffies, total jiffies, this process's utime + stime jiffies)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    with open("/proc/self/stat") as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+    own = int(stat[11]) + int(stat[12])  # utime, stime (fields 14 and 15)
+    return total - idle, total, own
+
+
+class OtherLoad:
+    """Accumulates the other processes' share of the CPU over the timed sections."""
+
+    def __init__(self):
+        self.other = self.total = 0
+
+    def __enter__(self):
+        self.start = cpu_jiffies()
+        return self
+
+    def __exit__(self, *exc):
+        busy0, total0, own0 = self.start
+        busy1, total1, own1 = cpu_jiffies()
+        self.other += max((busy1 - busy0) - (own1 - own0), 0)
+        self.total += total1 - total0
+
+    @property
+    def share(self):
+        return self.other / self.total if self.total else 0.0
+
+
+LOAD = OtherLoad()
+
+
+def idle_gap():
+    """Sleep ARGS.gap seconds; repeat (up to ARGS.quiet_wait s) while other processes used the CPU."""
+    waited = 0.0
+    while True:
+        gap = OtherLoad()
+        with gap:
+            time.sleep(ARGS.gap)
+        waited += ARGS.gap
+        if gap.share < BUSY_WARNING or waited >= ARGS.quiet_wait:
+            return
+
+
+def time_pair(fa, fb):
+    """Alternating, gapped timing of two functions; returns two lists of seconds."""
+    for _ in range(ARGS.warmup):
+        fa(), fb()
+    ta, tb = [], []
+    for r in range(ARGS.rounds):
+        order = ((fa, ta), (fb, tb)) if r % 2 == 0 else ((fb, tb), (fa, ta))
+        for f, times in order:
+            idle_gap()
+            with LOAD:
+                s = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - s)
+    return ta, tb
+
+
+# ------------------------------------------------------------------ cases
+
+
+def make_inputs(dtype):
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((N, D)).astype(dtype)
+    captions = rng.integers(4, V, size=(N, T + 1))
+    captions[:, 0] = 1
+    lengths = rng.integers(5, T + 1, size=N)  # <END> then <NULL> padding, as real captions
+    for i, n in enumerate(lengths):
+        captions[i, n] = 2
+        captions[i, n + 1 :] = 0
+    return features, captions
+
+
+def make_models(cell, dtype):
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, V)}}
+    model = CaptioningRNN(vocab, input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, dtype=dtype, seed=0)
+    tdtype = {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
+    return model, TorchCaptioner(model.params, cell, tdtype)
+
+
+def rel(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-30))
+
+
+def check_train(model, tmodel, features, captions, dtype):
+    """Stop unless both frameworks give the same loss and gradients."""
+    loss, grads = model.loss(features, captions)
+    tloss = tmodel.loss(torch.from_numpy(features), torch.from_numpy(captions))
+    tloss.backward()
+    tgrads = tmodel.grads_like_capmodel()
+    tmodel.zero_grad(set_to_none=True)
+    worst = max([rel(loss, tloss.item())] + [rel(grads[k], tgrads[k]) for k in grads])
+    if worst > TOLERANCE[np.dtype(dtype).name]:
+        sys.exit(f"the two models disagree (relative error {worst:.1e}): they would not do the same work")
+    assert all(g.dtype == np.dtype(dtype) for g in grads.values()), "capmodel changed the dtype"
+    return worst
+
+
+def train_case(cell, dtype):
+    model, tmodel = make_models(cell, dtype)
+    features, captions = make_inputs(dtype)
+    err = check_train(model, tmodel, features, captions, dtype)
+    tf, tc = torch.from_numpy(features), torch.from_numpy(captions)
+    configs = {k: {"learning_rate": 1e-4} for k in model.params}
+    topt = torch.optim.Adam(tmodel.trainable(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+
+    def np_step():  # what CaptioningSolver does each iteration
+        loss, grads = model.loss(features, captions)
+        for k, w in model.params.items():
+            model.params[k], configs[k] = optim.adam(w, grads[k], configs[k])
+
+    def torch_step():
+        topt.zero_grad(set_to_none=True)
+        tmodel.loss(tf, tc).backward()
+        topt.step()
+
+    ta, tb = time_pair(np_step, torch_step)
+    assert all(p.dtype == np.dtype(dtype) for p in model.params.values()), "capmodel changed the dtype"
+    return ta, tb, f"loss and gradients agree to {err:.0e}"
+
+
+def sample_case(cell, beam):
+    model, tmodel = make_models(cell, np.float32)
+    features, _ = make_inputs(np.float32)
+    L = ARGS.max_length
+    caps = model.sample(features, max_length=L)
+    tcaps = tmodel.greedy(torch.from_numpy(features), L).numpy()
+    if not np.array_equal(caps, tcaps):
+        sys.exit(f"greedy captions differ in {np.mean(caps != tcaps):.1%} of the positions")
+    steps = int((caps != 0).sum(axis=1).max())  # both stop after the longest caption
+    if beam:
+        ta, tb = time_pair(lambda: model.sample(features, max_length=L, method="beam", beam_size=3),
+                           lambda: model.sample(features, max_length=L))
+        return ta, tb, f"capmodel beam-3 vs capmodel greedy; greedy captions equal to torch's, {steps} steps"
+    ta, tb = time_pair(lambda: model.sample(features, max_length=L),
+                       lambda: tmodel.greedy(torch.from_numpy(features), L))
+    return ta, tb, f"captions equal, both ran {steps} of max {L} steps"
+
+
+CASES = [
+    ("LSTM train step float32", lambda: train_case("lstm", np.float32)),
+    ("GRU train step float32", lambda: train_case("gru", np.float32)),
+    ("LSTM train step float64", lambda: train_case("lstm", np.float64)),
+    ("GRU train step float64", lambda: train_case("gru", np.float64)),
+    ("LSTM greedy sample float32", lambda: sample_case("lstm", beam=False)),
+    ("GRU greedy sample float32", lambda: sample_case("gru", beam=False)),
+    ("LSTM beam-3 sample float32", lambda: sample_case("lstm", beam=True)),
+    ("GRU beam-3 sample float32", lambda: sample_case("gru", beam=True)),
+]
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ms(times):
+    return f"{1000 * np.median(times):.1f} ({1000 * min(times):.0f}-{1000 * max(times):.0f})"
+
+
+def main():
+    torch.set_num_threads(ARGS.threads)
+    command = "python " + " ".join([os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else sys.argv[0],
+                                     *sys.argv[1:]])
+    rows = []
+    with threadpool_limits(limits=ARGS.threads, user_api="blas"):
+        for name, run in CASES:
+            if ARGS.cases and not any(w.lower() in name.lower() for w in ARGS.cases):
+                continue
+            ta, tb, note = run()
+            ratio = np.median(ta) / np.median(tb)
+            rows.append((name, ta, tb, ratio, note))
+            print(f"{name:28s} capmodel {ms(ta):>20s}  other {ms(tb):>20s}  ratio {ratio:.2f}  ({note})", flush=True)
+    share = LOAD.share
+    lines = [
+        "# Benchmark results: capmodel (NumPy) vs PyTorch on the CPU",
+        "",
+        f"- command: `{command}`",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {ARGS.threads} threads per framework",
+        f"- numpy {np.__version__}, torch {torch.__version__}, Python {platform.python_version()}",
+        f"- shapes: N={N}, T={T} (captions of {T + 1} tokens), V={V}, D={D}, W={W}, H={H}; "
+        f"sampling max_length={ARGS.max_length}",
+        f"- method: {ARGS.rounds} timed rounds after {ARGS.warmup} warm-up calls, {ARGS.gap} s idle before each "
+        f"timed call (repeated, up to {ARGS.quiet_wait:g} s, until other processes used under "
+        f"{100 * BUSY_WARNING:.0f}% of the CPU in it), order alternating between rounds; median (min-max) in ms",
+        f"- other processes used {100 * share:.1f}% of the CPU during the timed rounds"
+        + (f" -- WARNING: above {100 * BUSY_WARNING:.0f}%, the machine was busy and the figures are noisy"
+           if share > BUSY_WARNING else ""),
+        "",
+        "| case | capmodel ms | PyTorch ms | ratio | check |",
+        "|---|---|---|---|---|",
+    ]
+    for name, ta, tb, ratio, note in rows:
+        other = f"capmodel greedy {ms(tb)}" if "beam" in name else ms(tb)
+        label = "beam / greedy " if "beam" in name else ""
+        lines.append(f"| {name} | {ms(ta)} | {other} | {label}{ratio:.2f} | {note} |")
+    lines += ["", "ratio = capmodel median / PyTorch median (below 1: capmodel is faster); for beam-3, "
+              "capmodel beam-3 median / capmodel greedy median.", ""]
+    text = "\n".join(lines)
+    print()
+    print(text)
+    if share > BUSY_WARNING:
+        print(f"WARNING: other processes used {100 * share:.0f}% of the CPU; rerun on a quieter machine",
+              file=sys.stderr)
+    out = Path(ARGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

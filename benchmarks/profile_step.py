@@ -1,0 +1,151 @@
+"""Where the time of one capmodel training step goes (LSTM and GRU, float32).
+
+Same model, shapes and threads as bench_fair.py. The public layer functions that
+CaptioningRNN.loss calls, the step cores the sequence functions call once per timestep
+and the Adam update are wrapped with timers (module attributes patched for this process
+only); each section's median over --rounds steps is reported with its share of the
+median step. The rest of the sequence functions is their input projection (forward) and
+their recurrent and weight-gradient matmuls (backward); "rest of loss" is everything in
+CaptioningRNN.loss not listed.
+
+Usage: python benchmarks/profile_step.py [--threads 2] [--rounds 15] [--out benchmarks/results/profile.md]
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2, help="BLAS threads")
+    p.add_argument("--rounds", type=int, default=15, help="timed steps")
+    p.add_argument("--out", default=str(HERE / "results" / "profile.md"), help="markdown table to write")
+    return p.parse_args(argv)
+
+
+ARGS = parse()
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(ARGS.threads)
+
+import collections  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from capmodel import optim  # noqa: E402
+from capmodel import rnn_layers as rl  # noqa: E402
+from capmodel.classifiers.rnn import CaptioningRNN  # noqa: E402
+
+N, T, V, D, W, H = 100, 16, 1004, 512, 256, 512
+SECTIONS = {}  # function name in rl -> section label
+TIMES = collections.defaultdict(float)
+
+
+def timed(label, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TIMES[label] += time.perf_counter() - start
+    return wrapper
+
+
+def patch(cell):
+    for name, label in ((f"{cell}_core_forward", f"{cell.upper()} step cores, forward (h @ Wh and gates, per step)"),
+                        (f"{cell}_core_backward", f"{cell.upper()} step cores, backward (gates, per step)"),
+                        ("word_embedding_forward", "word embedding forward"),
+                        ("word_embedding_backward", "word embedding backward"),
+                        ("temporal_affine_forward", "vocabulary scores (matmul)"),
+                        ("temporal_softmax_loss", "softmax loss"),
+                        ("temporal_affine_backward", "vocabulary backward (2 matmuls)"),
+                        (f"{cell}_forward", "sequence forward total"),
+                        (f"{cell}_backward", "sequence backward total")):
+        setattr(rl, name, timed(label, getattr(rl, name)))
+
+
+def profile(cell):
+    import capmodel.classifiers.rnn as crnn
+
+    saved = {k: getattr(rl, k) for k in dir(rl) if not k.startswith("__")}
+    saved_cells = dict(crnn.CELLS)
+    patch(cell)
+    crnn.CELLS[cell] = (getattr(rl, f"{cell}_forward"), getattr(rl, f"{cell}_backward"), crnn.CELLS[cell][2])
+    try:
+        return _profile(cell)
+    finally:
+        for k, v in saved.items():
+            setattr(rl, k, v)
+        crnn.CELLS.update(saved_cells)
+
+
+def _profile(cell):
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, V)}}
+    model = CaptioningRNN(vocab, input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, dtype=np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((N, D)).astype(np.float32)
+    captions = rng.integers(4, V, size=(N, T + 1))
+    captions[:, 0] = 1
+    for i, n in enumerate(rng.integers(5, T + 1, size=N)):
+        captions[i, n] = 2
+        captions[i, n + 1 :] = 0
+    configs = {k: {"learning_rate": 1e-4} for k in model.params}
+    adam = timed("Adam, every parameter", optim.adam)
+
+    def step():
+        start = time.perf_counter()
+        _, grads = timed("loss total", model.loss)(features, captions)
+        for k, w in model.params.items():
+            model.params[k], configs[k] = adam(w, grads[k], configs[k])
+        TIMES["step"] += time.perf_counter() - start
+
+    rounds = collections.defaultdict(list)
+    for r in range(3 + ARGS.rounds):
+        TIMES.clear()
+        time.sleep(0.2)
+        step()
+        if r >= 3:
+            for k, v in derived(TIMES).items():
+                rounds[k].append(v)
+    med = {k: 1000 * float(np.median(v)) for k, v in rounds.items()}
+    total = med.pop("step")
+    return total, sorted(med.items(), key=lambda kv: -kv[1])
+
+
+def derived(times):
+    """One step's sections, with the remainders computed within the step (not from medians)."""
+    t = dict(times)
+    core_f = next(v for k, v in t.items() if "cores, forward" in k)
+    core_b = next(v for k, v in t.items() if "cores, backward" in k)
+    t["input projection matmul (before the time loop)"] = t.pop("sequence forward total") - core_f
+    t["dh @ Wh.T per step + weight-gradient matmuls (backward)"] = t.pop("sequence backward total") - core_b
+    listed = [k for k in t if k not in ("step", "loss total", "Adam, every parameter")]
+    t["rest of loss (h0 projection, gathers, scatters)"] = t.pop("loss total") - sum(t[k] for k in listed)
+    return t
+
+
+def main():
+    lines = [f"Profile of one training step (loss + backward + Adam), N={N} T={T} V={V} D={D} W={W} H={H}, "
+             f"float32, {ARGS.threads} threads, median of {ARGS.rounds} steps "
+             f"(`python benchmarks/profile_step.py {' '.join(sys.argv[1:])}`)".rstrip(), ""]
+    with threadpool_limits(limits=ARGS.threads, user_api="blas"):
+        for cell in ("lstm", "gru"):
+            total, rows = profile(cell)
+            lines += [f"| {cell.upper()} section | ms | share |", "|---|---|---|"]
+            lines += [f"| {k} | {v:.1f} | {100 * v / total:.0f}% |" for k, v in rows]
+            lines += [f"| **step total** | **{total:.1f}** | 100% |", ""]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(ARGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

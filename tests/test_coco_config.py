@@ -1,0 +1,41 @@
+"""config/coco.yaml, the workflow configuration for a real COCO run, is valid for the schema."""
+
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+jsonschema = pytest.importorskip("jsonschema")
+
+from capmodel import workflow_config as wc  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path):
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def test_coco_config_is_valid_for_the_workflow_schema():
+    schema = load("workflow/schemas/config.schema.yaml")
+    config = load("config/coco.yaml")
+    jsonschema.validators.validator_for(schema)(schema).validate(config)
+
+
+def test_coco_config_trains_the_benchmarked_model_on_coco():
+    config = load("config/coco.yaml")
+    assert config["data"]["source"] == "coco"
+    models = wc.expand_models(config)
+    assert sorted(models) == ["gru_h512", "lstm_h512"]
+    for settings in models.values():
+        # the settings whose speed and memory bench_coco_scale.py measured
+        assert (settings["hidden_dim"], settings["wordvec_dim"], settings["batch_size"]) == (512, 256, 100)
+    assert config["sample"]["num_images"] is None  # the whole val split
+
+
+def test_a_broken_coco_config_is_rejected():
+    schema = load("workflow/schemas/config.schema.yaml")
+    config = load("config/coco.yaml")
+    config["train_defaults"]["hiden_dim"] = 512
+    with pytest.raises(jsonschema.ValidationError, match="hiden_dim"):
+        jsonschema.validators.validator_for(schema)(schema).validate(config)
