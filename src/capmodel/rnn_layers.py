@@ -781,3 +781,36 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     if verbose:
         print("dx_flat: ", dx.shape)
     return float(loss), dx.reshape(N, T, V)
+
+
+def kept_rows_softmax_loss(h, y, keep, W_vocab, b_vocab, N):
+    """Vocabulary scores, softmax loss and their backward for the kept rows of h only.
+
+    Captioning models score every position but the <NULL> padding, whose loss and
+    gradient are zero: the R rows of h (all positions, flattened) are reduced to the M kept
+    ones, scored as one sequence of length M, and the loss, summed over positions, is
+    divided by the minibatch size N (the masked temporal softmax loss of CS231n).
+
+    Inputs:
+    - h: Hidden states or decoder outputs, of shape (R, H)
+    - y: Target word ids, of shape (R,)
+    - keep: Indices of the rows that count, of shape (M,)
+    - W_vocab, b_vocab: Output projection, of shapes (H, V) and (V,)
+    - N: Minibatch size to average over
+
+    Returns a tuple of:
+    - loss: Scalar loss
+    - dh: Gradient of shape (R, H), zero in the rows not kept
+    - dW_vocab, db_vocab: Gradients of the output projection
+    """
+    h_kept = np.take(h, keep, axis=0)[None]  # (1, M, H)
+    scores, affine_cache = temporal_affine_forward(h_kept, W_vocab, b_vocab)  # (1, M, V)
+    y_kept = y[keep][None]
+    loss, dscores = temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
+    loss /= N
+    dscores /= h.dtype.type(N)
+    dh_kept, dW_vocab, db_vocab = temporal_affine_backward(dscores, affine_cache)
+    dh = np.zeros(h.shape, dtype=dh_kept.dtype)
+    dh[keep] = dh_kept[0]
+    return loss, dh, dW_vocab, db_vocab
+

@@ -233,21 +233,11 @@ class CaptioningRNN:
         if h_mask is not None:
             h_mask = h_mask.swapaxes(0, 1)
             ht = ht * h_mask
-        # <NULL> positions add neither loss nor gradient, so the vocabulary scores are only
-        # computed for the M unmasked positions, as one sequence of length M; the loss
-        # layer averages over its batch of 1, so divide by N.
+        # <NULL> positions add neither loss nor gradient: only the kept rows are scored.
         keep = np.flatnonzero(captions_out.reshape(T * N) != self._null)  # (M,)
-        h_kept = np.take(ht.reshape(T * N, H), keep, axis=0)[None]  # (1, M, H)
-        scores, affine_cache = rl.temporal_affine_forward(h_kept, p["W_vocab"], p["b_vocab"])  # (1, M, V)
-        y_kept = captions_out.reshape(T * N)[keep][None]
-        loss, dscores = rl.temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
-        loss /= N
-        dscores /= self.dtype.type(N)
-
         grads = {}
-        dh_kept, grads["W_vocab"], grads["b_vocab"] = rl.temporal_affine_backward(dscores, affine_cache)
-        dht = np.zeros((T * N, H), dtype=dh_kept.dtype)
-        dht[keep] = dh_kept[0]
+        loss, dht, grads["W_vocab"], grads["b_vocab"] = rl.kept_rows_softmax_loss(
+            ht.reshape(T * N, H), captions_out.reshape(T * N), keep, p["W_vocab"], p["b_vocab"], N)
         dht = dht.reshape(T, N, H)
         if h_mask is not None:
             dht *= h_mask

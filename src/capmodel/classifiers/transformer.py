@@ -241,22 +241,12 @@ class CaptioningTransformer:
             x, cache = tl.decoder_layer_forward(x, memory, self._layer_params(i), self.num_heads, causal, drop, rng)
             layer_caches.append(cache)
 
-        # <NULL> targets add neither loss nor gradient, so scores are computed for the K
-        # kept positions only, as one sequence; the loss layer averages over its batch of
-        # 1, so divide by N (as CaptioningRNN.loss).
+        # <NULL> targets add neither loss nor gradient: only the K kept positions are scored.
         W = self.wordvec_dim
-        keep = (captions_out != self._null).reshape(N * T)
-        x_kept = x.reshape(N * T, W)[keep][None]  # (1, K, W)
-        scores, affine_cache = rl.temporal_affine_forward(x_kept, p["W_vocab"], p["b_vocab"])  # (1, K, V)
-        y_kept = captions_out.reshape(N * T)[keep][None]
-        loss, dscores = rl.temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
-        loss /= N
-        dscores /= self.dtype.type(N)
-
+        keep = np.flatnonzero(captions_out.reshape(N * T) != self._null)  # (K,)
         grads = {}
-        dx_kept, grads["W_vocab"], grads["b_vocab"] = rl.temporal_affine_backward(dscores, affine_cache)
-        dx = np.zeros((N * T, W), dtype=self.dtype)
-        dx[keep] = dx_kept[0]
+        loss, dx, grads["W_vocab"], grads["b_vocab"] = rl.kept_rows_softmax_loss(
+            x.reshape(N * T, W), captions_out.reshape(N * T), keep, p["W_vocab"], p["b_vocab"], N)
         dx = dx.reshape(N, T, W)
         dmemory = np.zeros_like(memory)
         for i in reversed(range(self.num_layers)):
