@@ -221,6 +221,67 @@ def sample_case(cell, beam):
     return ta, tb, f"captions equal, both ran {steps} of max {L} steps"
 
 
+def load_torch_transformer():
+    """TorchCaptioningTransformer of the cross-check test (the computation it verifies)."""
+    import importlib.util
+
+    path = HERE.parent / "tests" / "test_transformer_torch.py"
+    spec = importlib.util.spec_from_file_location("test_transformer_torch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TorchCaptioningTransformer
+
+
+def transformer_models(end=True):
+    """CaptioningTransformer (W=256, 4 heads, 2 layers, F=4W) and the same torch model."""
+    from capmodel.classifiers.transformer import CaptioningTransformer
+
+    # Without <END> no caption ends early: torch's greedy loop always runs every step.
+    ids = (2, *range(4, V)) if not end else range(4, V)
+    vocab = {"<NULL>": 0, "<START>": 1, "<UNK>": 3, **({"<END>": 2} if end else {}), **{f"w{i}": i for i in ids}}
+    model = CaptioningTransformer(vocab, input_dim=D, wordvec_dim=W, num_heads=4, num_layers=2, seed=0)
+    return model, load_torch_transformer()(model)
+
+
+def transformer_train_case():
+    model, tmodel = transformer_models()
+    features, captions = make_inputs(np.float32)
+    tf, tc = torch.from_numpy(features), torch.from_numpy(captions)
+    loss = model.loss(features, captions)[0]
+    err = rel(loss, tmodel.loss(tf, tc).item())
+    if err > TOLERANCE["float32"]:
+        sys.exit(f"the two transformers disagree (relative loss error {err:.1e})")
+    configs = {k: {"learning_rate": 1e-4} for k in model.params}
+    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+
+    def np_step():
+        loss, grads = model.loss(features, captions)
+        for k, w in model.params.items():
+            model.params[k], configs[k] = optim.adam(w, grads[k], configs[k])
+
+    def torch_step():
+        topt.zero_grad(set_to_none=True)
+        tmodel.loss(tf, tc).backward()
+        topt.step()
+
+    ta, tb = time_pair(np_step, torch_step)
+    return ta, tb, f"losses agree to {err:.0e}"
+
+
+def transformer_sample_case():
+    model, tmodel = transformer_models(end=False)
+    features, _ = make_inputs(np.float32)
+    L = min(ARGS.max_length, model.max_length)
+    caps = model.sample(features, max_length=L)
+    tcaps = tmodel.greedy(torch.from_numpy(features), L).numpy()
+    if not np.array_equal(caps, tcaps):
+        sys.exit(f"greedy captions differ in {np.mean(caps != tcaps):.1%} of the positions")
+    ta, tb = time_pair(lambda: model.sample(features, max_length=L),
+                       lambda: tmodel.greedy(torch.from_numpy(features), L))
+    return ta, tb, (f"captions equal, both ran {L} steps; capmodel caches keys and values, torch's "
+                    "nn.TransformerDecoder re-runs the prefix each step")
+
+
 CASES = [
     ("LSTM train step float32", lambda: train_case("lstm", np.float32)),
     ("GRU train step float32", lambda: train_case("gru", np.float32)),
@@ -230,6 +291,8 @@ CASES = [
     ("GRU greedy sample float32", lambda: sample_case("gru", beam=False)),
     ("LSTM beam-3 sample float32", lambda: sample_case("lstm", beam=True)),
     ("GRU beam-3 sample float32", lambda: sample_case("gru", beam=True)),
+    ("Transformer train step float32", transformer_train_case),
+    ("Transformer greedy sample float32", transformer_sample_case),
 ]
 
 
@@ -269,7 +332,7 @@ def main():
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {ARGS.threads} threads per framework",
         f"- numpy {np.__version__}, torch {torch.__version__}, Python {platform.python_version()}",
         f"- shapes: N={N}, T={T} (captions of {T + 1} tokens), V={V}, D={D}, W={W}, H={H}; "
-        f"sampling max_length={ARGS.max_length}",
+        f"sampling max_length={ARGS.max_length}; the Transformer: width W={W}, 4 heads, 2 layers, feed-forward 4W",
         f"- method: {ARGS.rounds} timed rounds after {ARGS.warmup} warm-up calls, {ARGS.gap} s idle before each "
         f"timed call (repeated, up to {ARGS.quiet_wait:g} s, until other processes used under "
         f"{100 * BUSY_WARNING:.0f}% of the CPU in it), order alternating between rounds; median (min-max) in ms",

@@ -3,7 +3,7 @@
 The torch model below holds the same weights (copied, transposed where torch keeps
 Linear weights as (out, in)) in torch.nn.Linear, nn.Embedding and nn.TransformerDecoder
 (batch_first, post-norm, ReLU, dropout 0). Loss, every gradient and greedy captions must
-agree. benchmarks/bench_transformer.py times this same torch model, so the benchmark
+agree. benchmarks/bench_fair.py times this same torch model, so the benchmark
 compares exactly the computation checked here.
 """
 
