@@ -180,15 +180,14 @@ def check_train(model, tmodel, features, captions, dtype):
     return worst
 
 
-def train_case(cell, dtype):
-    model, tmodel = make_models(cell, dtype)
-    features, captions = make_inputs(dtype)
-    err = check_train(model, tmodel, features, captions, dtype)
-    tf, tc = torch.from_numpy(features), torch.from_numpy(captions)
+def adam_steps(model, tmodel, tparams, features, captions):
+    """One training iteration in each framework: loss, backward and Adam on every parameter
+    (what CaptioningSolver does each iteration, and its torch equivalent)."""
     configs = {k: {"learning_rate": 1e-4} for k in model.params}
-    topt = torch.optim.Adam(tmodel.trainable(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    topt = torch.optim.Adam(tparams, lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    tf, tc = torch.from_numpy(features), torch.from_numpy(captions)
 
-    def np_step():  # what CaptioningSolver does each iteration
+    def np_step():
         loss, grads = model.loss(features, captions)
         for k, w in model.params.items():
             model.params[k], configs[k] = optim.adam(w, grads[k], configs[k])
@@ -198,6 +197,14 @@ def train_case(cell, dtype):
         tmodel.loss(tf, tc).backward()
         topt.step()
 
+    return np_step, torch_step
+
+
+def train_case(cell, dtype):
+    model, tmodel = make_models(cell, dtype)
+    features, captions = make_inputs(dtype)
+    err = check_train(model, tmodel, features, captions, dtype)
+    np_step, torch_step = adam_steps(model, tmodel, tmodel.trainable(), features, captions)
     ta, tb = time_pair(np_step, torch_step)
     assert all(p.dtype == np.dtype(dtype) for p in model.params.values()), "capmodel changed the dtype"
     return ta, tb, f"loss and gradients agree to {err:.0e}"
@@ -251,19 +258,7 @@ def transformer_train_case():
     err = rel(loss, tmodel.loss(tf, tc).item())
     if err > TOLERANCE["float32"]:
         sys.exit(f"the two transformers disagree (relative loss error {err:.1e})")
-    configs = {k: {"learning_rate": 1e-4} for k in model.params}
-    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
-
-    def np_step():
-        loss, grads = model.loss(features, captions)
-        for k, w in model.params.items():
-            model.params[k], configs[k] = optim.adam(w, grads[k], configs[k])
-
-    def torch_step():
-        topt.zero_grad(set_to_none=True)
-        tmodel.loss(tf, tc).backward()
-        topt.step()
-
+    np_step, torch_step = adam_steps(model, tmodel, tmodel.parameters(), features, captions)
     ta, tb = time_pair(np_step, torch_step)
     return ta, tb, f"losses agree to {err:.0e}"
 
