@@ -125,3 +125,22 @@ def test_bad_input_raises_value_error(kwargs, captions, features, message):
 def test_vocab_without_null_is_refused():
     with pytest.raises(ValueError, match="<NULL>"):
         CaptioningRNN({"a": 0, "b": 1})
+
+
+def test_loss_reuses_its_temporaries_and_returns_fresh_gradients():
+    rng = np.random.default_rng(4)
+    N, T, D = 5, 6, 7
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "b": 5}
+    model = CaptioningRNN(vocab, input_dim=D, wordvec_dim=8, hidden_dim=9, cell_type="lstm", seed=0)
+    features = rng.standard_normal((N, D)).astype(np.float32)
+    captions = rng.integers(1, 6, size=(N, T))
+    _, first = model.loss(features, captions)
+    kept = {k: v.copy() for k, v in first.items()}
+    held = dict(model.buffers._arrays)
+    assert held and model.buffers.nbytes > 0
+    _, second = model.loss(features, captions[::-1].copy())
+    assert all(model.buffers._arrays[k] is a for k, a in held.items())  # same arrays, no new pages
+    for name, g in first.items():  # the gradients are the caller's: the next loss leaves them alone
+        assert np.array_equal(g, kept[name]), name
+        assert not any(np.shares_memory(g, a) for a in held.values()), name
+        assert not np.shares_memory(g, second[name])

@@ -16,7 +16,9 @@ versions as fast as a framework on a CPU:
   and tanh(a) = 2 / (1 + exp(-2a)) - 1, which is exact algebra; NumPy's exp is about
   twice as fast as its tanh, and an exp overflow to inf gives exactly 0 or -1;
 - the per-step work writes into preallocated buffers (out=), so a step allocates
-  almost nothing.
+  almost nothing, and the sequence-sized arrays come from ``capmodel.buffers.scratch``:
+  within a model's loss they are the previous step's arrays, whose pages are already
+  mapped (fresh pages cost the kernel a fault and a zeroing each, 10-15% of a step).
 Running the time loop on two half-batches in two Python threads (one-thread BLAS each)
 was measured too: faster on a busy machine, but 15-20% slower on an idle one, so the
 loops run in the calling thread and BLAS uses all its threads.
@@ -27,6 +29,8 @@ time-major buffers; a caller that passes time-major views back gets them for fre
 import functools
 
 import numpy as np
+
+from capmodel.buffers import scratch
 
 
 def _check_recurrent_inputs(name, x, h0, Wx, Wh, b, k, seq):
@@ -46,9 +50,12 @@ def _check_recurrent_inputs(name, x, h0, Wx, Wh, b, k, seq):
         raise ValueError(f"{name}: b must have shape {(k * H,)}, got {b.shape}")
 
 
-def _project(x, W, b):
-    """Apply x @ W + b over the last axis of x, of shape (..., D) -> (..., M)."""
-    out = x.reshape(-1, x.shape[-1]) @ W
+def _project(x, W, b, name=None):
+    """Apply x @ W + b over the last axis of x, of shape (..., D) -> (..., M), into the
+    scratch array of this name if one is given."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = None if name is None else scratch(name, (x2.shape[0], W.shape[1]), np.result_type(x2, W))
+    out = np.matmul(x2, W, out=out)
     out += b
     return out.reshape(*x.shape[:-1], W.shape[1])
 
@@ -61,7 +68,7 @@ def _time_major(x):
 
 def _sequence_project(x, W, b):
     """Input projection of all timesteps, time-major: (N, T, D) -> (T, N, M)."""
-    return _project(_time_major(x), W, b)
+    return _project(_time_major(x), W, b, name="recurrent.xa")
 
 
 def _weight_grads(x, W, da, hp=None):
@@ -71,7 +78,8 @@ def _weight_grads(x, W, da, hp=None):
     T, N, M = da.shape
     da2 = da.reshape(T * N, M)
     xt = _time_major(x).reshape(T * N, -1)
-    dx = (da2 @ W.T).reshape(T, N, -1).swapaxes(0, 1)
+    dx = np.matmul(da2, W.T, out=scratch("recurrent.dx", (T * N, W.shape[0]), np.result_type(da2, W)))
+    dx = dx.reshape(T, N, -1).swapaxes(0, 1)
     dWh = None if hp is None else hp.reshape(T * N, -1).T @ da2
     return dx, xt.T @ da2, dWh, da2.sum(axis=0)
 
@@ -206,7 +214,7 @@ def rnn_forward(x, h0, Wx, Wh, b):
     _check_recurrent_inputs("rnn_forward", x, h0, Wx, Wh, b, 1, seq=True)
     N, T, _ = x.shape
     xa = _sequence_project(x, Wx, b)  # (T, N, H)
-    hs = np.empty((T + 1, N, h0.shape[1]), dtype=np.result_type(xa, h0))  # hs[t] enters step t
+    hs = scratch("rnn.hs", (T + 1, N, h0.shape[1]), np.result_type(xa, h0))  # hs[t] enters step t
     hs[0] = h0
 
     for t in range(T):
@@ -230,7 +238,7 @@ def rnn_backward(dh, cache):
     """
     x, Wx, Wh, hs = cache
     T, N, H = hs[1:].shape
-    da = np.empty((T, N, H), dtype=hs.dtype)
+    da = scratch("rnn.da", (T, N, H), hs.dtype)
     WhT = Wh.T
 
     dnext = np.zeros((N, H), dtype=hs.dtype)
@@ -403,10 +411,10 @@ def lstm_forward(x, h0, Wx, Wh, b):
     H = h0.shape[1]
     xa = _sequence_project(x, Wx, b)  # (T, N, 4H)
     dtype = np.result_type(xa, h0)
-    hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[t] and cs[t] enter step t
-    cs = np.empty((T + 1, N, H), dtype=dtype)
-    tcs = np.empty((T, N, H), dtype=dtype)
-    acts = np.empty((T, N, 4 * H), dtype=dtype)
+    hs = scratch("lstm.hs", (T + 1, N, H), dtype)  # hs[t] and cs[t] enter step t
+    cs = scratch("lstm.cs", (T + 1, N, H), dtype)
+    tcs = scratch("lstm.tcs", (T, N, H), dtype)
+    acts = scratch("lstm.acts", (T, N, 4 * H), dtype)
     hs[0] = h0
     cs[0] = 0
 
@@ -432,7 +440,7 @@ def lstm_backward(dh, cache):
     """
     x, Wx, Wh, hs, cs, acts, tcs = cache
     T, N, H = tcs.shape
-    da = np.empty((T, N, 4 * H), dtype=hs.dtype)
+    da = scratch("lstm.da", (T, N, 4 * H), hs.dtype)
     WhT = Wh.T
 
     dnext_h = np.zeros((N, H), dtype=hs.dtype)
@@ -590,9 +598,9 @@ def gru_forward(x, h0, Wx, Wh, b):
     H = h0.shape[1]
     xa = _sequence_project(x, Wx, b)  # (T, N, 3H)
     dtype = np.result_type(xa, h0)
-    hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[t] enters step t
-    gates = np.empty((T, N, 3 * H), dtype=dtype)
-    has = np.empty((T, N, 3 * H), dtype=dtype)
+    hs = scratch("gru.hs", (T + 1, N, H), dtype)  # hs[t] enters step t
+    gates = scratch("gru.gates", (T, N, 3 * H), dtype)
+    has = scratch("gru.has", (T, N, 3 * H), dtype)
     hs[0] = h0
 
     for t in range(T):
@@ -616,8 +624,8 @@ def gru_backward(dh, cache):
     """
     x, Wx, Wh, hs, gates, has = cache
     T, N, H = hs[1:].shape
-    dxa = np.empty((T, N, 3 * H), dtype=hs.dtype)
-    dha = np.empty((T, N, 3 * H), dtype=hs.dtype)
+    dxa = scratch("gru.dxa", (T, N, 3 * H), hs.dtype)
+    dha = scratch("gru.dha", (T, N, 3 * H), hs.dtype)
     WhT = Wh.T
 
     dnext = np.zeros((N, H), dtype=hs.dtype)
@@ -659,7 +667,9 @@ def word_embedding_forward(x, W):
             f"word_embedding_forward: word ids must be in [0, {V}) for a vocabulary of V={V}, "
             f"got ids in [{x.min()}, {x.max()}]"
         )
-    return W[x], (x, W.shape)
+    # ids are checked above, so mode="clip" only spares np.take a buffered copy
+    out = np.take(W, x, axis=0, out=scratch("embedding.out", x.shape + W.shape[1:], W.dtype), mode="clip")
+    return out, (x, W.shape)
 
 
 def word_embedding_backward(dout, cache):
@@ -685,7 +695,9 @@ def word_embedding_backward(dout, cache):
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-    dW[sorted_ids[starts]] = np.add.reduceat(dout.reshape(-1, W_shape[1])[order], starts, axis=0)
+    rows = np.take(dout.reshape(-1, W_shape[1]), order, axis=0, mode="clip",
+                   out=scratch("embedding.sorted", (ids.size, W_shape[1]), dout.dtype))
+    dW[sorted_ids[starts]] = np.add.reduceat(rows, starts, axis=0)
     return dW
 
 
@@ -710,7 +722,7 @@ def temporal_affine_forward(x, w, b):
             f"temporal_affine_forward: need x (N, T, D), w (D, M), b (M,); "
             f"got x {x.shape}, w {w.shape}, b {b.shape}"
         )
-    return _project(x, w, b), (x, w, b)
+    return _project(x, w, b, name="affine.out"), (x, w, b)
 
 
 def temporal_affine_backward(dout, cache):
@@ -729,7 +741,7 @@ def temporal_affine_backward(dout, cache):
     N, T, D = x.shape
     M = b.shape[0]
     dout2 = dout.reshape(N * T, M)
-    dx = (dout2 @ w.T).reshape(N, T, D)
+    dx = np.matmul(dout2, w.T, out=scratch("affine.dx", (N * T, D), np.result_type(dout2, w))).reshape(N, T, D)
     dw = x.reshape(N * T, D).T @ dout2
     return dx, dw, dout2.sum(axis=0)
 
@@ -768,7 +780,8 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     mask_flat = np.asarray(mask, dtype=bool).reshape(N * T)
     rows = np.arange(N * T)
 
-    dx = x.reshape(N * T, V) - x.reshape(N * T, V).max(axis=1, keepdims=True)  # shifted scores
+    x2 = x.reshape(N * T, V)
+    dx = np.subtract(x2, x2.max(axis=1, keepdims=True), out=scratch("softmax.dx", (N * T, V), x.dtype))  # shifted
     correct = dx[rows, y_flat].copy()
     np.exp(dx, out=dx)
     sums = dx.sum(axis=1)
@@ -803,14 +816,16 @@ def kept_rows_softmax_loss(h, y, keep, W_vocab, b_vocab, N):
     - dh: Gradient of shape (R, H), zero in the rows not kept
     - dW_vocab, db_vocab: Gradients of the output projection
     """
-    h_kept = np.take(h, keep, axis=0)[None]  # (1, M, H)
+    h_kept = np.take(h, keep, axis=0, out=scratch("kept.h", (len(keep), h.shape[1]), h.dtype), mode="clip")
+    h_kept = h_kept[None]  # (1, M, H)
     scores, affine_cache = temporal_affine_forward(h_kept, W_vocab, b_vocab)  # (1, M, V)
     y_kept = y[keep][None]
     loss, dscores = temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
     loss /= N
     dscores /= h.dtype.type(N)
     dh_kept, dW_vocab, db_vocab = temporal_affine_backward(dscores, affine_cache)
-    dh = np.zeros(h.shape, dtype=dh_kept.dtype)
+    dh = scratch("kept.dh", h.shape, dh_kept.dtype)
+    dh.fill(0)
     dh[keep] = dh_kept[0]
     return loss, dh, dW_vocab, db_vocab
 

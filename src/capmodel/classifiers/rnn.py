@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from capmodel import rnn_layers as rl
+from capmodel.buffers import Buffers
 from capmodel.classifiers.inputs import check_captions, check_features
 from capmodel.layers import dropout_mask
 from capmodel.vocab import END, NULL, START
@@ -116,6 +117,7 @@ class CaptioningRNN:
         self._start = word_to_idx.get(START, None)
         self._end = word_to_idx.get(END, None)
         self.rng = np.random.default_rng(seed)
+        self.buffers = Buffers()  # the loss's temporaries, reused by the next call
 
         k = CELLS[cell_type].gates
         D, W, H = self.input_dim, self.wordvec_dim, self.hidden_dim
@@ -203,8 +205,13 @@ class CaptioningRNN:
 
         Returns a tuple of:
         - loss: Scalar loss
-        - grads: Dictionary of gradients parallel to self.params
+        - grads: Dictionary of gradients parallel to self.params (new arrays each call;
+          only internal temporaries are reused, see capmodel.buffers)
         """
+        with self.buffers.active():
+            return self._loss(features, captions, dropout_rng, training)
+
+    def _loss(self, features, captions, dropout_rng, training):
         features = self._check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         p = self.params
