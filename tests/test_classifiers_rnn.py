@@ -127,6 +127,58 @@ def test_vocab_without_null_is_refused():
         CaptioningRNN({"a": 0, "b": 1})
 
 
+def _cs231n_loss(model, features, captions, dropout_rng=None):
+    """CaptioningRNN's loss computed as CS231n does: every position of the padded batch
+    goes through the cell, and the temporal softmax masks the <NULL> targets."""
+    from capmodel import rnn_layers as rl
+    from capmodel.classifiers.rnn import CELLS
+    from capmodel.layers import dropout_mask
+
+    p, cell = model.params, CELLS[model.cell_type]
+    cin, cout = captions[:, :-1], captions[:, 1:]
+    N, T = cin.shape
+    x_mask = dropout_mask((N, T, model.wordvec_dim), model.dropout, dropout_rng, model.dtype)
+    h0 = features @ p["W_proj"] + p["b_proj"]
+    x, embed_cache = rl.word_embedding_forward(cin, p["W_embed"])
+    x = x if x_mask is None else x * x_mask
+    h, cell_cache = cell.forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    h_mask = dropout_mask((N, T, model.hidden_dim), model.dropout, dropout_rng, model.dtype)
+    h = h if h_mask is None else h * h_mask
+    scores, affine_cache = rl.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
+    loss, dscores = rl.temporal_softmax_loss(scores, cout, cout != 0)
+    dh, dW_vocab, db_vocab = rl.temporal_affine_backward(dscores, affine_cache)
+    dh = dh if h_mask is None else dh * h_mask
+    dx, dh0, dWx, dWh, db = cell.backward(dh, cell_cache)
+    dx = dx if x_mask is None else dx * x_mask
+    return loss, {"W_proj": features.T @ dh0, "b_proj": dh0.sum(axis=0), "Wx": dWx, "Wh": dWh, "b": db,
+                  "W_embed": rl.word_embedding_backward(dx, embed_cache), "W_vocab": dW_vocab, "b_vocab": db_vocab}
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_packed_loss_equals_the_padded_computation(cell_type, dropout):
+    """The loss skips the states after each caption's last scored word; loss and every
+    gradient are those of running the whole padded batch."""
+    rng = np.random.default_rng(3)
+    N, T, D, W, H = 6, 7, 4, 5, 6
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "b": 5}
+    captions = rng.integers(3, 6, size=(N, T + 1))
+    captions[:, 0] = 1
+    for i, n in enumerate([8, 5, 2, 6, 1, 3]):  # unsorted lengths; row 4 scores nothing
+        captions[i, n:] = 0
+    captions[0, 3] = 0  # a <NULL> inside a caption is not its end
+    features = rng.standard_normal((N, D))
+    model = CaptioningRNN(vocab, input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell_type,
+                          dtype=np.float64, dropout=dropout, seed=0)
+    for k, v in model.params.items():
+        model.params[k] = 0.5 * rng.standard_normal(v.shape)
+    loss, grads = model.loss(features, captions, dropout_rng=np.random.default_rng(9))
+    want_loss, want = _cs231n_loss(model, features, captions, dropout_rng=np.random.default_rng(9))
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    for name in model.params:
+        np.testing.assert_allclose(grads[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 def test_loss_reuses_its_temporaries_and_returns_fresh_gradients():
     rng = np.random.default_rng(4)
     N, T, D = 5, 6, 7

@@ -307,3 +307,57 @@ def test_gates_saturate_without_nan_or_warning():
     np.testing.assert_array_equal(acts[0], [0] * 3 * H + [-1] * H)
     np.testing.assert_array_equal(acts[1], [1] * 4 * H)
     assert np.isfinite(h).all() and h.dtype == np.float32
+
+
+PACKED = [
+    (1, rl.rnn_forward, rl.rnn_backward, rl.rnn_packed_forward, rl.rnn_packed_backward),
+    (4, rl.lstm_forward, rl.lstm_backward, rl.lstm_packed_forward, rl.lstm_packed_backward),
+    (3, rl.gru_forward, rl.gru_backward, rl.gru_packed_forward, rl.gru_packed_backward),
+]
+
+
+@pytest.mark.parametrize("k, fwd, bwd, packed_fwd, packed_bwd", PACKED)
+def test_packed_sequences_equal_each_sequence_run_alone(k, fwd, bwd, packed_fwd, packed_bwd):
+    """Each packed sequence gets the states and gradients of running it alone for its own
+    length; the sum of its weight gradients is the packed weight gradient."""
+    rng = np.random.default_rng(21)
+    D, H = 3, 4
+    lengths = [5, 3, 3, 1, 0]  # longest first; the last has no step
+    sizes = [sum(n > t for n in lengths) for t in range(max(lengths))]  # (4, 3, 3, 1, 1)
+    xs = [rng.standard_normal((n, D)) for n in lengths]
+    h0 = rng.standard_normal((len(lengths), H))
+    dhs = [rng.standard_normal((n, H)) for n in lengths]
+    Wx, Wh, b = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)), rng.standard_normal(k * H)
+    # packed rows: step t holds the t-th input of every sequence still running
+    rows = [(j, t) for t in range(len(sizes)) for j in range(sizes[t])]
+    x = np.array([xs[j][t] for j, t in rows])
+    dh = np.array([dhs[j][t] for j, t in rows])
+    h, cache = packed_fwd(x, h0, Wx, Wh, b, sizes)
+    dx, dh0, dWx, dWh, db = packed_bwd(dh, cache)
+    sums = [np.zeros_like(Wx), np.zeros_like(Wh), np.zeros_like(b)]
+    for j, n in enumerate(lengths):
+        if n == 0:
+            assert not dh0[j].any()  # no step: no gradient
+            continue
+        hj, cj = fwd(xs[j][None], h0[j : j + 1], Wx, Wh, b)
+        dxj, dh0j, *weights = bwd(dhs[j][None], cj)
+        mine = [i for i, (jj, _) in enumerate(rows) if jj == j]
+        np.testing.assert_allclose(h[mine], hj[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx[mine], dxj[0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dh0[j], dh0j[0], rtol=1e-10, atol=1e-12)
+        for total, w in zip(sums, weights):
+            total += w
+    for total, w in zip(sums, (dWx, dWh, db)):
+        np.testing.assert_allclose(w, total, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ((2, 3), "non-increasing"),
+    ((4,), "at most n0=3"),
+    ((3, -1), "non-increasing"),
+    ((3, 1), "sizes add up to 4"),
+])
+def test_packed_sizes_are_checked(sizes, message):
+    x, h0 = np.zeros((5, 2)), np.zeros((3, 4))
+    with pytest.raises(ValueError, match=message):
+        rl.lstm_packed_forward(x, h0, np.zeros((2, 16)), np.zeros((4, 16)), np.zeros(16), sizes)

@@ -50,13 +50,17 @@ def check_array_function(forward, backward, inputs, names, rng):
     return errors
 
 
-def model_loss_errors(model, rng, N=2, T=4, D=4):
-    """{param: ("scaled", error)} of model.loss's gradients, with O(1) random float64 weights."""
+def model_loss_errors(model, rng, N=2, T=4, D=4, lengths=None):
+    """{param: ("scaled", error)} of model.loss's gradients, with O(1) random float64 weights,
+    on N captions of T random words (<NULL> among them), caption i cut to lengths[i] by
+    <NULL> padding if lengths are given."""
     for name, v in model.params.items():
         model.params[name] = (1.0 if name.endswith("gamma") else 0.0) + 0.5 * rng.standard_normal(v.shape)
     features = rng.standard_normal((N, D))
     captions = rng.integers(len(model.word_to_idx), size=(N, T))
     captions[:, 0] = model.word_to_idx["<START>"]
+    for i, n in enumerate(lengths or ()):
+        captions[i, n:] = model.word_to_idx["<NULL>"]
     _, grads = model.loss(features, captions)
     errors = {}
     for name in sorted(model.params):

@@ -10,8 +10,11 @@ partners); the decoders of CaptioningRNN use the cores too. What makes the seque
 versions as fast as a framework on a CPU:
 - the inputs of all timesteps are projected with one matmul before the time loop, and
   the weight gradients are accumulated with one matmul after it;
-- the buffers are time-major, (T, N, ...), so every timestep reads and writes one
-  contiguous block and the states entering the steps are a view, never a copy;
+- every sequence function is the padded face of a packed one (``lstm_packed_forward``
+  and so on, PyTorch's PackedSequence layout): rows are time-major, so every timestep
+  reads and writes one contiguous block and the states entering the steps are a view;
+  a caption batch sorted longest first and cut after each caption's last scored word
+  skips the padding (CaptioningRNN.loss; a third of the benchmark batch's positions);
 - all gate nonlinearities of a step take one exp pass: sigmoid(a) = 1 / (1 + exp(-a))
   and tanh(a) = 2 / (1 + exp(-2a)) - 1, which is exact algebra; NumPy's exp is about
   twice as fast as its tanh, and an exp overflow to inf gives exactly 0 or -1;
@@ -21,7 +24,9 @@ versions as fast as a framework on a CPU:
   mapped (fresh pages cost the kernel a fault and a zeroing each, 10-15% of a step).
 Running the time loop on two half-batches in two Python threads (one-thread BLAS each)
 was measured too: faster on a busy machine, but 15-20% slower on an idle one, so the
-loops run in the calling thread and BLAS uses all its threads.
+loops run in the calling thread and BLAS uses all its threads. Splitting each step by
+hidden units over two threads did no better: OpenBLAS's idle workers spin on the cores
+for about 0.1 s after a call, and the two-thread sgemm is already the best use of them.
 The sequence functions return (N, T, ...) arrays that may be transposed views of their
 time-major buffers; a caller that passes time-major views back gets them for free.
 """
@@ -35,7 +40,7 @@ from capmodel.buffers import scratch
 
 def _check_recurrent_inputs(name, x, h0, Wx, Wh, b, k, seq):
     """Raise ValueError naming the first shape that does not fit a k-gate cell."""
-    want_x = 3 if seq else 2
+    want_x = 3 if seq else 2  # seq: (N, T, D), else (N, D)
     if x.ndim != want_x:
         raise ValueError(f"{name}: x must have {want_x} dimensions, got shape {x.shape}")
     D = x.shape[-1]
@@ -66,22 +71,66 @@ def _time_major(x):
     return np.ascontiguousarray(x.swapaxes(0, 1))
 
 
-def _sequence_project(x, W, b):
-    """Input projection of all timesteps, time-major: (N, T, D) -> (T, N, M)."""
-    return _project(_time_major(x), W, b, name="recurrent.xa")
+class _Steps:
+    """Where each timestep's rows are in a packed sequence and in its state buffer.
+
+    A packed sequence (PyTorch's PackedSequence layout) holds the rows of step 0, then
+    those of step 1, and so on; sizes[t] sequences run at step t, sizes never grow, and
+    the sequences running at step t are the first sizes[t] of those at step t - 1 (sort
+    them longest first). A padded (N, T) batch is the packing with sizes (N,) * T, whose
+    rows are the time-major order. The states live in one (n0 + P, H) buffer: the n0
+    initial states, then the state after each row of the sequence.
+    """
+
+    def __init__(self, sizes, n0):
+        self.sizes = tuple(int(n) for n in sizes)
+        if any(n < 0 for n in self.sizes) or any(a < b for a, b in zip((n0,) + self.sizes, self.sizes)):
+            raise ValueError(f"sizes must be non-increasing and at most n0={n0}, got {self.sizes}")
+        self.n0 = n0
+        self.starts = np.concatenate(([0], np.cumsum(self.sizes, dtype=np.int64)))  # row offsets
+        self.rows = int(self.starts[-1])  # P
+
+    def __iter__(self):
+        """(t, rows of step t in the sequence, rows of the states entering step t)."""
+        prev = 0
+        for t, n in enumerate(self.sizes):
+            a = int(self.starts[t])
+            yield t, slice(a, a + n), slice(prev, prev + n)
+            prev = self.n0 + a
+
+    def entering(self, states, name):
+        """The (P, H) states entering every row, in sequence order: a view of the buffer
+        when no sequence ends early, else a gathered copy."""
+        if all(n == self.n0 for n in self.sizes):
+            return states[: self.rows]
+        index = np.concatenate([np.arange(p.start, p.stop) for _, _, p in self] or [np.zeros(0, np.int64)])
+        return np.take(states, index, axis=0, mode="clip", out=scratch(name, (self.rows, states.shape[1]),
+                                                                           states.dtype))
 
 
-def _weight_grads(x, W, da, hp=None):
-    """dx (N, T, D), dW (D, M), dWh (H, M) and db (M,) from the time-major gradients da
-    (T, N, M) of the pre-activations and the states hp (T, N, H) entering each step
-    (dWh is None without hp: the GRU's hidden-side gradient is not da)."""
-    T, N, M = da.shape
-    da2 = da.reshape(T * N, M)
-    xt = _time_major(x).reshape(T * N, -1)
-    dx = np.matmul(da2, W.T, out=scratch("recurrent.dx", (T * N, W.shape[0]), np.result_type(da2, W)))
-    dx = dx.reshape(T, N, -1).swapaxes(0, 1)
-    dWh = None if hp is None else hp.reshape(T * N, -1).T @ da2
-    return dx, xt.T @ da2, dWh, da2.sum(axis=0)
+def _check_packed_inputs(name, x, h0, Wx, Wh, b, k, sizes):
+    """Raise ValueError naming the first shape or size that does not fit; return the _Steps."""
+    if x.ndim != 2:
+        raise ValueError(f"{name}: x must have shape (P, D), got {x.shape}")
+    _check_recurrent_inputs(name, x[:0], h0[:0], Wx, Wh, b, k, seq=False)
+    steps = _Steps(sizes, h0.shape[0])
+    if steps.rows != x.shape[0]:
+        raise ValueError(f"{name}: x has {x.shape[0]} rows but the sizes add up to {steps.rows}")
+    return steps
+
+
+def _unpack_time_major(h, T, N):
+    """(N, T, ...) view of the (T * N, ...) rows of a full packing."""
+    return h.reshape(T, N, *h.shape[1:]).swapaxes(0, 1)
+
+
+def _packed_weight_grads(x, W, da, hp=None):
+    """dx (P, D), dW (D, M), dWh (H, M) and db (M,) from the gradients da (P, M) of the
+    pre-activations and the states hp (P, H) entering each row (dWh is None without hp:
+    the GRU's hidden-side gradient is not da)."""
+    dx = np.matmul(da, W.T, out=scratch("recurrent.dx", (da.shape[0], W.shape[0]), np.result_type(da, W)))
+    dWh = None if hp is None else hp.T @ da
+    return dx, x.T @ da, dWh, da.sum(axis=0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -194,6 +243,63 @@ def rnn_step_backward(dnext_h, cache):
     return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
+def rnn_packed_forward(x, h0, Wx, Wh, b, sizes):
+    """Run a vanilla RNN forward over a packed batch of sequences.
+
+    The sequences are packed (see _Steps): row block t of x holds the inputs of the
+    sizes[t] sequences still running at step t, which are the first sizes[t] of those
+    running at step t - 1. A padded (N, T, D) batch is the packing with sizes (N,) * T
+    (the padded function does just that); captions sorted longest first and cut after
+    their last scored word skip the work on padding (CaptioningRNN.loss).
+
+    Inputs:
+    - x: Packed input data, of shape (P, D), P = sum(sizes)
+    - h0: Initial hidden states, of shape (n0, H), n0 >= sizes[0]
+    - Wx, Wh, b: Weights and biases, as in rnn_forward
+    - sizes: Sequences running at each step, non-increasing, of length T
+
+    Returns a tuple of:
+    - h: Hidden state after every row, of shape (P, H)
+    - cache: Values needed in the backward pass
+    """
+    steps = _check_packed_inputs("rnn_packed_forward", x, h0, Wx, Wh, b, 1, sizes)
+    xa = _project(x, Wx, b, name="recurrent.xa")  # (P, H)
+    n0, H = h0.shape
+    hs = scratch("rnn.hs", (n0 + steps.rows, H), np.result_type(xa, h0))  # h0, then every row's state
+    hs[:n0] = h0
+
+    for _, rows, prev in steps:
+        rnn_core_forward(xa[rows], hs[prev], Wh, out=hs[n0:][rows])
+    return hs[n0:], (x, Wx, Wh, hs, steps)
+
+
+def rnn_packed_backward(dh, cache):
+    """Backward pass of rnn_packed_forward.
+
+    Inputs:
+    - dh: Upstream gradients of all hidden states, of shape (P, H)
+    - cache: Cache object from the forward pass
+
+    Returns a tuple of:
+    - dx: Gradient of the packed inputs, of shape (P, D)
+    - dh0: Gradient of the initial hidden states, of shape (n0, H)
+    - dWx, dWh, db: Gradients of the weights and biases
+    """
+    x, Wx, Wh, hs, steps = cache
+    n0, H = steps.n0, hs.shape[1]
+    da = scratch("rnn.da", (steps.rows, H), hs.dtype)
+    WhT = Wh.T
+
+    dnext = np.zeros((n0, H), dtype=hs.dtype)  # a sequence's rows stay 0 until its last step
+    for _, rows, _ in reversed(list(steps)):
+        d = dnext[: rows.stop - rows.start]
+        d += dh[rows]
+        da[rows] = rnn_core_backward(d, hs[n0:][rows])
+        np.matmul(da[rows], WhT, out=d)
+    dx, dWx, dWh, db = _packed_weight_grads(x, Wx, da, steps.entering(hs, "rnn.entering"))
+    return dx, dnext, dWx, dWh, db
+
+
 def rnn_forward(x, h0, Wx, Wh, b):
     """Run a vanilla RNN forward on an entire sequence of data.
 
@@ -212,14 +318,9 @@ def rnn_forward(x, h0, Wx, Wh, b):
     - cache: Values needed in the backward pass
     """
     _check_recurrent_inputs("rnn_forward", x, h0, Wx, Wh, b, 1, seq=True)
-    N, T, _ = x.shape
-    xa = _sequence_project(x, Wx, b)  # (T, N, H)
-    hs = scratch("rnn.hs", (T + 1, N, h0.shape[1]), np.result_type(xa, h0))  # hs[t] enters step t
-    hs[0] = h0
-
-    for t in range(T):
-        rnn_core_forward(xa[t], hs[t], Wh, out=hs[t + 1])
-    return hs[1:].swapaxes(0, 1), (x, Wx, Wh, hs)
+    N, T, D = x.shape
+    h, cache = rnn_packed_forward(_time_major(x).reshape(T * N, D), h0, Wx, Wh, b, (N,) * T)
+    return _unpack_time_major(h, T, N), cache
 
 
 def rnn_backward(dh, cache):
@@ -236,18 +337,9 @@ def rnn_backward(dh, cache):
     - dWh: Gradient of hidden-to-hidden weights, of shape (H, H)
     - db: Gradient of biases, of shape (H,)
     """
-    x, Wx, Wh, hs = cache
-    T, N, H = hs[1:].shape
-    da = scratch("rnn.da", (T, N, H), hs.dtype)
-    WhT = Wh.T
-
-    dnext = np.zeros((N, H), dtype=hs.dtype)
-    for t in reversed(range(T)):
-        dnext += dh[:, t]
-        da[t] = rnn_core_backward(dnext, hs[t + 1])
-        np.matmul(da[t], WhT, out=dnext)
-    dx, dWx, dWh, db = _weight_grads(x, Wx, da, hs[:-1])
-    return dx, dnext, dWx, dWh, db
+    N, T, H = dh.shape
+    dx, dh0, dWx, dWh, db = rnn_packed_backward(_time_major(dh).reshape(T * N, H), cache)
+    return (_unpack_time_major(dx, T, N), dh0, dWx, dWh, db)
 
 
 # -------------------------------------------------------------------------- LSTM
@@ -388,6 +480,73 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
+def lstm_packed_forward(x, h0, Wx, Wh, b, sizes):
+    """Forward pass for an LSTM over a packed batch of sequences.
+
+    The sequences are packed (see _Steps): row block t of x holds the inputs of the
+    sizes[t] sequences still running at step t, which are the first sizes[t] of those
+    running at step t - 1. A padded (N, T, D) batch is the packing with sizes (N,) * T
+    (the padded function does just that); captions sorted longest first and cut after
+    their last scored word skip the work on padding (CaptioningRNN.loss).
+    The initial cell states are zero; the gate layout is that of lstm_step_forward.
+
+    Inputs:
+    - x: Packed input data, of shape (P, D), P = sum(sizes)
+    - h0: Initial hidden states, of shape (n0, H), n0 >= sizes[0]
+    - Wx, Wh, b: Weights and biases, as in lstm_forward
+    - sizes: Sequences running at each step, non-increasing, of length T
+
+    Returns a tuple of:
+    - h: Hidden state after every row, of shape (P, H)
+    - cache: Values needed for the backward pass
+    """
+    steps = _check_packed_inputs("lstm_packed_forward", x, h0, Wx, Wh, b, 4, sizes)
+    xa = _project(x, Wx, b, name="recurrent.xa")  # (P, 4H)
+    n0, H = h0.shape
+    dtype = np.result_type(xa, h0)
+    P = steps.rows
+    hs = scratch("lstm.hs", (n0 + P, H), dtype)  # initial states, then every row's
+    cs = scratch("lstm.cs", (n0 + P, H), dtype)
+    tcs = scratch("lstm.tcs", (P, H), dtype)
+    acts = scratch("lstm.acts", (P, 4 * H), dtype)
+    hs[:n0] = h0
+    cs[:n0] = 0
+
+    for _, rows, prev in steps:
+        out = (acts[rows], cs[n0:][rows], tcs[rows], hs[n0:][rows])
+        lstm_core_forward(xa[rows], hs[prev], cs[prev], Wh, out=out)
+    return hs[n0:], (x, Wx, Wh, hs, cs, acts, tcs, steps)
+
+
+def lstm_packed_backward(dh, cache):
+    """Backward pass of lstm_packed_forward.
+
+    Inputs:
+    - dh: Upstream gradients of all hidden states, of shape (P, H)
+    - cache: Values from the forward pass
+
+    Returns a tuple of:
+    - dx: Gradient of the packed inputs, of shape (P, D)
+    - dh0: Gradient of the initial hidden states, of shape (n0, H)
+    - dWx, dWh, db: Gradients of the weights and biases
+    """
+    x, Wx, Wh, hs, cs, acts, tcs, steps = cache
+    n0, H = steps.n0, hs.shape[1]
+    da = scratch("lstm.da", (steps.rows, 4 * H), hs.dtype)
+    WhT = Wh.T
+
+    dnext_h = np.zeros((n0, H), dtype=hs.dtype)  # a sequence's rows stay 0 until its last step
+    dnext_c = np.zeros_like(dnext_h)
+    for _, rows, prev in reversed(list(steps)):
+        n = rows.stop - rows.start
+        dh_n, dc_n = dnext_h[:n], dnext_c[:n]
+        dh_n += dh[rows]
+        lstm_core_backward(dh_n, dc_n, cs[prev], acts[rows], tcs[rows], da[rows], dprev_c=dc_n)
+        np.matmul(da[rows], WhT, out=dh_n)
+    dx, dWx, dWh, db = _packed_weight_grads(x, Wx, da, steps.entering(hs, "lstm.entering"))
+    return dx, dnext_h, dWx, dWh, db
+
+
 def lstm_forward(x, h0, Wx, Wh, b):
     """Forward pass for an LSTM over an entire sequence of data.
 
@@ -407,21 +566,9 @@ def lstm_forward(x, h0, Wx, Wh, b):
     - cache: Values needed for the backward pass.
     """
     _check_recurrent_inputs("lstm_forward", x, h0, Wx, Wh, b, 4, seq=True)
-    N, T, _ = x.shape
-    H = h0.shape[1]
-    xa = _sequence_project(x, Wx, b)  # (T, N, 4H)
-    dtype = np.result_type(xa, h0)
-    hs = scratch("lstm.hs", (T + 1, N, H), dtype)  # hs[t] and cs[t] enter step t
-    cs = scratch("lstm.cs", (T + 1, N, H), dtype)
-    tcs = scratch("lstm.tcs", (T, N, H), dtype)
-    acts = scratch("lstm.acts", (T, N, 4 * H), dtype)
-    hs[0] = h0
-    cs[0] = 0
-
-    for t in range(T):
-        out = (acts[t], cs[t + 1], tcs[t], hs[t + 1])
-        lstm_core_forward(xa[t], hs[t], cs[t], Wh, out=out)
-    return hs[1:].swapaxes(0, 1), (x, Wx, Wh, hs, cs, acts, tcs)
+    N, T, D = x.shape
+    h, cache = lstm_packed_forward(_time_major(x).reshape(T * N, D), h0, Wx, Wh, b, (N,) * T)
+    return _unpack_time_major(h, T, N), cache
 
 
 def lstm_backward(dh, cache):
@@ -438,19 +585,9 @@ def lstm_backward(dh, cache):
     - dWh: Gradient of hidden-to-hidden weight matrix, of shape (H, 4H)
     - db: Gradient of biases, of shape (4H,)
     """
-    x, Wx, Wh, hs, cs, acts, tcs = cache
-    T, N, H = tcs.shape
-    da = scratch("lstm.da", (T, N, 4 * H), hs.dtype)
-    WhT = Wh.T
-
-    dnext_h = np.zeros((N, H), dtype=hs.dtype)
-    dnext_c = np.zeros_like(dnext_h)
-    for t in reversed(range(T)):
-        dnext_h += dh[:, t]
-        lstm_core_backward(dnext_h, dnext_c, cs[t], acts[t], tcs[t], da[t], dprev_c=dnext_c)
-        np.matmul(da[t], WhT, out=dnext_h)
-    dx, dWx, dWh, db = _weight_grads(x, Wx, da, hs[:-1])
-    return dx, dnext_h, dWx, dWh, db
+    N, T, H = dh.shape
+    dx, dh0, dWx, dWh, db = lstm_packed_backward(_time_major(dh).reshape(T * N, H), cache)
+    return (_unpack_time_major(dx, T, N), dh0, dWx, dWh, db)
 
 
 # --------------------------------------------------------------------------- GRU
@@ -577,6 +714,71 @@ def gru_step_backward(dnext_h, cache):
     return dxa @ Wx.T, dprev_h, x.T @ dxa, prev_h.T @ dha, dxa.sum(axis=0)
 
 
+def gru_packed_forward(x, h0, Wx, Wh, b, sizes):
+    """Forward pass for a GRU over a packed batch of sequences.
+
+    The sequences are packed (see _Steps): row block t of x holds the inputs of the
+    sizes[t] sequences still running at step t, which are the first sizes[t] of those
+    running at step t - 1. A padded (N, T, D) batch is the packing with sizes (N,) * T
+    (the padded function does just that); captions sorted longest first and cut after
+    their last scored word skip the work on padding (CaptioningRNN.loss).
+    Gate layout as in gru_step_forward.
+
+    Inputs:
+    - x: Packed input data, of shape (P, D), P = sum(sizes)
+    - h0: Initial hidden states, of shape (n0, H), n0 >= sizes[0]
+    - Wx, Wh, b: Weights and biases, as in gru_forward
+    - sizes: Sequences running at each step, non-increasing, of length T
+
+    Returns a tuple of:
+    - h: Hidden state after every row, of shape (P, H)
+    - cache: Values needed for the backward pass
+    """
+    steps = _check_packed_inputs("gru_packed_forward", x, h0, Wx, Wh, b, 3, sizes)
+    xa = _project(x, Wx, b, name="recurrent.xa")  # (P, 3H)
+    n0, H = h0.shape
+    dtype = np.result_type(xa, h0)
+    P = steps.rows
+    hs = scratch("gru.hs", (n0 + P, H), dtype)  # initial states, then every row's
+    gates = scratch("gru.gates", (P, 3 * H), dtype)
+    has = scratch("gru.has", (P, 3 * H), dtype)
+    hs[:n0] = h0
+
+    for _, rows, prev in steps:
+        gru_core_forward(xa[rows], hs[prev], Wh, out=(gates[rows], has[rows], hs[n0:][rows]))
+    return hs[n0:], (x, Wx, Wh, hs, gates, has, steps)
+
+
+def gru_packed_backward(dh, cache):
+    """Backward pass of gru_packed_forward.
+
+    Inputs:
+    - dh: Upstream gradients of all hidden states, of shape (P, H)
+    - cache: Values from the forward pass
+
+    Returns a tuple of:
+    - dx: Gradient of the packed inputs, of shape (P, D)
+    - dh0: Gradient of the initial hidden states, of shape (n0, H)
+    - dWx, dWh, db: Gradients of the weights and biases
+    """
+    x, Wx, Wh, hs, gates, has, steps = cache
+    n0, H = steps.n0, hs.shape[1]
+    dxa = scratch("gru.dxa", (steps.rows, 3 * H), hs.dtype)
+    dha = scratch("gru.dha", (steps.rows, 3 * H), hs.dtype)
+    WhT = Wh.T
+
+    dnext = np.zeros((n0, H), dtype=hs.dtype)  # a sequence's rows stay 0 until its last step
+    for _, rows, prev in reversed(list(steps)):
+        d = dnext[: rows.stop - rows.start]
+        d += dh[rows]
+        direct = gru_core_backward(d, hs[prev], gates[rows], has[rows][:, 2 * H :], dxa[rows], dha[rows])
+        np.matmul(dha[rows], WhT, out=d)
+        d += direct
+    dx, dWx, _, db = _packed_weight_grads(x, Wx, dxa)
+    dWh = steps.entering(hs, "gru.entering").T @ dha
+    return dx, dnext, dWx, dWh, db
+
+
 def gru_forward(x, h0, Wx, Wh, b):
     """Forward pass for a GRU over an entire sequence of data.
 
@@ -594,18 +796,9 @@ def gru_forward(x, h0, Wx, Wh, b):
     - cache: Values needed for the backward pass
     """
     _check_recurrent_inputs("gru_forward", x, h0, Wx, Wh, b, 3, seq=True)
-    N, T, _ = x.shape
-    H = h0.shape[1]
-    xa = _sequence_project(x, Wx, b)  # (T, N, 3H)
-    dtype = np.result_type(xa, h0)
-    hs = scratch("gru.hs", (T + 1, N, H), dtype)  # hs[t] enters step t
-    gates = scratch("gru.gates", (T, N, 3 * H), dtype)
-    has = scratch("gru.has", (T, N, 3 * H), dtype)
-    hs[0] = h0
-
-    for t in range(T):
-        gru_core_forward(xa[t], hs[t], Wh, out=(gates[t], has[t], hs[t + 1]))
-    return hs[1:].swapaxes(0, 1), (x, Wx, Wh, hs, gates, has)
+    N, T, D = x.shape
+    h, cache = gru_packed_forward(_time_major(x).reshape(T * N, D), h0, Wx, Wh, b, (N,) * T)
+    return _unpack_time_major(h, T, N), cache
 
 
 def gru_backward(dh, cache):
@@ -622,22 +815,9 @@ def gru_backward(dh, cache):
     - dWh: Gradient of hidden-to-hidden weights, of shape (H, 3H)
     - db: Gradient of biases, of shape (3H,)
     """
-    x, Wx, Wh, hs, gates, has = cache
-    T, N, H = hs[1:].shape
-    dxa = scratch("gru.dxa", (T, N, 3 * H), hs.dtype)
-    dha = scratch("gru.dha", (T, N, 3 * H), hs.dtype)
-    WhT = Wh.T
-
-    dnext = np.zeros((N, H), dtype=hs.dtype)
-    for t in reversed(range(T)):
-        dnext += dh[:, t]
-        direct = gru_core_backward(dnext, hs[t], gates[t], has[t][:, 2 * H :], dxa[t], dha[t])
-        np.matmul(dha[t], WhT, out=dnext)
-        dnext += direct
-    dx, dWx, _, db = _weight_grads(x, Wx, dxa)
-    T, N, H3 = dha.shape
-    dWh = hs[:-1].reshape(T * N, H).T @ dha.reshape(T * N, H3)
-    return dx, dnext, dWx, dWh, db
+    N, T, H = dh.shape
+    dx, dh0, dWx, dWh, db = gru_packed_backward(_time_major(dh).reshape(T * N, H), cache)
+    return (_unpack_time_major(dx, T, N), dh0, dWx, dWh, db)
 
 
 # -------------------------------------------------- embedding, affine and loss

@@ -4,6 +4,7 @@ Dimension letters: N minibatch, T caption length (inputs), D image feature dimen
 W word vector dimension, H hidden dimension, V vocabulary size.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +35,7 @@ class Cell:
     """One recurrent cell, registered once: its layers and how decoding steps it.
 
     - forward / backward: the sequence functions (rnn_forward, ...)
+    - packed_forward / packed_backward: their packed versions, which the loss uses
     - gates: gates per hidden unit k (Wx is (W, kH))
     - step_forward / step_backward / step_inputs: the step functions and their inputs
     - state_size: arrays in the decoding state ((h,) or (h, c))
@@ -42,6 +44,8 @@ class Cell:
 
     forward: Callable
     backward: Callable
+    packed_forward: Callable
+    packed_backward: Callable
     gates: int
     step_forward: Callable
     step_backward: Callable
@@ -51,13 +55,38 @@ class Cell:
 
 
 CELLS = {
-    "rnn": Cell(rl.rnn_forward, rl.rnn_backward, 1, rl.rnn_step_forward, rl.rnn_step_backward,
-                ("x", "prev_h", "Wx", "Wh", "b"), 1, _rnn_decode),
-    "lstm": Cell(rl.lstm_forward, rl.lstm_backward, 4, rl.lstm_step_forward, rl.lstm_step_backward,
-                 ("x", "prev_h", "prev_c", "Wx", "Wh", "b"), 2, _lstm_decode),
-    "gru": Cell(rl.gru_forward, rl.gru_backward, 3, rl.gru_step_forward, rl.gru_step_backward,
-                ("x", "prev_h", "Wx", "Wh", "b"), 1, _gru_decode),
+    "rnn": Cell(rl.rnn_forward, rl.rnn_backward, rl.rnn_packed_forward, rl.rnn_packed_backward, 1,
+                rl.rnn_step_forward, rl.rnn_step_backward, ("x", "prev_h", "Wx", "Wh", "b"), 1, _rnn_decode),
+    "lstm": Cell(rl.lstm_forward, rl.lstm_backward, rl.lstm_packed_forward, rl.lstm_packed_backward, 4,
+                 rl.lstm_step_forward, rl.lstm_step_backward, ("x", "prev_h", "prev_c", "Wx", "Wh", "b"), 2,
+                 _lstm_decode),
+    "gru": Cell(rl.gru_forward, rl.gru_backward, rl.gru_packed_forward, rl.gru_packed_backward, 3,
+                rl.gru_step_forward, rl.gru_step_backward, ("x", "prev_h", "Wx", "Wh", "b"), 1, _gru_decode),
 }
+class _Packing:
+    """The packed order of a minibatch (see rnn_layers._Steps): the work of the loss.
+
+    A caption's last scored position (its last non-<NULL> target) ends its sequence:
+    the states after it change neither the loss nor a gradient, so they are never
+    computed. Captions are sorted longest first (stable, so equal lengths keep their
+    order); order lists those with at least one scored position.
+    """
+
+    def __init__(self, scored):
+        T, N = scored.shape  # (T, N) booleans
+        lengths = np.where(scored.any(axis=0), T - np.argmax(scored[::-1], axis=0), 0)  # (N,)
+        order = np.argsort(-lengths, kind="stable")
+        self.order = order[: np.count_nonzero(lengths)]
+        self.sizes = tuple(int(n) for n in np.count_nonzero(lengths[:, None] > np.arange(lengths.max(initial=0)),
+                                                             axis=0))
+        self._t = np.repeat(np.arange(len(self.sizes)), self.sizes)  # (P,) timestep of each row
+        self._n = np.concatenate([self.order[:n] for n in self.sizes] or [np.zeros(0, np.int64)])  # caption
+
+    def gather(self, a):
+        """The packed rows of a time-major (T, N, ...) array: shape (P, ...)."""
+        return a[self._t, self._n]
+
+
 PARAM_NAMES = ("W_proj", "b_proj", "W_embed", "Wx", "Wh", "b", "W_vocab", "b_vocab")
 
 
@@ -174,9 +203,21 @@ class CaptioningRNN:
             seq = [(N, T, D), (N, H), (D, k * H), (H, k * H), (k * H,)]
             yield f"{cell}_sequence", cell, gs.check_array_function(
                 fwd, bwd, [rng.standard_normal(s) for s in seq], ("x", "h0", "Wx", "Wh", "b"), rng), gs.LAYER_TOLERANCE
+            # ragged: sequences of 4, 3, 1 and 0 steps (the last only has an initial state);
+            # its own generator, so the other checks draw what they always drew
+            sizes, prng = (3, 2, 2, 1), np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+            packed = [(sum(sizes), D), (4, H)] + seq[2:]
+            yield f"{cell}_packed", cell, gs.check_array_function(
+                functools.partial(c.packed_forward, sizes=sizes), c.packed_backward,
+                [prng.standard_normal(s) for s in packed], ("x", "h0", "Wx", "Wh", "b"), prng), gs.LAYER_TOLERANCE
         for cell in CELLS:
             model = cls(gs.VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64, seed=0)
             yield "CaptioningRNN.loss", cell, gs.model_loss_errors(model, rng, D=D), gs.MODEL_TOLERANCE
+        for cell in CELLS:  # captions of different lengths: the loss packs them
+            model = cls(gs.VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64, seed=0)
+            prng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+            yield "CaptioningRNN.loss (padded)", cell, gs.model_loss_errors(
+                model, prng, N=4, T=6, D=D, lengths=(6, 4, 2, 1)), gs.MODEL_TOLERANCE
 
     # ------------------------------------------------------------------ checks
 
@@ -215,44 +256,46 @@ class CaptioningRNN:
         features = self._check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         p = self.params
-        forward, backward = CELLS[self.cell_type].forward, CELLS[self.cell_type].backward
+        cell = CELLS[self.cell_type]
         rng = self.rng if dropout_rng is None else dropout_rng
         dropout = self.dropout if training else 0.0
 
         # The input is everything but the last word and the target everything but the
-        # first, so the RNN predicts word t + 1 from words up to t. Everything below is
-        # time-major, (T, N, ...): the cell's buffers are, so no array is transposed.
+        # first, so the RNN predicts word t + 1 from words up to t.
         captions_in = captions[:, :-1].T  # (T, N)
         captions_out = captions[:, 1:].T
         T, N = captions_in.shape
         H = self.hidden_dim
+        packing = _Packing(captions_out != self._null)
+        words_in = packing.gather(captions_in)  # (P,)
+        words_out = packing.gather(captions_out)
 
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
-        xt, embed_cache = rl.word_embedding_forward(captions_in, p["W_embed"])  # (T, N, W)
-        # Masks are drawn as (N, T, ...) so that a seed gives the same masks as before.
+        x, embed_cache = rl.word_embedding_forward(words_in, p["W_embed"])  # (P, W)
+        # Masks are drawn for every (N, T) position, so a seed gives the same masks
+        # whatever the captions' lengths.
         x_mask = dropout_mask((N, T, self.wordvec_dim), dropout, rng, self.dtype)
         if x_mask is not None:
-            x_mask = x_mask.swapaxes(0, 1)
-            xt = xt * x_mask
-        h, cell_cache = forward(xt.swapaxes(0, 1), h0, p["Wx"], p["Wh"], p["b"])  # (N, T, H)
-        ht = h.swapaxes(0, 1)  # (T, N, H), contiguous
+            x_mask = packing.gather(x_mask.swapaxes(0, 1))
+            x = x * x_mask
+        h, cell_cache = cell.packed_forward(x, h0[packing.order], p["Wx"], p["Wh"], p["b"], packing.sizes)  # (P, H)
         h_mask = dropout_mask((N, T, H), dropout, rng, self.dtype)
         if h_mask is not None:
-            h_mask = h_mask.swapaxes(0, 1)
-            ht = ht * h_mask
-        # <NULL> positions add neither loss nor gradient: only the kept rows are scored.
-        keep = np.flatnonzero(captions_out.reshape(T * N) != self._null)  # (M,)
+            h_mask = packing.gather(h_mask.swapaxes(0, 1))
+            h = h * h_mask
+        # <NULL> targets add neither loss nor gradient: only the kept rows are scored.
+        keep = np.flatnonzero(words_out != self._null)  # (M,)
         grads = {}
-        loss, dht, grads["W_vocab"], grads["b_vocab"] = rl.kept_rows_softmax_loss(
-            ht.reshape(T * N, H), captions_out.reshape(T * N), keep, p["W_vocab"], p["b_vocab"], N)
-        dht = dht.reshape(T, N, H)
+        loss, dh, grads["W_vocab"], grads["b_vocab"] = rl.kept_rows_softmax_loss(
+            h, words_out, keep, p["W_vocab"], p["b_vocab"], N)
         if h_mask is not None:
-            dht *= h_mask
-        dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = backward(dht.swapaxes(0, 1), cell_cache)
-        dxt = dx.swapaxes(0, 1)  # (T, N, W), contiguous
+            dh *= h_mask
+        dx, dh0_running, grads["Wx"], grads["Wh"], grads["b"] = cell.packed_backward(dh, cell_cache)
         if x_mask is not None:
-            dxt = dxt * x_mask
-        grads["W_embed"] = rl.word_embedding_backward(dxt, embed_cache)
+            dx = dx * x_mask
+        grads["W_embed"] = rl.word_embedding_backward(dx, embed_cache)
+        dh0 = np.zeros_like(h0)
+        dh0[packing.order] = dh0_running
         grads["W_proj"] = features.T @ dh0
         grads["b_proj"] = dh0.sum(axis=0)
         return loss, grads
