@@ -32,6 +32,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 
 import collections  # noqa: E402
+import dataclasses  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -64,8 +65,8 @@ def patch(cell):
                         ("temporal_affine_forward", "vocabulary scores (matmul)"),
                         ("temporal_softmax_loss", "softmax loss"),
                         ("temporal_affine_backward", "vocabulary backward (2 matmuls)"),
-                        (f"{cell}_forward", "sequence forward total"),
-                        (f"{cell}_backward", "sequence backward total")):
+                        (f"{cell}_packed_forward", "sequence forward total"),
+                        (f"{cell}_packed_backward", "sequence backward total")):
         setattr(rl, name, timed(label, getattr(rl, name)))
 
 
@@ -75,7 +76,8 @@ def profile(cell):
     saved = {k: getattr(rl, k) for k in dir(rl) if not k.startswith("__")}
     saved_cells = dict(crnn.CELLS)
     patch(cell)
-    crnn.CELLS[cell] = (getattr(rl, f"{cell}_forward"), getattr(rl, f"{cell}_backward"), crnn.CELLS[cell][2])
+    crnn.CELLS[cell] = dataclasses.replace(crnn.CELLS[cell], packed_forward=getattr(rl, f"{cell}_packed_forward"),
+                                           packed_backward=getattr(rl, f"{cell}_packed_backward"))
     try:
         return _profile(cell)
     finally:
