@@ -59,14 +59,23 @@ class TorchCaptioner(torch.nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def loss(self, features, captions):
-        """Masked cross-entropy summed over time, averaged over N (capmodel's loss)."""
+        """Masked cross-entropy summed over time, averaged over N (capmodel's loss).
+
+        Like capmodel, it skips the padding: each caption runs up to its last scored word
+        (pack_padded_sequence, the PyTorch idiom for padded captions), and only the
+        packed positions are scored."""
         cin, cout = captions[:, :-1], captions[:, 1:]
-        h0 = self.proj(features).unsqueeze(0)  # (1, N, H)
+        scored = cout != NULL
+        T = scored.shape[1]
+        lengths = torch.where(scored.any(dim=1), T - scored.flip(1).int().argmax(dim=1), 0)
+        live = lengths > 0  # a caption without a scored word adds nothing
+        h0 = self.proj(features[live]).unsqueeze(0)  # (1, N', H)
         state = (h0, torch.zeros_like(h0)) if self.cell_type == "lstm" else h0
-        out, _ = self.rnn(self.embed(cin), state)  # (N, T, H)
-        scores = self.vocab(out)  # (N, T, V)
-        ce = torch.nn.functional.cross_entropy(scores.reshape(-1, self.V), cout.reshape(-1), ignore_index=NULL,
-                                               reduction="sum")
+        pack = torch.nn.utils.rnn.pack_padded_sequence
+        x = pack(self.embed(cin[live]), lengths[live], batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(x, state)  # packed (P, H)
+        target = pack(cout[live], lengths[live], batch_first=True, enforce_sorted=False).data
+        ce = torch.nn.functional.cross_entropy(self.vocab(out.data), target, ignore_index=NULL, reduction="sum")
         return ce / features.shape[0]
 
     def grads_like_capmodel(self):
