@@ -8,6 +8,7 @@ generated. Dimension letters: N images, k beam width, V vocabulary, H hidden siz
 
 import numpy as np
 
+from capmodel import parallel
 from capmodel.vocab import END, NULL, START
 
 METHODS = ("greedy", "beam", "temperature")
@@ -274,13 +275,19 @@ def sequence_log_prob(model, features, captions):
 
 
 def decode(model, features, max_length=30, method="greedy", **options):
-    """Dispatch to one decoder by name ('greedy', 'beam' or 'temperature')."""
+    """Dispatch to one decoder by name ('greedy', 'beam' or 'temperature').
+
+    Greedy and beam search decode each image on its own, so they run over blocks of
+    images in parallel threads (capmodel.parallel: as many as BLAS has threads, each
+    with a one-thread BLAS). Temperature sampling draws from one random stream in
+    image order, so it runs in the calling thread.
+    """
     if method == "greedy":
         if options:
             raise ValueError(f"greedy decoding takes no options, got {sorted(options)}")
-        return greedy(model, features, max_length)
+        return parallel.map_rows(lambda f: greedy(model, f, max_length), features)
     if method == "beam":
-        return beam_search(model, features, max_length, **options)
+        return parallel.map_rows(lambda f: beam_search(model, f, max_length, **options), features)
     if method == "temperature":
         return temperature_sample(model, features, max_length, **options)
     raise ValueError(f'unknown decoding method "{method}"; choose one of {METHODS}')

@@ -1,0 +1,60 @@
+"""Tests of capmodel.parallel and of the decoders that use it."""
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from capmodel import decoding, parallel
+from capmodel.classifiers.rnn import CaptioningRNN
+
+
+def blas_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_map_rows_equals_one_call_and_restores_blas_threads():
+    rng = np.random.default_rng(0)
+    rows, W = rng.standard_normal((101, 8)), rng.standard_normal((8, 5))
+    before = blas_threads()
+    seen = []
+
+    def fn(block):
+        seen.append(len(block))
+        return block @ W, block.sum(axis=1)
+
+    out, sums = parallel.map_rows(fn, rows, n_workers=3)
+    assert sorted(seen) == [33, 34, 34]  # contiguous blocks covering every row once
+    np.testing.assert_allclose(out, rows @ W, rtol=1e-12)
+    np.testing.assert_allclose(sums, rows.sum(axis=1), rtol=1e-12)
+    assert blas_threads() == before
+
+
+@pytest.mark.parametrize("bad_block", [0, 1])
+def test_map_rows_raises_the_error_of_any_block(bad_block):
+    def fn(block):
+        if block[0] == 50 * bad_block:
+            raise ValueError(f"block {bad_block}")
+        return block
+
+    with pytest.raises(ValueError, match=f"block {bad_block}"):
+        parallel.map_rows(fn, np.arange(100), n_workers=2)
+
+
+def test_workers_follow_the_blas_threads_and_the_rows():
+    assert parallel.workers(parallel.MIN_ROWS - 1) == 1
+    assert 1 <= parallel.workers(10_000) <= max(blas_threads() or [1])
+
+
+@pytest.mark.parametrize("method, options", [("greedy", {}), ("beam", {"beam_size": 3})])
+@pytest.mark.parametrize("cell_type", ["lstm", "gru"])
+def test_decoding_in_blocks_equals_decoding_the_whole_batch(monkeypatch, method, options, cell_type):
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, 40)}}
+    model = CaptioningRNN(vocab, input_dim=6, wordvec_dim=8, hidden_dim=10, cell_type=cell_type,
+                          dtype=np.float64, seed=3)
+    features = np.random.default_rng(1).standard_normal((70, 6))
+    monkeypatch.setattr(parallel, "workers", lambda rows: 1)
+    whole = decoding.decode(model, features, max_length=12, method=method, **options)
+    monkeypatch.setattr(parallel, "workers", lambda rows: 3)
+    blocks = decoding.decode(model, features, max_length=12, method=method, **options)
+    assert np.array_equal(blocks, whole)
+    assert (whole == 2).any() and (whole[:, -1] != 0).any()  # some captions end early, some do not
