@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def main():
     lines = [
         "# Full-COCO scale, measured through the capmodel CLI",
         "",
-        f"- command: `{' '.join(['python benchmarks/bench_coco_scale.py', *sys.argv[1:]])}`",
+        f"- command: `{shlex.join(['python', 'benchmarks/bench_coco_scale.py', *sys.argv[1:]])}`",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; {args.threads} BLAS threads per process",
         f"- numpy {np.__version__}, Python {platform.python_version()}; random data with CS231n coco_captioning's "

@@ -57,6 +57,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import datetime  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -307,8 +308,8 @@ def ms(times):
 
 def main():
     torch.set_num_threads(ARGS.threads)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else sys.argv[0],
-                                     *sys.argv[1:]])
+    command = "python " + shlex.join([os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else sys.argv[0],
+                                      *sys.argv[1:]])
     rows = []
     with threadpool_limits(limits=ARGS.threads, user_api="blas"):
         for name, run in CASES:

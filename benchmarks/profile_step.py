@@ -13,6 +13,7 @@ Usage: python benchmarks/profile_step.py [--threads 2] [--rounds 15] [--out benc
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def derived(times):
 def main():
     lines = [f"Profile of one training step (loss + backward + Adam), N={N} T={T} V={V} D={D} W={W} H={H}, "
              f"float32, {ARGS.threads} threads, median of {ARGS.rounds} steps "
-             f"(`python benchmarks/profile_step.py {' '.join(sys.argv[1:])}`)".rstrip(), ""]
+             f"(`{shlex.join(['python', 'benchmarks/profile_step.py', *sys.argv[1:]])}`)".rstrip(), ""]
     with threadpool_limits(limits=ARGS.threads, user_api="blas"):
         for cell in ("lstm", "gru"):
             total, rows = profile(cell)

@@ -1,0 +1,39 @@
+"""Smoke runs of the benchmark scripts, so that `make bench` keeps working.
+
+One timed round each, no idle gaps: the figures mean nothing here, the scripts' checks
+(the same loss, gradients and captions in both frameworks) and their tables do.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_fair_benchmark_checks_both_frameworks_and_writes_its_table(tmp_path):
+    out = tmp_path / "latest.md"
+    run("bench_fair.py", "--rounds", "1", "--warmup", "0", "--gap", "0", "--quiet-wait", "0",
+        "--cases", "LSTM train step float32", "GRU greedy", "--out", str(out))
+    table = out.read_text()
+    assert "--cases 'LSTM train step float32' 'GRU greedy'" in table  # the command, quoted as typed
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "loss and gradients agree" in rows["LSTM train step float32"]
+    assert "captions equal" in rows["GRU greedy sample float32"]
+    assert set(rows) == {"case", "LSTM train step float32", "GRU greedy sample float32"}
+
+
+def test_profile_accounts_for_the_whole_step(tmp_path):
+    out = tmp_path / "profile.md"
+    run("profile_step.py", "--rounds", "1", "--out", str(out))
+    for cell in ("LSTM", "GRU"):
+        lines = out.read_text().split(f"| {cell} section |")[1].split("**step total**")[0].splitlines()
+        shares = [float(line.split(" | ")[-1].rstrip("% |")) for line in lines if line.endswith("% |")]
+        assert len(shares) >= 10 and 97 <= sum(shares) <= 103  # sections add up to the step
