@@ -25,9 +25,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The fair capmodel-vs-PyTorch table and the step profile, pasted into docs/benchmarks.md.
+# The fair capmodel-vs-PyTorch table and the step profile, pasted into docs/benchmarks.md
+# and the README's speed table.
 # `make bench COCO=1` also runs the full-COCO-scale benchmark (about 2.5 GB of scratch disk
-# in TMPDIR, 10-30 minutes).
+# in TMPDIR, 3-10 minutes).
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python benchmarks/bench_fair.py --threads $(CORES)

@@ -37,3 +37,26 @@ def test_profile_accounts_for_the_whole_step(tmp_path):
         lines = out.read_text().split(f"| {cell} section |")[1].split("**step total**")[0].splitlines()
         shares = [float(line.split(" | ")[-1].rstrip("% |")) for line in lines if line.endswith("% |")]
         assert len(shares) >= 10 and 97 <= sum(shares) <= 103  # sections add up to the step
+
+
+def test_readme_and_docs_show_the_latest_results(tmp_path):
+    """The speed figures in README.md and docs/benchmarks.md are what update_docs.py pastes
+    from benchmarks/results: rerun it after a benchmark."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import update_docs
+    finally:
+        sys.path.pop(0)
+    for rel in ("README.md", "docs/benchmarks.md", "benchmarks/results"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        copy = shutil.copytree if (ROOT / rel).is_dir() else shutil.copy
+        copy(ROOT / rel, tmp_path / rel)
+    update_docs.main(tmp_path)
+    for rel in ("README.md", "docs/benchmarks.md"):
+        assert (tmp_path / rel).read_text() == (ROOT / rel).read_text(), f"{rel} is stale: run benchmarks/update_docs.py"
+    fair = update_docs.rows((ROOT / "benchmarks/results/latest.md").read_text())
+    readme = (ROOT / "README.md").read_text()
+    for label, case in update_docs.SUMMARY_CASES.items():
+        assert f"| {label} | {fair[case][1].split()[0]} ms | {fair[case][2].split()[0]} ms | {fair[case][3]} |" in readme
