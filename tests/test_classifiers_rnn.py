@@ -196,3 +196,19 @@ def test_loss_reuses_its_temporaries_and_returns_fresh_gradients():
         assert np.array_equal(g, kept[name]), name
         assert not any(np.shares_memory(g, a) for a in held.values()), name
         assert not np.shares_memory(g, second[name])
+
+
+def test_threads_may_run_one_models_loss_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(6)
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, 30)}}
+    model = CaptioningRNN(vocab, input_dim=16, wordvec_dim=32, hidden_dim=48, cell_type="gru", seed=0)
+    batches = [(rng.standard_normal((40, 16)).astype(np.float32), rng.integers(0, 30, size=(40, 12)))
+               for _ in range(8)]
+    alone = [model.loss(f, c) for f, c in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: model.loss(*b), batches * 3))
+    for (loss, grads), (want_loss, want) in zip(together, alone * 3):
+        assert loss == want_loss
+        assert all(np.array_equal(grads[k], want[k]) for k in want)

@@ -17,6 +17,7 @@ caller of the loss are never scratch. A name is used once per activation.
 
 import contextlib
 import contextvars
+import threading
 
 import numpy as np
 
@@ -25,10 +26,18 @@ _ACTIVE = contextvars.ContextVar("capmodel_buffers", default=None)
 
 class Buffers:
     """Named arrays kept between activations; a name gets a new array when its shape or
-    dtype changes (a shorter last batch, a different caption length)."""
+    dtype changes (a shorter last batch, a different caption length). Each thread has
+    arrays of its own, so two threads may run the same model's loss at once."""
 
     def __init__(self):
-        self._arrays = {}
+        self._local = threading.local()
+
+    @property
+    def _arrays(self):
+        arrays = getattr(self._local, "arrays", None)
+        if arrays is None:
+            arrays = self._local.arrays = {}
+        return arrays
 
     def get(self, name, shape, dtype):
         """The array of this name, shape and dtype (contents undefined)."""
@@ -40,11 +49,12 @@ class Buffers:
 
     @property
     def nbytes(self):
-        """Bytes held."""
+        """Bytes held for the calling thread."""
         return sum(a.nbytes for a in self._arrays.values())
 
     def clear(self):
-        """Drop every array (the memory goes back once nothing else refers to it)."""
+        """Drop the calling thread's arrays (the memory goes back once nothing else refers to
+        it)."""
         self._arrays.clear()
 
     @contextlib.contextmanager
