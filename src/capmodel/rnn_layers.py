@@ -119,9 +119,18 @@ def _check_packed_inputs(name, x, h0, Wx, Wh, b, k, sizes):
     return steps
 
 
-def _unpack_time_major(h, T, N):
-    """(N, T, ...) view of the (T * N, ...) rows of a full packing."""
-    return h.reshape(T, N, *h.shape[1:]).swapaxes(0, 1)
+def _padded_forward(packed_forward, x, h0, Wx, Wh, b):
+    """A packed forward function run on a padded (N, T, D) batch: h (N, T, H), cache."""
+    N, T, D = x.shape
+    h, cache = packed_forward(_time_major(x).reshape(T * N, D), h0, Wx, Wh, b, (N,) * T)
+    return h.reshape(T, N, -1).swapaxes(0, 1), cache
+
+
+def _padded_backward(packed_backward, dh, cache):
+    """Its backward for dh of shape (N, T, H): dx (N, T, D), dh0, dWx, dWh, db."""
+    N, T, H = dh.shape
+    dx, *grads = packed_backward(_time_major(dh).reshape(T * N, H), cache)
+    return (dx.reshape(T, N, -1).swapaxes(0, 1), *grads)
 
 
 def _packed_weight_grads(x, W, da, hp=None):
@@ -318,9 +327,7 @@ def rnn_forward(x, h0, Wx, Wh, b):
     - cache: Values needed in the backward pass
     """
     _check_recurrent_inputs("rnn_forward", x, h0, Wx, Wh, b, 1, seq=True)
-    N, T, D = x.shape
-    h, cache = rnn_packed_forward(_time_major(x).reshape(T * N, D), h0, Wx, Wh, b, (N,) * T)
-    return _unpack_time_major(h, T, N), cache
+    return _padded_forward(rnn_packed_forward, x, h0, Wx, Wh, b)
 
 
 def rnn_backward(dh, cache):
@@ -337,9 +344,7 @@ def rnn_backward(dh, cache):
     - dWh: Gradient of hidden-to-hidden weights, of shape (H, H)
     - db: Gradient of biases, of shape (H,)
     """
-    N, T, H = dh.shape
-    dx, dh0, dWx, dWh, db = rnn_packed_backward(_time_major(dh).reshape(T * N, H), cache)
-    return (_unpack_time_major(dx, T, N), dh0, dWx, dWh, db)
+    return _padded_backward(rnn_packed_backward, dh, cache)
 
 
 # -------------------------------------------------------------------------- LSTM
@@ -483,12 +488,8 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
 def lstm_packed_forward(x, h0, Wx, Wh, b, sizes):
     """Forward pass for an LSTM over a packed batch of sequences.
 
-    The sequences are packed (see _Steps): row block t of x holds the inputs of the
-    sizes[t] sequences still running at step t, which are the first sizes[t] of those
-    running at step t - 1. A padded (N, T, D) batch is the packing with sizes (N,) * T
-    (the padded function does just that); captions sorted longest first and cut after
-    their last scored word skip the work on padding (CaptioningRNN.loss).
-    The initial cell states are zero; the gate layout is that of lstm_step_forward.
+    Packed as in rnn_packed_forward; the initial cell states are zero and the gate layout
+    is that of lstm_step_forward.
 
     Inputs:
     - x: Packed input data, of shape (P, D), P = sum(sizes)
@@ -566,9 +567,7 @@ def lstm_forward(x, h0, Wx, Wh, b):
     - cache: Values needed for the backward pass.
     """
     _check_recurrent_inputs("lstm_forward", x, h0, Wx, Wh, b, 4, seq=True)
-    N, T, D = x.shape
-    h, cache = lstm_packed_forward(_time_major(x).reshape(T * N, D), h0, Wx, Wh, b, (N,) * T)
-    return _unpack_time_major(h, T, N), cache
+    return _padded_forward(lstm_packed_forward, x, h0, Wx, Wh, b)
 
 
 def lstm_backward(dh, cache):
@@ -585,9 +584,7 @@ def lstm_backward(dh, cache):
     - dWh: Gradient of hidden-to-hidden weight matrix, of shape (H, 4H)
     - db: Gradient of biases, of shape (4H,)
     """
-    N, T, H = dh.shape
-    dx, dh0, dWx, dWh, db = lstm_packed_backward(_time_major(dh).reshape(T * N, H), cache)
-    return (_unpack_time_major(dx, T, N), dh0, dWx, dWh, db)
+    return _padded_backward(lstm_packed_backward, dh, cache)
 
 
 # --------------------------------------------------------------------------- GRU
@@ -717,12 +714,7 @@ def gru_step_backward(dnext_h, cache):
 def gru_packed_forward(x, h0, Wx, Wh, b, sizes):
     """Forward pass for a GRU over a packed batch of sequences.
 
-    The sequences are packed (see _Steps): row block t of x holds the inputs of the
-    sizes[t] sequences still running at step t, which are the first sizes[t] of those
-    running at step t - 1. A padded (N, T, D) batch is the packing with sizes (N,) * T
-    (the padded function does just that); captions sorted longest first and cut after
-    their last scored word skip the work on padding (CaptioningRNN.loss).
-    Gate layout as in gru_step_forward.
+    Packed as in rnn_packed_forward; gate layout as in gru_step_forward.
 
     Inputs:
     - x: Packed input data, of shape (P, D), P = sum(sizes)
@@ -796,9 +788,7 @@ def gru_forward(x, h0, Wx, Wh, b):
     - cache: Values needed for the backward pass
     """
     _check_recurrent_inputs("gru_forward", x, h0, Wx, Wh, b, 3, seq=True)
-    N, T, D = x.shape
-    h, cache = gru_packed_forward(_time_major(x).reshape(T * N, D), h0, Wx, Wh, b, (N,) * T)
-    return _unpack_time_major(h, T, N), cache
+    return _padded_forward(gru_packed_forward, x, h0, Wx, Wh, b)
 
 
 def gru_backward(dh, cache):
@@ -815,9 +805,7 @@ def gru_backward(dh, cache):
     - dWh: Gradient of hidden-to-hidden weights, of shape (H, 3H)
     - db: Gradient of biases, of shape (3H,)
     """
-    N, T, H = dh.shape
-    dx, dh0, dWx, dWh, db = gru_packed_backward(_time_major(dh).reshape(T * N, H), cache)
-    return (_unpack_time_major(dx, T, N), dh0, dWx, dWh, db)
+    return _padded_backward(gru_packed_backward, dh, cache)
 
 
 # -------------------------------------------------- embedding, affine and loss
