@@ -58,3 +58,13 @@ def test_decoding_in_blocks_equals_decoding_the_whole_batch(monkeypatch, method,
     blocks = decoding.decode(model, features, max_length=12, method=method, **options)
     assert np.array_equal(blocks, whole)
     assert (whole == 2).any() and (whole[:, -1] != 0).any()  # some captions end early, some do not
+
+
+def test_bad_features_are_named_as_given():
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4}
+    model = CaptioningRNN(vocab, input_dim=8, wordvec_dim=4, hidden_dim=6, seed=0)
+    for method in ("greedy", "beam", "temperature"):
+        with pytest.raises(ValueError, match=r"got \(64, 7\)"):
+            model.sample(np.zeros((64, 7)), method=method)
+        with pytest.raises(ValueError, match=r"got \(\)"):
+            model.sample(np.float64(1.0), method=method)

@@ -285,8 +285,10 @@ def decode(model, features, max_length=30, method="greedy", **options):
     if method == "greedy":
         if options:
             raise ValueError(f"greedy decoding takes no options, got {sorted(options)}")
+        features = model.check_features(features)  # errors name the caller's shape, not a block's
         return parallel.map_rows(lambda f: greedy(model, f, max_length), features)
     if method == "beam":
+        features = model.check_features(features)
         return parallel.map_rows(lambda f: beam_search(model, f, max_length, **options), features)
     if method == "temperature":
         return temperature_sample(model, features, max_length, **options)

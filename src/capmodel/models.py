@@ -14,6 +14,8 @@ A model family is a class with:
 - ``decoder(features) -> (state, step)``: ``state`` is a tuple of arrays whose first axis
   is the row M (decoders repeat, reorder and concatenate rows); ``step(state, words)``
   with words (M,) returns ``(state, scores)``, scores (M, V) a fresh array
+- ``check_features(features)``: features (N, D) as an array of the model's dtype, or a
+  ValueError naming the shape that does not fit
 - ``sample(features, max_length, method=..., **options)``: capmodel.decoding.decode
 - ``gradient_checks(rng)`` (optional): rows for the gradient-check table, see
   capmodel.gradcheck_suite

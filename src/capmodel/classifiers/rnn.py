@@ -221,7 +221,8 @@ class CaptioningRNN:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_features(self, features):
+    def check_features(self, features):
+        """features as an array of this model's dtype, or a ValueError naming the bad shape."""
         return check_features(features, self.params["W_proj"].shape[0], self.dtype)
 
     def _check_captions(self, captions, N):
@@ -253,7 +254,7 @@ class CaptioningRNN:
             return self._loss(features, captions, dropout_rng, training)
 
     def _loss(self, features, captions, dropout_rng, training):
-        features = self._check_features(features)
+        features = self.check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         p = self.params
         cell = CELLS[self.cell_type]
@@ -310,7 +311,7 @@ class CaptioningRNN:
         row. Embedding and input projection are folded into one (V, kH) table, so a step
         costs one gather instead of two matmuls.
         """
-        features = self._check_features(features)
+        features = self.check_features(features)
         p = self.params
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
         table = p["W_embed"] @ p["Wx"] + p["b"]  # (V, kH)

@@ -192,7 +192,8 @@ class CaptioningTransformer:
 
     # ------------------------------------------------------------------ checks
 
-    def _check_features(self, features):
+    def check_features(self, features):
+        """features as an array of this model's dtype, or a ValueError naming the bad shape."""
         return check_features(features, self.input_dim, self.dtype)
 
     def _check_captions(self, captions, N):
@@ -219,7 +220,7 @@ class CaptioningTransformer:
         - loss: Scalar loss
         - grads: Dictionary of gradients parallel to self.params
         """
-        features = self._check_features(features)
+        features = self.check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         p = self.params
         rng = self.rng if dropout_rng is None else dropout_rng
@@ -275,7 +276,7 @@ class CaptioningTransformer:
         (next state, scores of shape (M, V)): it runs position t only, attending to the
         cached keys and values, and equals row t of the full forward pass.
         """
-        features = self._check_features(features)
+        features = self.check_features(features)
         p = self.params
         memory = (features @ p["W_proj"] + p["b_proj"])[:, None]  # (N, 1, W)
         layers = [self._layer_params(i) for i in range(self.num_layers)]
