@@ -60,6 +60,70 @@ def test_decoding_in_blocks_equals_decoding_the_whole_batch(monkeypatch, method,
     assert (whole == 2).any() and (whole[:, -1] != 0).any()  # some captions end early, some do not
 
 
+def test_overlapping_calls_put_the_blas_threads_back():
+    import threading
+    import time
+
+    before = blas_threads()
+    start = threading.Barrier(4)
+
+    def caller():
+        start.wait()
+        for _ in range(10):
+            parallel.map_rows(lambda block: (time.sleep(0.002), block)[1], np.arange(64), n_workers=2)
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert blas_threads() == before
+
+
+def test_a_failing_block_stops_the_others_at_their_next_checkpoint():
+    import time
+
+    steps = []
+
+    def fn(block):
+        if block[0] != 0:
+            raise ValueError("second block failed")
+        for i in range(2000):  # 20 s unless stopped
+            parallel.checkpoint()
+            steps.append(i)
+            time.sleep(0.01)
+        return block
+
+    with pytest.raises(ValueError, match="second block failed"):
+        parallel.map_rows(fn, np.arange(64), n_workers=2)
+    assert len(steps) < 2000
+
+
+def test_an_interrupted_caller_stops_the_other_blocks():
+    import threading
+    import time
+
+    stopped = threading.Event()
+    steps = []
+
+    def fn(block):
+        if block[0] == 0:  # the caller's own block
+            time.sleep(0.05)
+            raise KeyboardInterrupt
+        try:
+            for i in range(2000):
+                parallel.checkpoint()
+                steps.append(i)
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+        return block
+
+    with pytest.raises(KeyboardInterrupt):
+        parallel.map_rows(fn, np.arange(64), n_workers=2)
+    assert stopped.wait(10) and len(steps) < 2000
+
+
 def test_bad_features_are_named_as_given():
     vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4}
     model = CaptioningRNN(vocab, input_dim=8, wordvec_dim=4, hidden_dim=6, seed=0)

@@ -62,6 +62,7 @@ def greedy(model, features, max_length=30):
     done = np.zeros(N, dtype=bool)
     banned = [start, null]
     for t in range(max_length):
+        parallel.checkpoint()
         state, scores = step(state, words)
         scores[:, banned] = -np.inf
         words = scores.argmax(axis=1)
@@ -150,6 +151,7 @@ def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, re
     shadow = _Shadows(max_length, null)  # greedy paths that fell out of their beam
     banned = [start, null]
     for t in range(max_length):
+        parallel.checkpoint()
         M = N * k
         new_state, scores = step(tuple(np.concatenate([s, h]) for s, h in zip(state, shadow.state))
                                  if shadow.size else state, np.concatenate([words, shadow.words]))
@@ -279,8 +281,9 @@ def decode(model, features, max_length=30, method="greedy", **options):
 
     Greedy and beam search decode each image on its own, so they run over blocks of
     images in parallel threads (capmodel.parallel: as many as BLAS has threads, each
-    with a one-thread BLAS). Temperature sampling draws from one random stream in
-    image order, so it runs in the calling thread.
+    with a one-thread BLAS); a failing or interrupted block stops the others at their
+    next step. Temperature sampling draws from one random stream in image order, so it
+    runs in the calling thread.
     """
     if method == "greedy":
         if options:

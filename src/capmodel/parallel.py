@@ -9,18 +9,36 @@ benchmark's shapes, greedy decoding took 8-13% less time than the whole batch wi
 two-thread BLAS; see docs/benchmarks.md.
 
 The number of threads is the BLAS library's thread count (threadpoolctl), so a
-process limited to one BLAS thread decodes in one thread as before, and results are
-deterministic for a given thread count. The BLAS limit is process-wide while the
-blocks run. Worker threads are daemons: on Ctrl-C the caller's KeyboardInterrupt
-propagates at once instead of waiting for them.
+process limited to one BLAS thread decodes in one thread as before; results are
+deterministic for a given thread count (in float32, a different count may round a
+near-tie the other way). The BLAS limit is process-wide while blocks run; calls that
+overlap (several threads decoding at once) share it, and the last one to finish puts
+the original count back. When a block fails or the caller is interrupted (Ctrl-C), the
+other blocks stop at their next ``checkpoint()``; worker threads are daemons, so an
+interrupted process never waits for them.
 """
 
+import contextvars
 import threading
 
 import numpy as np
 
 MIN_ROWS = 16  # fewer rows per thread than this: not worth a thread
 _controller = None
+_limit_lock = threading.Lock()
+_limit = {"users": 0, "limiter": None}
+_CANCEL = contextvars.ContextVar("capmodel_parallel_cancel", default=None)
+
+
+class Cancelled(Exception):
+    """Raised by checkpoint() in a block whose map_rows call has already failed."""
+
+
+def checkpoint():
+    """Call between steps of a block's work: stops it once another block has failed."""
+    event = _CANCEL.get()
+    if event is not None and event.is_set():
+        raise Cancelled()
 
 
 def _blas():
@@ -38,6 +56,23 @@ def workers(rows):
     return max(1, min(blas_threads, rows // MIN_ROWS))
 
 
+class _OneBlasThread:
+    """BLAS limited to one thread while any map_rows call runs (reference-counted)."""
+
+    def __enter__(self):
+        with _limit_lock:
+            if _limit["users"] == 0:
+                _limit["limiter"] = _blas().limit(limits=1, user_api="blas")
+            _limit["users"] += 1
+
+    def __exit__(self, *exc):
+        with _limit_lock:
+            _limit["users"] -= 1
+            if _limit["users"] == 0:
+                _limit["limiter"].restore_original_limits()
+                _limit["limiter"] = None
+
+
 def _concatenate(parts):
     if isinstance(parts[0], tuple):
         return tuple(np.concatenate(p) for p in zip(*parts))
@@ -49,7 +84,7 @@ def map_rows(fn, rows, n_workers=None):
 
     Inputs:
     - fn: Maps an array of rows, shape (M, ...), to an array or a tuple of arrays whose
-      first axis is M
+      first axis is M; it may call checkpoint() between steps
     - rows: Array of shape (N, ...)
     - n_workers: Threads to use (default: workers(N))
 
@@ -61,22 +96,35 @@ def map_rows(fn, rows, n_workers=None):
         return fn(rows)
     bounds = np.linspace(0, len(rows), n + 1).astype(int)
     results, errors = [None] * n, []
-
+    cancel = threading.Event()
     block = lambda i: rows[bounds[i] : bounds[i + 1]]
 
     def run(i):
+        _CANCEL.set(cancel)  # a new thread starts with an empty context
         try:
             results[i] = fn(block(i))
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
+            cancel.set()
 
-    with _blas().limit(limits=1, user_api="blas"):
+    with _OneBlasThread():
         threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, n)]
         for t in threads:
             t.start()
-        results[0] = fn(block(0))  # the caller's own block; an error here leaves at once
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+        token = _CANCEL.set(cancel)
+        try:
+            results[0] = fn(block(0))  # the caller's own block
+            for t in threads:
+                t.join()
+        except Cancelled:  # another block failed first: its error is raised below
+            for t in threads:
+                t.join()
+        except BaseException:  # the caller's error or Ctrl-C: stop the others, do not wait
+            cancel.set()
+            raise
+        finally:
+            _CANCEL.reset(token)
+    failures = [e for e in errors if not isinstance(e, Cancelled)]
+    if failures:
+        raise failures[0]
     return _concatenate(results)
