@@ -40,3 +40,19 @@ def test_activation_is_per_thread_and_ends_with_the_block():
         thread.join()
     assert seen["x"] is not a  # another thread does not get this model's arrays
     assert scratch("x", (2,), np.float64) is not a  # nor does code after the block
+
+
+def test_a_deep_copied_model_starts_with_empty_buffers():
+    import copy
+
+    from capmodel.classifiers.rnn import CaptioningRNN
+
+    rng = np.random.default_rng(0)
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4}
+    model = CaptioningRNN(vocab, input_dim=8, wordvec_dim=4, hidden_dim=6, cell_type="lstm", seed=0)
+    features, captions = rng.standard_normal((5, 8)).astype(np.float32), rng.integers(0, 5, size=(5, 6))
+    loss, grads = model.loss(features, captions)
+    twin = copy.deepcopy(model)
+    assert model.buffers.nbytes > 0 and twin.buffers.nbytes == 0
+    twin_loss, twin_grads = twin.loss(features, captions)
+    assert twin_loss == loss and all(np.array_equal(twin_grads[k], grads[k]) for k in grads)

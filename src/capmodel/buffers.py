@@ -32,6 +32,11 @@ class Buffers:
     def __init__(self):
         self._local = threading.local()
 
+    def __reduce__(self):
+        """Copies (copy.deepcopy, pickling by user code) start with no arrays: they are
+        scratch, and a thread-local cannot be copied."""
+        return (Buffers, ())
+
     @property
     def _arrays(self):
         arrays = getattr(self._local, "arrays", None)
