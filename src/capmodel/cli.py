@@ -310,7 +310,8 @@ def main(argv=None):
         return args.func(args)
     except KeyboardInterrupt:
         what = "" if name == "capmodel" else f" {name}"
-        print(f"capmodel{what}: interrupted (checkpoints written so far are kept)", file=sys.stderr)
+        kept = " (checkpoints written so far are kept)" if name == "train" else ""
+        print(f"capmodel{what}: interrupted{kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ValueError, CheckpointError, FetchError, TrainingError) as e:
         message = str(e).replace("\n", "\n  ")
