@@ -1,6 +1,6 @@
 """Scratch buffers that a training loss reuses from one call to the next.
 
-A training step of CaptioningRNN allocates about 80 MB of temporaries at COCO's shapes
+A training step of CaptioningRNN allocates 60-80 MB of temporaries at COCO's shapes
 (N=100, T=16, H=512): input projections, gate activations, scores and their gradients.
 Freed memory of that size goes back to the operating system, so the next step gets
 fresh pages, and the kernel zeroes every one of them: 2,700 (LSTM) to 7,200 (GRU) page
