@@ -66,11 +66,10 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from torch_reference import TorchCaptioner  # noqa: E402
+from workload import D, H, N, T, V, W, make_inputs, make_model  # noqa: E402
 
 from capmodel import optim  # noqa: E402
-from capmodel.classifiers.rnn import CaptioningRNN  # noqa: E402
 
-N, T, V, D, W, H = 100, 16, 1004, 512, 256, 512
 TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # relative error of losses and gradients
 
 
@@ -144,21 +143,8 @@ def time_pair(fa, fb):
 # ------------------------------------------------------------------ cases
 
 
-def make_inputs(dtype):
-    rng = np.random.default_rng(0)
-    features = rng.standard_normal((N, D)).astype(dtype)
-    captions = rng.integers(4, V, size=(N, T + 1))
-    captions[:, 0] = 1
-    lengths = rng.integers(5, T + 1, size=N)  # <END> then <NULL> padding, as real captions
-    for i, n in enumerate(lengths):
-        captions[i, n] = 2
-        captions[i, n + 1 :] = 0
-    return features, captions
-
-
 def make_models(cell, dtype):
-    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, V)}}
-    model = CaptioningRNN(vocab, input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, dtype=dtype, seed=0)
+    model = make_model(cell, dtype)
     tdtype = {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
     return model, TorchCaptioner(model.params, cell, tdtype)
 

@@ -41,9 +41,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from capmodel import optim  # noqa: E402
 from capmodel import rnn_layers as rl  # noqa: E402
-from capmodel.classifiers.rnn import CaptioningRNN  # noqa: E402
+from workload import D, H, N, T, V, W, make_inputs, make_model  # noqa: E402
 
-N, T, V, D, W, H = 100, 16, 1004, 512, 256, 512
 SECTIONS = {}  # function name in rl -> section label
 TIMES = collections.defaultdict(float)
 
@@ -88,15 +87,8 @@ def profile(cell):
 
 
 def _profile(cell):
-    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, V)}}
-    model = CaptioningRNN(vocab, input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, dtype=np.float32, seed=0)
-    rng = np.random.default_rng(0)
-    features = rng.standard_normal((N, D)).astype(np.float32)
-    captions = rng.integers(4, V, size=(N, T + 1))
-    captions[:, 0] = 1
-    for i, n in enumerate(rng.integers(5, T + 1, size=N)):
-        captions[i, n] = 2
-        captions[i, n + 1 :] = 0
+    model = make_model(cell, np.float32)
+    features, captions = make_inputs(np.float32)
     configs = {k: {"learning_rate": 1e-4} for k in model.params}
     adam = timed("Adam, every parameter", optim.adam)
 
