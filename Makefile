@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python benchmarks/bench_fair.py --threads $(CORES)
 	$(BIN)/python benchmarks/profile_step.py --threads $(CORES)
+	$(BIN)/python benchmarks/bench_buffers.py --threads $(CORES)
 	$(if $(COCO),$(BIN)/python benchmarks/bench_coco_scale.py --threads $(CORES))
 	$(BIN)/python benchmarks/update_docs.py
 

@@ -60,3 +60,10 @@ def test_readme_and_docs_show_the_latest_results(tmp_path):
     readme = (ROOT / "README.md").read_text()
     for label, case in update_docs.SUMMARY_CASES.items():
         assert f"| {label} | {fair[case][1].split()[0]} ms | {fair[case][2].split()[0]} ms | {fair[case][3]} |" in readme
+
+
+def test_buffer_benchmark_compares_both_variants(tmp_path):
+    out = tmp_path / "buffers.md"
+    run("bench_buffers.py", "--rounds", "1", "--warmup", "1", "--repeats", "1", "--out", str(out))
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| LSTM") or line.startswith("| GRU")]
+    assert len(rows) == 4 and sum("reused (as shipped)" in r for r in rows) == 2

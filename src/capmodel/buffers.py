@@ -2,9 +2,10 @@
 
 A training step of CaptioningRNN allocates 60-80 MB of temporaries at COCO's shapes
 (N=100, T=16, H=512): input projections, gate activations, scores and their gradients.
-Freed memory of that size goes back to the operating system, so the next step gets
-fresh pages, and the kernel zeroes every one of them: 2,700 (LSTM) to 7,200 (GRU) page
-faults per step here, 10-15% of the step's time. A model keeps one Buffers object and
+glibc may give freed memory of that size back to the operating system, and then the
+next step gets fresh pages, which the kernel maps and zeroes one fault at a time
+(benchmarks/bench_buffers.py measures it: before captions were packed, 2,700 (LSTM) to
+7,200 (GRU) faults per step). A model keeps one Buffers object and
 activates it around its loss; the layer functions then take their internal arrays from
 it (``scratch``), so from the second step on no temporary needs a fresh page.
 

@@ -4,9 +4,8 @@ Decoding captions is a chain of small steps (a (rows, H) @ (H, kH) matmul, gate 
 a (rows, H) @ (H, V) matmul, an argmax) whose element-wise half NumPy runs on one
 core. The images of a batch never interact, so each of w threads decodes its own block
 of rows with a one-thread BLAS: the element-wise work runs on every core too (NumPy
-releases the GIL in ufuncs and BLAS calls). Measured on 2 cores at the fair
-benchmark's shapes, greedy decoding took 8-13% less time than the whole batch with a
-two-thread BLAS; see docs/benchmarks.md.
+releases the GIL in ufuncs and BLAS calls), where a two-thread BLAS on the whole batch
+leaves one core waiting during it.
 
 The number of threads is the BLAS library's thread count (threadpoolctl), so a
 process limited to one BLAS thread decodes in one thread as before; results are

@@ -21,7 +21,7 @@ versions as fast as a framework on a CPU:
 - the per-step work writes into preallocated buffers (out=), so a step allocates
   almost nothing, and the sequence-sized arrays come from ``capmodel.buffers.scratch``:
   within a model's loss they are the previous step's arrays, whose pages are already
-  mapped (fresh pages cost the kernel a fault and a zeroing each, 10-15% of a step).
+  mapped (fresh pages cost the kernel a fault and a zeroing each; benchmarks/bench_buffers.py).
 Running the time loop on two half-batches in two Python threads (one-thread BLAS each)
 was measured too: faster on a busy machine, but 15-20% slower on an idle one, so the
 loops run in the calling thread and BLAS uses all its threads. Splitting each step by
