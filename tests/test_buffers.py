@@ -3,6 +3,7 @@
 import threading
 
 import numpy as np
+import pytest
 
 from capmodel.buffers import Buffers, scratch
 
@@ -14,20 +15,34 @@ def test_scratch_without_active_buffers_is_always_new():
     assert not np.shares_memory(a, b)
 
 
-def test_active_buffers_hand_out_the_same_array_per_name_shape_and_dtype():
+def test_active_buffers_hand_out_the_same_memory_per_name_and_dtype():
     buffers = Buffers()
     with buffers.active():
         a = scratch("x", (3, 4), np.float32)
         other = scratch("y", (3, 4), np.float32)
+    assert not np.shares_memory(other, a)
     with buffers.active():
-        assert scratch("x", (3, 4), np.float32) is a
-        assert not np.shares_memory(other, a)
-        bigger = scratch("x", (5, 4), np.float32)  # a new shape replaces the array
+        smaller = scratch("x", (2, 5), np.float32)  # fits: a view of the same memory
+        assert smaller.shape == (2, 5) and np.shares_memory(smaller, a)
+    with buffers.active():
+        bigger = scratch("x", (5, 4), np.float32)  # does not fit: the name's memory grows
         assert bigger.shape == (5, 4) and not np.shares_memory(bigger, a)
-        assert scratch("x", (5, 4), np.float64).dtype == np.float64
-    assert buffers.nbytes == 5 * 4 * 8 + 3 * 4 * 4
+    with buffers.active():
+        assert scratch("x", (5, 4), np.float64).dtype == np.float64  # each dtype its own
+    assert buffers.names() == [("x", "float32"), ("x", "float64"), ("y", "float32")]
+    assert buffers.nbytes == 5 * 4 * 4 + 5 * 4 * 8 + 3 * 4 * 4
     buffers.clear()
-    assert buffers.nbytes == 0
+    assert buffers.nbytes == 0 and buffers.names() == []
+
+
+def test_a_name_is_handed_out_once_per_activation():
+    buffers = Buffers()
+    with buffers.active():
+        scratch("x", (3,), np.float32)
+        with pytest.raises(RuntimeError, match="'x' requested twice"):
+            scratch("x", (3,), np.float32)
+    with buffers.active():  # a new activation may use it again
+        scratch("x", (3,), np.float32)
 
 
 def test_activation_is_per_thread_and_ends_with_the_block():
@@ -38,8 +53,8 @@ def test_activation_is_per_thread_and_ends_with_the_block():
         thread = threading.Thread(target=lambda: seen.setdefault("x", scratch("x", (2,), np.float64)))
         thread.start()
         thread.join()
-    assert seen["x"] is not a  # another thread does not get this model's arrays
-    assert scratch("x", (2,), np.float64) is not a  # nor does code after the block
+    assert not np.shares_memory(seen["x"], a)  # another thread does not get this model's arrays
+    assert not np.shares_memory(scratch("x", (2,), np.float64), a)  # nor does code after the block
 
 
 def test_a_deep_copied_model_starts_with_empty_buffers():

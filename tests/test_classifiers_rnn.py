@@ -185,17 +185,22 @@ def test_loss_reuses_its_temporaries_and_returns_fresh_gradients():
     vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4, "b": 5}
     model = CaptioningRNN(vocab, input_dim=D, wordvec_dim=8, hidden_dim=9, cell_type="lstm", seed=0)
     features = rng.standard_normal((N, D)).astype(np.float32)
-    captions = rng.integers(1, 6, size=(N, T))
-    _, first = model.loss(features, captions)
+    longest = rng.integers(1, 6, size=(N, T))  # no <NULL>: every caption runs all T - 1 steps
+    _, first = model.loss(features, longest)
     kept = {k: v.copy() for k, v in first.items()}
-    held = dict(model.buffers._arrays)
-    assert held and model.buffers.nbytes > 0
-    _, second = model.loss(features, captions[::-1].copy())
-    assert all(model.buffers._arrays[k] is a for k, a in held.items())  # same arrays, no new pages
-    for name, g in first.items():  # the gradients are the caller's: the next loss leaves them alone
+    held = {key: model.buffers.array(*key) for key in model.buffers.names()}
+    assert len(held) >= 10 and model.buffers.nbytes > 0
+    for n in range(1, T):  # shorter packed batches, as every training batch is
+        shorter = longest.copy()
+        shorter[:, n:] = 0
+        model.loss(features, shorter)
+        assert model.buffers.names() == sorted(held)
+        assert all(model.buffers.array(*key) is a for key, a in held.items())  # same memory, no new pages
+    model.loss(features, longest, training=False)  # validation: fresh arrays, the scratch stays as it is
+    assert all(model.buffers.array(*key) is a for key, a in held.items())
+    for name, g in first.items():  # the gradients are the caller's: later losses leave them alone
         assert np.array_equal(g, kept[name]), name
         assert not any(np.shares_memory(g, a) for a in held.values()), name
-        assert not np.shares_memory(g, second[name])
 
 
 def test_threads_may_run_one_models_loss_at_once():

@@ -4,6 +4,7 @@ Dimension letters: N minibatch, T caption length (inputs), D image feature dimen
 W word vector dimension, H hidden dimension, V vocabulary size.
 """
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Callable
@@ -248,9 +249,11 @@ class CaptioningRNN:
         Returns a tuple of:
         - loss: Scalar loss
         - grads: Dictionary of gradients parallel to self.params (new arrays each call;
-          only internal temporaries are reused, see capmodel.buffers)
+          only internal temporaries of training calls are reused, see capmodel.buffers)
         """
-        with self.buffers.active():
+        # Validation batches differ from training ones and come once an epoch: they get
+        # fresh arrays instead of growing the training step's scratch memory.
+        with self.buffers.active() if training else contextlib.nullcontext():
             return self._loss(features, captions, dropout_rng, training)
 
     def _loss(self, features, captions, dropout_rng, training):
