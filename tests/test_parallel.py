@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from capmodel import decoding, parallel
 from capmodel.classifiers.rnn import CaptioningRNN
@@ -41,8 +41,20 @@ def test_map_rows_raises_the_error_of_any_block(bad_block):
 
 
 def test_workers_follow_the_blas_threads_and_the_rows():
-    assert parallel.workers(parallel.MIN_ROWS - 1) == 1
-    assert 1 <= parallel.workers(10_000) <= max(blas_threads() or [1])
+    with threadpool_limits(limits=3, user_api="blas"):
+        assert parallel.workers(10_000) == 3
+        assert parallel.workers(2 * parallel.MIN_ROWS) == 2
+        assert parallel.workers(parallel.MIN_ROWS - 1) == 1
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert parallel.workers(10_000) == 1
+
+
+def test_each_block_runs_with_one_blas_thread():
+    seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        parallel.map_rows(lambda block: seen.append(tuple(blas_threads())) or block, np.arange(64), n_workers=2)
+        assert blas_threads() and set(blas_threads()) == {2}
+    assert len(seen) == 2 and all(set(s) == {1} for s in seen)
 
 
 @pytest.mark.parametrize("method, options", [("greedy", {}), ("beam", {"beam_size": 3})])

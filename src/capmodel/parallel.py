@@ -13,8 +13,9 @@ deterministic for a given thread count (in float32, a different count may round 
 near-tie the other way). The BLAS limit is process-wide while blocks run; calls that
 overlap (several threads decoding at once) share it, and the last one to finish puts
 the original count back. When a block fails or the caller is interrupted (Ctrl-C), the
-other blocks stop at their next ``checkpoint()``; worker threads are daemons, so an
-interrupted process never waits for them.
+other blocks stop at their next ``checkpoint()`` (the caller waits up to a second for
+them before the BLAS limit is lifted); worker threads are daemons, so an interrupted
+process never waits for them to finish their blocks.
 """
 
 import contextvars
@@ -96,7 +97,8 @@ def map_rows(fn, rows, n_workers=None):
     bounds = np.linspace(0, len(rows), n + 1).astype(int)
     results, errors = [None] * n, []
     cancel = threading.Event()
-    block = lambda i: rows[bounds[i] : bounds[i + 1]]
+    def block(i):
+        return rows[bounds[i] : bounds[i + 1]]
 
     def run(i):
         _CANCEL.set(cancel)  # a new thread starts with an empty context
@@ -118,8 +120,10 @@ def map_rows(fn, rows, n_workers=None):
         except Cancelled:  # another block failed first: its error is raised below
             for t in threads:
                 t.join()
-        except BaseException:  # the caller's error or Ctrl-C: stop the others, do not wait
+        except BaseException:  # the caller's error or Ctrl-C: stop the others
             cancel.set()
+            for t in threads:  # they stop at their next step; wait that long, not for their block
+                t.join(timeout=1.0)
             raise
         finally:
             _CANCEL.reset(token)
