@@ -351,13 +351,15 @@ def test_packed_sequences_equal_each_sequence_run_alone(k, fwd, bwd, packed_fwd,
         np.testing.assert_allclose(w, total, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("sizes, message", [
-    ((2, 3), "non-increasing"),
-    ((4,), "at most n0=3"),
-    ((3, -1), "non-increasing"),
-    ((3, 1), "sizes add up to 4"),
+@pytest.mark.parametrize("sizes, h0_shape, message", [
+    ((2, 3), (3, 4), r"sizes must be non-increasing \(longest sequences first\), got \(2, 3\)"),
+    ((4, 1), (3, 4), r"sizes\[0\]=4 sequences cannot start from h0 of 3 rows"),
+    ((3, -1, 3), (3, 4), r"sizes must be non-negative integers, got \(3, -1, 3\)"),
+    ((2.5, 2.5), (3, 4), r"sizes must be non-negative integers"),
+    ((3, 1), (3, 4), r"x has 5 rows but the sizes add up to 4"),
+    ((3, 2), (4,), r"h0 must have shape \(n0, H\), got \(4,\)"),
 ])
-def test_packed_sizes_are_checked(sizes, message):
-    x, h0 = np.zeros((5, 2)), np.zeros((3, 4))
-    with pytest.raises(ValueError, match=message):
+def test_packed_sizes_are_checked(sizes, h0_shape, message):
+    x, h0 = np.zeros((5, 2)), np.zeros(h0_shape)
+    with pytest.raises(ValueError, match="^lstm_packed_forward: " + message):
         rl.lstm_packed_forward(x, h0, np.zeros((2, 16)), np.zeros((4, 16)), np.zeros(16), sizes)

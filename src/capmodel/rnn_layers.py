@@ -2,7 +2,8 @@
 temporal affine and the masked temporal softmax loss.
 
 Dimension letters used throughout: N batch size, T sequence length, D input
-dimension, H hidden dimension, V vocabulary size, M output dimension.
+dimension, H hidden dimension, V vocabulary size, M output dimension; for packed
+sequences, P rows in all and n0 initial states.
 
 Each sequence function is built from the same public step core as its step function
 (``rnn_core_forward``, ``lstm_core_forward``, ``gru_core_forward`` and their backward
@@ -14,7 +15,7 @@ versions as fast as a framework on a CPU:
   and so on, PyTorch's PackedSequence layout): rows are time-major, so every timestep
   reads and writes one contiguous block and the states entering the steps are a view;
   a caption batch sorted longest first and cut after each caption's last scored word
-  skips the padding (CaptioningRNN.loss; a third of the benchmark batch's positions);
+  skips the padding (CaptioningRNN.loss);
 - all gate nonlinearities of a step take one exp pass: sigmoid(a) = 1 / (1 + exp(-a))
   and tanh(a) = 2 / (1 + exp(-2a)) - 1, which is exact algebra; NumPy's exp is about
   twice as fast as its tanh, and an exp overflow to inf gives exactly 0 or -1;
@@ -82,10 +83,15 @@ class _Steps:
     initial states, then the state after each row of the sequence.
     """
 
-    def __init__(self, sizes, n0):
+    def __init__(self, sizes, n0, name="packed"):
+        sizes = tuple(sizes)
+        if not all(isinstance(n, (int, np.integer)) and n >= 0 for n in sizes):
+            raise ValueError(f"{name}: sizes must be non-negative integers, got {sizes}")
         self.sizes = tuple(int(n) for n in sizes)
-        if any(n < 0 for n in self.sizes) or any(a < b for a, b in zip((n0,) + self.sizes, self.sizes)):
-            raise ValueError(f"sizes must be non-increasing and at most n0={n0}, got {self.sizes}")
+        if self.sizes and self.sizes[0] > n0:
+            raise ValueError(f"{name}: sizes[0]={self.sizes[0]} sequences cannot start from h0 of {n0} rows")
+        if any(a < b for a, b in zip(self.sizes, self.sizes[1:])):
+            raise ValueError(f"{name}: sizes must be non-increasing (longest sequences first), got {self.sizes}")
         self.n0 = n0
         self.starts = np.concatenate(([0], np.cumsum(self.sizes, dtype=np.int64)))  # row offsets
         self.rows = int(self.starts[-1])  # P
@@ -112,8 +118,10 @@ def _check_packed_inputs(name, x, h0, Wx, Wh, b, k, sizes):
     """Raise ValueError naming the first shape or size that does not fit; return the _Steps."""
     if x.ndim != 2:
         raise ValueError(f"{name}: x must have shape (P, D), got {x.shape}")
+    if h0.ndim != 2:
+        raise ValueError(f"{name}: h0 must have shape (n0, H), got {h0.shape}")
     _check_recurrent_inputs(name, x[:0], h0[:0], Wx, Wh, b, k, seq=False)
-    steps = _Steps(sizes, h0.shape[0])
+    steps = _Steps(sizes, h0.shape[0], name)
     if steps.rows != x.shape[0]:
         raise ValueError(f"{name}: x has {x.shape[0]} rows but the sizes add up to {steps.rows}")
     return steps
