@@ -18,7 +18,6 @@ from capmodel.layers import dropout_mask
 from capmodel.vocab import END, NULL, START
 
 
-
 def _rnn_decode(xa, state, Wh):
     return (rl.rnn_core_forward(xa, state[0], Wh),)
 
@@ -56,14 +55,21 @@ class Cell:
 
 
 CELLS = {
-    "rnn": Cell(rl.rnn_forward, rl.rnn_backward, rl.rnn_packed_forward, rl.rnn_packed_backward, 1,
-                rl.rnn_step_forward, rl.rnn_step_backward, ("x", "prev_h", "Wx", "Wh", "b"), 1, _rnn_decode),
-    "lstm": Cell(rl.lstm_forward, rl.lstm_backward, rl.lstm_packed_forward, rl.lstm_packed_backward, 4,
-                 rl.lstm_step_forward, rl.lstm_step_backward, ("x", "prev_h", "prev_c", "Wx", "Wh", "b"), 2,
-                 _lstm_decode),
-    "gru": Cell(rl.gru_forward, rl.gru_backward, rl.gru_packed_forward, rl.gru_packed_backward, 3,
-                rl.gru_step_forward, rl.gru_step_backward, ("x", "prev_h", "Wx", "Wh", "b"), 1, _gru_decode),
+    "rnn": Cell(forward=rl.rnn_forward, backward=rl.rnn_backward, packed_forward=rl.rnn_packed_forward,
+                packed_backward=rl.rnn_packed_backward, gates=1, step_forward=rl.rnn_step_forward,
+                step_backward=rl.rnn_step_backward, step_inputs=("x", "prev_h", "Wx", "Wh", "b"), state_size=1,
+                decode=_rnn_decode),
+    "lstm": Cell(forward=rl.lstm_forward, backward=rl.lstm_backward, packed_forward=rl.lstm_packed_forward,
+                 packed_backward=rl.lstm_packed_backward, gates=4, step_forward=rl.lstm_step_forward,
+                 step_backward=rl.lstm_step_backward, step_inputs=("x", "prev_h", "prev_c", "Wx", "Wh", "b"),
+                 state_size=2, decode=_lstm_decode),
+    "gru": Cell(forward=rl.gru_forward, backward=rl.gru_backward, packed_forward=rl.gru_packed_forward,
+                packed_backward=rl.gru_packed_backward, gates=3, step_forward=rl.gru_step_forward,
+                step_backward=rl.gru_step_backward, step_inputs=("x", "prev_h", "Wx", "Wh", "b"), state_size=1,
+                decode=_gru_decode),
 }
+
+
 class _Packing:
     """The packed order of a minibatch (see rnn_layers._Steps): the work of the loss.
 
@@ -217,7 +223,7 @@ class CaptioningRNN:
         for cell in CELLS:  # captions of different lengths: the loss packs them
             model = cls(gs.VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64, seed=0)
             prng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
-            yield "CaptioningRNN.loss (padded)", cell, gs.model_loss_errors(
+            yield "CaptioningRNN.loss (ragged captions)", cell, gs.model_loss_errors(
                 model, prng, N=4, T=6, D=D, lengths=(6, 4, 2, 1)), gs.MODEL_TOLERANCE
 
     # ------------------------------------------------------------------ checks
