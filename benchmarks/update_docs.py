@@ -19,8 +19,8 @@ ROOT = HERE.parent
 SUMMARY_CASES = {  # README row -> case in results/latest.md
     "LSTM training step (loss, backward, Adam), float32": "LSTM train step float32",
     "GRU training step, float32": "GRU train step float32",
-    "LSTM greedy captions (100 images, 30 words)": "LSTM greedy sample float32",
-    "GRU greedy captions": "GRU greedy sample float32",
+    "LSTM greedy captions, float32": "LSTM greedy sample float32",
+    "GRU greedy captions, float32": "GRU greedy sample float32",
     "Transformer training step, float32": "Transformer train step float32",
 }
 
@@ -36,7 +36,17 @@ def paste(doc_text, begin, end, content, where):
 def header(text, key):
     """The value of a '- key: value' line of a results file."""
     m = re.search(rf"^- {key}: (.*)$", text, re.M)
-    return m.group(1) if m else "?"
+    if not m:
+        raise SystemExit(f"a results file has no '- {key}:' line")
+    return m.group(1)
+
+
+def found(pattern, text, what):
+    """The first group of pattern in text, or stop naming what is missing."""
+    m = re.search(pattern, text)
+    if not m:
+        raise SystemExit(f"the results have no {what}")
+    return m.group(1)
 
 
 def rows(text):
@@ -48,23 +58,25 @@ def rows(text):
 def summary(latest, coco):
     """The README's speed table, from the texts of results/latest.md and coco_scale.md."""
     fair = rows(latest)
-    lines = ["| | capmodel | PyTorch | ratio |", "|---|---|---|---|"]
+    versions = found(r"(?m)^- (numpy .*)$", latest, "versions line")
+    rounds = found(r"(\d+) timed rounds", latest, "number of timed rounds")
+    other = found(r"other processes used ([\d.]+%)", latest, "share of other processes")
+    lines = [f"{versions}; {header(latest, 'CPU')}. Shapes: {header(latest, 'shapes')}.", "",
+             "| | capmodel | PyTorch | ratio |", "|---|---|---|---|"]
     for label, case in SUMMARY_CASES.items():
-        if case in fair:
-            _, ours, theirs, ratio, _ = fair[case]
-            lines.append(f"| {label} | {ours.split()[0]} ms | {theirs.split()[0]} ms | {ratio} |")
-    other = re.search(r"other processes used ([\d.]+%)", latest)
-    rounds = re.search(r"(\d+) timed rounds", latest)
-    lines += ["", f"{header(latest, 'command')}, {header(latest, 'date')}, {header(latest, 'CPU')}; "
-              f"medians of {rounds.group(1) if rounds else '?'} rounds, other processes used "
-              f"{other.group(1) if other else '?'} of the CPU meanwhile."]
+        if case not in fair:
+            raise SystemExit(f"results/latest.md has no row {case!r}: run benchmarks/bench_fair.py without --cases")
+        _, ours, theirs, ratio, _ = fair[case]
+        lines.append(f"| {label} | {ours.split()[0]} ms | {theirs.split()[0]} ms | {ratio} |")
+    lines += ["", f"{header(latest, 'command')}, {header(latest, 'date')}; medians of {rounds} rounds, other "
+              f"processes used {other} of the CPU meanwhile."]
     if coco:
-        epoch = rows(coco).get("projected epoch (4001 iterations)")
-        train = next((cells for name, cells in rows(coco).items() if name.startswith("capmodel train")), None)
-        if epoch and train:
-            lines += ["", f"One epoch of full COCO (400,135 captions, LSTM H=512, batch 100) projects to "
-                          f"**{epoch[3]}** on 2 cores ({train[3].split(';')[0]}): "
-                          f"{header(coco, 'command')}, {header(coco, 'date')}."]
+        scale = rows(coco)
+        epoch = next(cells for name, cells in scale.items() if name.startswith("projected epoch"))
+        train = next(cells for name, cells in scale.items() if name.startswith("capmodel train"))
+        lines += ["", f"Full COCO (CS231n's sizes): {train[0]} at {train[3].split(';')[0]}; one epoch "
+                      f"({epoch[0].split('(')[1].rstrip(')')}) projects to **{epoch[3]}** with "
+                      f"{header(coco, 'CPU').split('; ')[1]}: {header(coco, 'command')}, {header(coco, 'date')}."]
     return "\n".join(lines)
 
 
