@@ -61,7 +61,9 @@ def write_coco_sized(out_dir, seed=0):
     captions, image_idxs, features, pca, urls = {}, {}, {}, {}, {}
     for split, (n_img, n_cap) in SIZES.items():
         caps = np.zeros((n_cap, CAPTION_LENGTH), dtype=np.int32)
-        lengths = rng.integers(5, CAPTION_LENGTH - 2, size=n_cap)  # words per caption, as COCO's 8-13
+        # 5 to 14 words, uniformly: random lengths like real captions' (the packed loss's time
+        # depends on them), not COCO's own length histogram
+        lengths = rng.integers(5, CAPTION_LENGTH - 2, size=n_cap)
         words = rng.integers(len(SPECIAL_TOKENS), VOCAB_SIZE, size=(n_cap, CAPTION_LENGTH), dtype=np.int32)
         pos = np.arange(CAPTION_LENGTH)
         caps[:, 0] = 1

@@ -33,7 +33,8 @@ class Buffers:
     A name's array grows to the largest size asked for and smaller requests get a view of
     its start, so batches whose packed lengths differ (every training batch) reuse the
     same memory. Each thread has arrays of its own, so threads may run the same model's
-    loss at once. Within one activation a name may be handed out once: a second request
+    loss at once (with dropout, give each call a dropout_rng: the model's own generator
+    is shared). Within one activation a name may be handed out once: a second request
     is a RuntimeError (it would overwrite an array still in use).
     """
 
