@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from capmodel.datasets import format as fmt
+from machine import cpu_model
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
 HERE = Path(__file__).resolve().parent
@@ -200,13 +201,6 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"written to {out}")
-
-
-def cpu_model():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

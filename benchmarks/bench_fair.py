@@ -66,6 +66,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from torch_reference import TorchCaptioner  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from workload import D, H, N, T, V, W, make_inputs, make_model  # noqa: E402
 
 from capmodel import optim  # noqa: E402
@@ -276,16 +277,6 @@ CASES = [
     ("Transformer train step float32", transformer_train_case),
     ("Transformer greedy sample float32", transformer_sample_case),
 ]
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ms(times):
