@@ -2,9 +2,10 @@
 
 Each measurement is a fresh process (the allocator's state depends on what a process did
 before, so both variants start from the same state), running the benchmark's model and
-batch (workload.py: LSTM or GRU, N=100, T=16, V=1004, D=512, W=256, H=512,
-float32) for --warmup untimed and --rounds timed training steps (loss, backward, Adam),
-with 0.2 s idle before each. Processes alternate between the two variants, --repeats
+batches (workload.py: LSTM or GRU, N=100, T=16, V=1004, D=512, W=256, H=512,
+float32; four batches of different caption lengths in turn, as training sees them) for
+--warmup untimed and --rounds timed training steps (loss, backward, Adam), with 0.2 s
+idle before each. Processes alternate between the two variants, --repeats
 times each:
 - reused: as shipped, the loss takes its temporaries from model.buffers;
 - fresh: model.buffers replaced by a stand-in, so every temporary is a new array.
@@ -20,13 +21,13 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+BATCHES = 4  # training steps cycle through this many batches of different lengths
 
 
 def parse(argv=None):
@@ -60,7 +61,7 @@ def child(cell, variant, args):
     from workload import make_inputs, make_model
 
     model = make_model(cell, np.float32)
-    features, captions = make_inputs(np.float32)
+    batches = [make_inputs(np.float32, seed) for seed in range(BATCHES)]  # lengths differ, as in training
     if variant == "fresh":
         model.buffers = FreshArrays()
     configs = {k: {"learning_rate": 1e-4} for k in model.params}
@@ -69,7 +70,7 @@ def child(cell, variant, args):
         time.sleep(0.2)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
-        _, grads = model.loss(features, captions)
+        _, grads = model.loss(*batches[r % BATCHES])
         for k, w in model.params.items():
             model.params[k], configs[k] = optim.adam(w, grads[k], configs[k])
         if r >= args.warmup:
@@ -82,6 +83,9 @@ def main():
     if args.child:
         return child(*args.child, args)
     import numpy as np
+
+    sys.path.insert(0, str(HERE))
+    from machine import cpu_model
 
     env = {**os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                              "MKL_NUM_THREADS")}}
@@ -96,10 +100,11 @@ def main():
     lines = ["# Reused buffers against fresh temporaries, one training step", "",
              f"- command: `{shlex.join(['python', 'benchmarks/bench_buffers.py', *sys.argv[1:]])}`",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; "
+             f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; "
              f"{args.threads} BLAS threads",
              f"- method: {args.repeats} fresh processes per variant and cell, alternating; {args.warmup} untimed and "
-             f"{args.rounds} timed steps each, 0.2 s idle before each; medians over all timed steps", "",
+             f"{args.rounds} timed steps each, cycling through {BATCHES} batches of different caption lengths, 0.2 s "
+             "idle before each; medians over all timed steps", "",
              "| cell | temporaries | step ms | minor page faults per step |", "|---|---|---|---|"]
     for (cell, variant), steps in results.items():
         ms = 1000 * float(np.median([t for t, _ in steps]))

@@ -14,9 +14,9 @@ N, T, V, D, W, H = 100, 16, 1004, 512, 256, 512
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, V)}}
 
 
-def make_inputs(dtype):
-    """features (N, D) of dtype and captions (N, T + 1), the same for every seed-0 run."""
-    rng = np.random.default_rng(0)
+def make_inputs(dtype, seed=0):
+    """features (N, D) of dtype and captions (N, T + 1), the same for every run of a seed."""
+    rng = np.random.default_rng(seed)
     features = rng.standard_normal((N, D)).astype(dtype)
     captions = rng.integers(4, V, size=(N, T + 1))
     captions[:, 0] = 1
