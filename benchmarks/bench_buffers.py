@@ -85,7 +85,7 @@ def main():
     import numpy as np
 
     sys.path.insert(0, str(HERE))
-    from machine import cpu_model
+    from report import cpu_model, write_results
 
     env = {**os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                              "MKL_NUM_THREADS")}}
@@ -112,11 +112,7 @@ def main():
         label = "reused (as shipped)" if variant == "reused" else "fresh each step"
         lines.append(f"| {cell.upper()} | {label} | {ms:.1f} | {faults} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written to {out}")
+    write_results(text, args.out)
 
 
 if __name__ == "__main__":

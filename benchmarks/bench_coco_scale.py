@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from capmodel.datasets import format as fmt
-from machine import cpu_model
+from report import cpu_model, write_results
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
 HERE = Path(__file__).resolve().parent
@@ -196,11 +196,7 @@ def main():
         lines.append(f"| {name} | {s:.1f} | {'' if mem is None else f'{mem:.0f}'} | {note} |")
     lines.append("")
     text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written to {out}")
+    write_results(text, args.out)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from torch_reference import TorchCaptioner  # noqa: E402
-from machine import cpu_model  # noqa: E402
+from report import cpu_model, write_results  # noqa: E402
 from workload import D, H, N, T, V, W, make_inputs, make_model  # noqa: E402
 
 from capmodel import optim  # noqa: E402
@@ -322,16 +322,11 @@ def main():
         lines.append(f"| {name} | {ms(ta)} | {other} | {label}{ratio:.2f} | {note} |")
     lines += ["", "ratio = capmodel median / PyTorch median (below 1: capmodel is faster); for beam-3, "
               "capmodel beam-3 median / capmodel greedy median.", ""]
-    text = "\n".join(lines)
     print()
-    print(text)
+    write_results("\n".join(lines), ARGS.out)
     if share > BUSY_WARNING:
         print(f"WARNING: other processes used {100 * share:.0f}% of the CPU; rerun on a quieter machine",
               file=sys.stderr)
-    out = Path(ARGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from capmodel import optim  # noqa: E402
 from capmodel import rnn_layers as rl  # noqa: E402
 from capmodel.classifiers.rnn import _Packing  # noqa: E402
+from report import write_results  # noqa: E402
 from workload import D, H, N, T, V, W, make_inputs, make_model  # noqa: E402
 
 SECTIONS = {}  # function name in rl -> section label
@@ -140,11 +141,7 @@ def main():
             lines += [f"| {k} | {v:.1f} | {100 * v / total:.0f}% |" for k, v in rows]
             lines += [f"| **step total** | **{total:.1f}** | 100% |", ""]
     text = "\n".join(lines)
-    print(text)
-    out = Path(ARGS.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"written to {out}")
+    write_results(text, ARGS.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The machine a benchmark ran on, for the header of its results file."""
+"""What every benchmark script reports: the CPU it ran on, and its results file."""
 
 import platform
+from pathlib import Path
 
 
 def cpu_model():
@@ -13,3 +14,12 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def write_results(text, out):
+    """Print a results table and write it to the markdown file out (update_docs.py pastes it)."""
+    print(text)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out}")
