@@ -127,6 +127,17 @@ def _check_packed_inputs(name, x, h0, Wx, Wh, b, k, sizes):
     return steps
 
 
+def _start_packed(cell, x, h0, Wx, Wh, b, k, sizes):
+    """Checks, the input projection xa (P, kH) and the (n0 + P, H) state buffer holding h0,
+    shared by the packed forward functions; returns (steps, xa, hs)."""
+    steps = _check_packed_inputs(f"{cell}_packed_forward", x, h0, Wx, Wh, b, k, sizes)
+    xa = _project(x, Wx, b, name="recurrent.xa")
+    n0 = h0.shape[0]
+    hs = scratch(f"{cell}.hs", (n0 + steps.rows, h0.shape[1]), np.result_type(xa, h0))
+    hs[:n0] = h0
+    return steps, xa, hs
+
+
 def _padded_forward(packed_forward, x, h0, Wx, Wh, b):
     """A packed forward function run on a padded (N, T, D) batch: h (N, T, H), cache."""
     N, T, D = x.shape
@@ -279,11 +290,8 @@ def rnn_packed_forward(x, h0, Wx, Wh, b, sizes):
     - h: Hidden state after every row, of shape (P, H)
     - cache: Values needed in the backward pass
     """
-    steps = _check_packed_inputs("rnn_packed_forward", x, h0, Wx, Wh, b, 1, sizes)
-    xa = _project(x, Wx, b, name="recurrent.xa")  # (P, H)
-    n0, H = h0.shape
-    hs = scratch("rnn.hs", (n0 + steps.rows, H), np.result_type(xa, h0))  # h0, then every row's state
-    hs[:n0] = h0
+    steps, xa, hs = _start_packed("rnn", x, h0, Wx, Wh, b, 1, sizes)  # xa (P, H); hs: h0, then each row's
+    n0 = h0.shape[0]
 
     for _, rows, prev in steps:
         rnn_core_forward(xa[rows], hs[prev], Wh, out=hs[n0:][rows])
@@ -509,16 +517,12 @@ def lstm_packed_forward(x, h0, Wx, Wh, b, sizes):
     - h: Hidden state after every row, of shape (P, H)
     - cache: Values needed for the backward pass
     """
-    steps = _check_packed_inputs("lstm_packed_forward", x, h0, Wx, Wh, b, 4, sizes)
-    xa = _project(x, Wx, b, name="recurrent.xa")  # (P, 4H)
+    steps, xa, hs = _start_packed("lstm", x, h0, Wx, Wh, b, 4, sizes)  # xa (P, 4H); hs: h0, then each row's
     n0, H = h0.shape
-    dtype = np.result_type(xa, h0)
-    P = steps.rows
-    hs = scratch("lstm.hs", (n0 + P, H), dtype)  # initial states, then every row's
+    dtype, P = hs.dtype, steps.rows
     cs = scratch("lstm.cs", (n0 + P, H), dtype)
     tcs = scratch("lstm.tcs", (P, H), dtype)
     acts = scratch("lstm.acts", (P, 4 * H), dtype)
-    hs[:n0] = h0
     cs[:n0] = 0
 
     for _, rows, prev in steps:
@@ -734,15 +738,11 @@ def gru_packed_forward(x, h0, Wx, Wh, b, sizes):
     - h: Hidden state after every row, of shape (P, H)
     - cache: Values needed for the backward pass
     """
-    steps = _check_packed_inputs("gru_packed_forward", x, h0, Wx, Wh, b, 3, sizes)
-    xa = _project(x, Wx, b, name="recurrent.xa")  # (P, 3H)
+    steps, xa, hs = _start_packed("gru", x, h0, Wx, Wh, b, 3, sizes)  # xa (P, 3H); hs: h0, then each row's
     n0, H = h0.shape
-    dtype = np.result_type(xa, h0)
-    P = steps.rows
-    hs = scratch("gru.hs", (n0 + P, H), dtype)  # initial states, then every row's
+    dtype, P = hs.dtype, steps.rows
     gates = scratch("gru.gates", (P, 3 * H), dtype)
     has = scratch("gru.has", (P, 3 * H), dtype)
-    hs[:n0] = h0
 
     for _, rows, prev in steps:
         gru_core_forward(xa[rows], hs[prev], Wh, out=(gates[rows], has[rows], hs[n0:][rows]))
