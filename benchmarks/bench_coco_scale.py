@@ -122,7 +122,7 @@ def main():
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
-    cli = [sys.executable, "-m", "capmodel.cli"]
+    cli = [sys.executable, "-m", "capmodel.app.cli"]
     scratch = Path(tempfile.mkdtemp(prefix="capmodel-coco-scale-", dir=args.scratch))
     rows = []
     try:

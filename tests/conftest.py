@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from capmodel.datasets.synthetic import random_data
+from synthetic import random_data
 
 
 @pytest.fixture

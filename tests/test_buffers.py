@@ -1,11 +1,11 @@
-"""Tests of capmodel.buffers: scratch arrays reused within an active Buffers only."""
+"""Tests of capmodel.kernels.buffers: scratch arrays reused within an active Buffers only."""
 
 import threading
 
 import numpy as np
 import pytest
 
-from capmodel.buffers import Buffers, scratch
+from capmodel.kernels.buffers import Buffers, scratch
 
 
 def test_scratch_without_active_buffers_is_always_new():

@@ -1,4 +1,4 @@
-"""Tests of captioning new images with a trained model (capmodel.captioner, `capmodel caption`)
+"""Tests of captioning new images with a trained model (capmodel.app.captioner, `capmodel caption`)
 and of the feature extractor record that makes it possible."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 
 from capmodel.coco_utils import load_coco_data
 from capmodel.datasets import features as feat
-from capmodel.datasets.synthetic import draw_photo, photo_folder_with_csv
+from synthetic import draw_photo, photo_folder_with_csv
 from capmodel.image_utils import image_from_url
 
 
@@ -51,8 +51,8 @@ def make_photos(d):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A from-folder dataset of 12 PNGs and a tiny LSTM trained on it for one epoch."""
-    from capmodel import pipeline
-    from capmodel.cli import main
+    from capmodel.app import pipeline
+    from capmodel.app.cli import main
 
     tmp = tmp_path_factory.mktemp("cap")
     make_photos(tmp)
@@ -63,7 +63,7 @@ def trained(tmp_path_factory):
 
 
 def cli(capsys, *args):
-    from capmodel.cli import main
+    from capmodel.app.cli import main
 
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -232,7 +232,7 @@ def test_docs_own_data_commands_run_verbatim(tmp_path, monkeypatch, capsys):
     import shlex
     from pathlib import Path
 
-    from capmodel.cli import main
+    from capmodel.app.cli import main
 
     blocks = _tested_blocks(Path(__file__).resolve().parents[1] / "docs" / "own-data.md")
     assert [len(b) for b in blocks] == [2, 1]

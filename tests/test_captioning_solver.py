@@ -6,7 +6,7 @@ import pytest
 from capmodel.captioning_solver import CaptioningSolver, TrainingError
 from capmodel.classifiers.rnn import CaptioningRNN
 from capmodel.coco_utils import decode_captions
-from capmodel.datasets.synthetic import random_data as make_data
+from synthetic import random_data as make_data
 
 
 class Recorder:

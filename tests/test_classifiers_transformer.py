@@ -10,7 +10,7 @@ from capmodel import transformer_layers as tl
 from capmodel.captioning_solver import CaptioningSolver
 from capmodel.classifiers.transformer import CaptioningTransformer
 from capmodel.coco_utils import decode_captions
-from capmodel.datasets.synthetic import random_data
+from synthetic import random_data
 from capmodel.gradient_check import eval_numerical_gradient, rel_error
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, 9)}}

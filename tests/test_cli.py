@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from capmodel.cli import build_parser, main
-from capmodel.pipeline import REF_SEP
+from capmodel.app.cli import build_parser, main
+from capmodel.app.pipeline import REF_SEP
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "capmodel.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "capmodel.app.cli", *map(str, args)], capture_output=True, text=True)
 
 
 def test_every_flag_has_help():

@@ -7,7 +7,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 jsonschema = pytest.importorskip("jsonschema")
 
-from capmodel import workflow_config as wc  # noqa: E402
+from capmodel.app import workflow_config as wc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

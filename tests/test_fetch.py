@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from capmodel.cli import main
+from capmodel.app.cli import main
 from capmodel.datasets import fetch
 from capmodel.datasets import format as fmt
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capmodel.cli import main
+from capmodel.app.cli import main
 from capmodel.coco_utils import decode_captions, load_coco_data
 from capmodel.datasets import features as feat
 from capmodel.datasets import folder
-from capmodel.datasets.synthetic import PHOTO_COLORS, PHOTO_SHAPES, draw_photo, photo_folder
+from synthetic import PHOTO_COLORS, PHOTO_SHAPES, draw_photo, photo_folder
 from capmodel.datasets import format as fmt
 
 COLORS, SHAPES = PHOTO_COLORS, PHOTO_SHAPES
@@ -128,7 +128,7 @@ def test_made_dataset_is_replaceable_until_someone_adds_a_file(csv_made, tmp_pat
     fmt.check_writable_dataset_dir(tmp / "data")  # ours, unchanged: may be replaced
     import shutil
 
-    from capmodel.ownership import OwnershipError
+    from capmodel.safety.ownership import OwnershipError
 
     copy = tmp_path / "copy"
     shutil.copytree(tmp / "data", copy)

@@ -1,8 +1,8 @@
-"""Tests of capmodel.gradcheck_suite: it passes on the library and catches a broken backward."""
+"""Tests of capmodel.app.gradcheck_suite: it passes on the library and catches a broken backward."""
 
 import numpy as np
 
-from capmodel import gradcheck_suite
+from capmodel.app import gradcheck_suite
 from capmodel import rnn_layers as rl
 
 

@@ -8,12 +8,12 @@ import zipfile
 
 import pytest
 
-from capmodel import ownership
+from capmodel.safety import ownership
 from capmodel.checkpoints import CheckpointDir
-from capmodel.cli import main
+from capmodel.app.cli import main
 from capmodel.datasets import fetch
 from capmodel.datasets import format as fmt
-from capmodel.workflow_config import expand_models
+from capmodel.app.workflow_config import expand_models
 
 TINY = ["--cell-type", "rnn", "--hidden-dim", "8", "--wordvec-dim", "4", "--num-epochs", "1",
         "--batch-size", "50", "--print-every", "1000"]

@@ -1,10 +1,11 @@
-"""Tests of capmodel.parallel and of the decoders that use it."""
+"""Tests of capmodel.kernels.parallel and of the decoders that use it."""
 
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from capmodel import decoding, parallel
+from capmodel import decoding
+from capmodel.kernels import parallel
 from capmodel.classifiers.rnn import CaptioningRNN
 
 

@@ -4,7 +4,7 @@ import re
 import shlex
 from pathlib import Path
 
-from capmodel.cli import main
+from capmodel.app.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -27,7 +27,7 @@ def test_library_example_runs_and_captions(tmp_path, monkeypatch, capsys):
 
 
 def test_own_data_commands_run(tmp_path, monkeypatch):
-    from capmodel.datasets.synthetic import photo_folder_with_csv
+    from synthetic import photo_folder_with_csv
 
     (sh,) = _blocks("sh")
     photo_folder_with_csv(tmp_path, folder="my_photos", csv_name="my_photos.csv")

@@ -14,12 +14,13 @@ import h5py
 import numpy as np
 import pytest
 
-from capmodel import metrics, pipeline
+from capmodel import metrics
+from capmodel.app import pipeline
 from capmodel.captioning_solver import CaptioningSolver, TrainingError
 from capmodel.classifiers.rnn import CaptioningRNN
-from capmodel.cli import main
+from capmodel.app.cli import main
 from capmodel.datasets import format as fmt
-from capmodel.datasets.synthetic import random_data
+from synthetic import random_data
 from capmodel.validation import Validator
 
 TINY = {"cell_type": "rnn", "hidden_dim": 8, "wordvec_dim": 4, "num_epochs": 1, "batch_size": 50, "print_every": 1000}
@@ -217,7 +218,7 @@ def test_a_broken_model_json_is_one_line(tiny_model, shapes_dir, tmp_path, capsy
     meta = json.loads((m / "model.json").read_text())
     edit(meta)
     meta.pop("npz_sha256")
-    from capmodel.atomic import sha256_of
+    from capmodel.safety.atomic import sha256_of
 
     meta["npz_sha256"] = sha256_of(m / "model.npz")
     (m / "model.json").write_text(json.dumps(meta))
@@ -260,7 +261,7 @@ def _ctrl_c_deliverable():
 
 def test_ctrl_c_prints_one_line_keeps_checkpoints_and_exits_130(shapes_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
-    cmd = [sys.executable, "-m", "capmodel.cli", "train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "m"),
+    cmd = [sys.executable, "-m", "capmodel.app.cli", "train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "m"),
            "--checkpoint-dir", str(ckpt), "--cell-type", "lstm", "--hidden-dim", "64", "--batch-size", "10",
            "--num-epochs", "50", "--checkpoint-every", "5", "--print-every", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -289,7 +290,7 @@ def test_empty_references_are_refused(tmp_path, capsys):
 
 
 def test_ctrl_c_during_data_generation_is_one_line(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "capmodel.cli", "data", "shapes", str(tmp_path / "d"),
+    proc = subprocess.Popen([sys.executable, "-m", "capmodel.app.cli", "data", "shapes", str(tmp_path / "d"),
                              "--num-train", "3000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_ctrl_c_deliverable)
     lines = []

@@ -20,7 +20,7 @@ import pytest
 from bs4 import BeautifulSoup
 
 import capmodel
-from capmodel.pipeline import REF_SEP
+from capmodel.app.pipeline import REF_SEP
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"

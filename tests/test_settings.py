@@ -1,4 +1,4 @@
-"""Settings defined once (capmodel.settings): the CLI flags, the config schema and
+"""Settings defined once (capmodel.app.settings): the CLI flags, the config schema and
 config/README.md are generated from them, and all agree."""
 
 import math
@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
-from capmodel import config_schema
-from capmodel import settings as S
-from capmodel.cli import build_parser
+from capmodel.app import config_schema
+from capmodel.app import settings as S
+from capmodel.app.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {"train": S.train_settings(), "sample": S.DECODE, "shapes": S.SHAPES}
@@ -21,9 +21,9 @@ PROBES = [None, True, -1, 0, 0.5, 1, 2, 17, 1e6, -0.5, float("nan"), float("inf"
 
 def test_generated_files_are_up_to_date():
     assert (ROOT / config_schema.SCHEMA_FILE).read_text() == config_schema.schema_yaml(), \
-        "run: python -m capmodel.config_schema"
+        "run: python -m capmodel.app.config_schema"
     assert (ROOT / config_schema.README_FILE).read_text() == config_schema.readme(), \
-        "run: python -m capmodel.config_schema"
+        "run: python -m capmodel.app.config_schema"
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -51,7 +51,7 @@ def test_schema_accepts_exactly_what_the_settings_accept(group):
 @pytest.mark.parametrize("command, group", [(["train"], "train"), (["sample"], "sample"),
                                             (["data", "shapes"], "shapes")])
 def test_every_setting_is_a_flag_with_its_default_in_the_help(command, group):
-    help_text = subprocess.run([sys.executable, "-m", "capmodel.cli", *command, "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "capmodel.app.cli", *command, "--help"], capture_output=True,
                                text=True, env={"COLUMNS": "1000", "PATH": ""}).stdout
     for s in GROUPS[group]:
         shown = "null (off)" if s.default is None else s.default
@@ -78,7 +78,7 @@ def test_a_changed_default_shows_up_in_help_and_docs(monkeypatch):
     ("--cell-type", "lstn", "argument --cell-type: must be one of rnn, lstm, gru"),
 ])
 def test_train_flags_are_checked_before_anything_runs(tmp_path, flag, value, message):
-    out = subprocess.run([sys.executable, "-m", "capmodel.cli", "train", "--data", str(tmp_path / "none"),
+    out = subprocess.run([sys.executable, "-m", "capmodel.app.cli", "train", "--data", str(tmp_path / "none"),
                           "--out-dir", str(tmp_path / "o"), flag, value], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("capmodel train: error: "), out.stderr
@@ -87,7 +87,7 @@ def test_train_flags_are_checked_before_anything_runs(tmp_path, flag, value, mes
 
 
 def test_sample_rejects_nan_length_norm(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "capmodel.cli", "sample", "--model", "m", "--data", "d",
+    out = subprocess.run([sys.executable, "-m", "capmodel.app.cli", "sample", "--model", "m", "--data", "d",
                           "--out", str(tmp_path / "s.csv"), "--length-norm", "nan"], capture_output=True, text=True)
     assert out.returncode == 2 and "argument --length-norm: must be finite number >= 0" in out.stderr
 

@@ -14,7 +14,7 @@ import pytest
 from capmodel import checkpoints
 from capmodel.captioning_solver import CaptioningSolver
 from capmodel.classifiers.rnn import CaptioningRNN
-from capmodel.datasets.synthetic import random_data
+from synthetic import random_data
 
 # About 4 s of training (1200 iterations) so that kills land at many different points.
 TRAIN = ["--cell-type", "lstm", "--hidden-dim", "128", "--wordvec-dim", "32", "--batch-size", "10",
@@ -23,7 +23,7 @@ TRAIN = ["--cell-type", "lstm", "--hidden-dim", "128", "--wordvec-dim", "32", "-
 
 
 def _train_cmd(data, out, ckpt):
-    return [sys.executable, "-m", "capmodel.cli", "train", "--data", str(data), "--out-dir", str(out),
+    return [sys.executable, "-m", "capmodel.app.cli", "train", "--data", str(data), "--out-dir", str(out),
             "--checkpoint-dir", str(ckpt), *TRAIN]
 
 
@@ -111,7 +111,7 @@ def test_resume_refuses_other_vocabulary_or_shapes(tmp_path):
 
 
 def test_cli_refuses_a_checkpoint_dir_of_other_settings(shapes_dir, tmp_path, capsys):
-    from capmodel.cli import main
+    from capmodel.app.cli import main
 
     args = ["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), "--checkpoint-dir",
             str(tmp_path / "c"), "--keep-checkpoints", "--max-iterations", "2", "--hidden-dim", "16"]

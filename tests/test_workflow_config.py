@@ -1,11 +1,11 @@
-"""Tests of capmodel.workflow_config: model and sweep expansion, settings files, short config errors."""
+"""Tests of capmodel.app.workflow_config: model and sweep expansion, settings files, short config errors."""
 
 from pathlib import Path
 
 import pytest
 
-from capmodel import settings as S
-from capmodel import workflow_config as wc
+from capmodel.app import settings as S
+from capmodel.app import workflow_config as wc
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULTS = S.defaults(S.train_settings())
@@ -62,7 +62,7 @@ def test_config_errors_are_one_short_line(config, message):
 
 
 def test_write_settings_round_trips(tmp_path):
-    from capmodel.pipeline import read_settings_file
+    from capmodel.app.pipeline import read_settings_file
 
     settings = wc.expand_models({"models": {"a": {"cell_type": "rnn"}}})["a"]
     wc.write_settings(tmp_path / "s.json", settings)

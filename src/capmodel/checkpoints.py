@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from capmodel import ownership
-from capmodel.atomic import atomic_path, sha256_of, write_json
+from capmodel.safety import ownership
+from capmodel.safety.atomic import atomic_path, sha256_of, write_json
 
 FORMAT_VERSION = 1
 
@@ -61,7 +61,7 @@ def load(base):
 class CheckpointDir:
     """A directory of resumable training checkpoints ckpt-<iteration>.{npz,json}.
 
-    capmodel owns it (capmodel.ownership): claim() creates it with the ownership marker,
+    capmodel owns it (capmodel.safety.ownership): claim() creates it with the ownership marker,
     or takes an empty or already-owned one, and refuses any other directory; remove()
     deletes only the files it wrote there (is_ours), then the directory if capmodel created it and
     nothing else is left. A fingerprint (the run's settings and data) is recorded on the

@@ -8,7 +8,7 @@ generated. Dimension letters: N images, k beam width, V vocabulary, H hidden siz
 
 import numpy as np
 
-from capmodel import parallel
+from capmodel.kernels import parallel
 from capmodel.vocab import END, NULL, START
 
 METHODS = ("greedy", "beam", "temperature")
@@ -280,7 +280,7 @@ def decode(model, features, max_length=30, method="greedy", **options):
     """Dispatch to one decoder by name ('greedy', 'beam' or 'temperature').
 
     Greedy and beam search decode each image on its own, so they run over blocks of
-    images in parallel threads (capmodel.parallel: as many as BLAS has threads, each
+    images in parallel threads (capmodel.kernels.parallel: as many as BLAS has threads, each
     with a one-thread BLAS); a failing or interrupted block stops the others at their
     next step. Temperature sampling draws from one random stream in image order, so it
     runs in the calling thread.

@@ -2,9 +2,9 @@
 
 A model family is a class with:
 - ``CELL_TYPES``: the values of the ``cell_type`` setting it serves (e.g. rnn, lstm, gru)
-- ``SETTINGS``: its own training settings (capmodel.settings.Setting), besides the common ones
+- ``SETTINGS``: its own training settings (capmodel.app.settings.Setting), besides the common ones
 - ``from_settings(word_to_idx, input_dim, settings, dtype)``: a new model from a full
-  training settings dict (capmodel.settings.train_settings())
+  training settings dict (capmodel.app.settings.train_settings())
 - ``describe()``: a JSON-able dict that rebuilds the model's shapes, with ``family`` and
   ``word_to_idx``; ``from_description(desc)``: the model back from it (parameters not set)
 - ``params``: dict of name -> array; ``dtype``; ``word_to_idx``; ``rng`` (np.random.Generator
@@ -18,7 +18,7 @@ A model family is a class with:
   ValueError naming the shape that does not fit
 - ``sample(features, max_length, method=..., **options)``: capmodel.decoding.decode
 - ``gradient_checks(rng)`` (optional): rows for the gradient-check table, see
-  capmodel.gradcheck_suite
+  capmodel.app.gradcheck_suite
 
 The solver, decoding, the gradient-check suite and checkpoints use only this interface.
 To add a family: write its module and tests, and add the class to FAMILIES below.

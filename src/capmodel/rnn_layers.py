@@ -20,7 +20,7 @@ versions as fast as a framework on a CPU:
   and tanh(a) = 2 / (1 + exp(-2a)) - 1, which is exact algebra; NumPy's exp is about
   twice as fast as its tanh, and an exp overflow to inf gives exactly 0 or -1;
 - the per-step work writes into preallocated buffers (out=), so a step allocates
-  almost nothing, and the sequence-sized arrays come from ``capmodel.buffers.scratch``:
+  almost nothing, and the sequence-sized arrays come from ``capmodel.kernels.buffers.scratch``:
   within a model's loss they are the previous step's arrays, whose pages are already
   mapped (fresh pages cost the kernel a fault and a zeroing each; benchmarks/bench_buffers.py).
 Running the time loop on two half-batches in two Python threads (one-thread BLAS each)
@@ -36,7 +36,7 @@ import functools
 
 import numpy as np
 
-from capmodel.buffers import scratch
+from capmodel.kernels.buffers import scratch
 
 
 def _check_recurrent_inputs(name, x, h0, Wx, Wh, b, k, seq):

@@ -2,12 +2,12 @@ import json
 import sys
 
 # Validate the config (one short message naming the key on error), expand models and
-# sweeps. The logic lives in capmodel.workflow_config, where the tests reach it.
+# sweeps. The logic lives in capmodel.app.workflow_config, where the tests reach it.
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from capmodel import workflow_config as wc
+from capmodel.app import workflow_config as wc
 
 SCHEMA = "../schemas/config.schema.yaml"
 try:

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from capmodel import rnn_layers as rl
-from capmodel.buffers import Buffers
+from capmodel.kernels.buffers import Buffers
 from capmodel.classifiers.inputs import check_captions, check_features
 from capmodel.layers import dropout_mask
 from capmodel.vocab import END, NULL, START
@@ -175,7 +175,7 @@ class CaptioningRNN:
 
     @classmethod
     def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32):
-        """A new model from a training settings dict (capmodel.settings.train_settings())."""
+        """A new model from a training settings dict (capmodel.app.settings.train_settings())."""
         return cls(word_to_idx, input_dim=input_dim, wordvec_dim=settings["wordvec_dim"],
                    hidden_dim=settings["hidden_dim"], cell_type=settings["cell_type"], dtype=dtype,
                    dropout=settings["dropout"], seed=settings["seed"])
@@ -196,8 +196,8 @@ class CaptioningRNN:
     @classmethod
     def gradient_checks(cls, rng):
         """(layer, cell, {input: rel_error}, tolerance) for every cell's step, sequence and
-        model loss (capmodel.gradcheck_suite collects them)."""
-        from capmodel import gradcheck_suite as gs
+        model loss (capmodel.app.gradcheck_suite collects them)."""
+        from capmodel.app import gradcheck_suite as gs
 
         N, T, D, H = 3, 5, 4, 5
         for cell, c in CELLS.items():
@@ -255,7 +255,7 @@ class CaptioningRNN:
         Returns a tuple of:
         - loss: Scalar loss
         - grads: Dictionary of gradients parallel to self.params (new arrays each call;
-          only internal temporaries of training calls are reused, see capmodel.buffers)
+          only internal temporaries of training calls are reused, see capmodel.kernels.buffers)
         """
         # Validation batches differ from training ones and come once an epoch: they get
         # fresh arrays instead of growing the training step's scratch memory.

@@ -19,7 +19,7 @@ from capmodel import rnn_layers as rl
 from capmodel import transformer_layers as tl
 from capmodel.classifiers.inputs import check_captions, check_features
 from capmodel.layers import dropout_mask
-from capmodel.settings import Setting
+from capmodel.app.settings import Setting
 from capmodel.vocab import NULL
 
 FAMILY = "transformer"
@@ -58,7 +58,7 @@ class CaptioningTransformer:
 
     @classmethod
     def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32):
-        """A new model from a training settings dict (capmodel.settings.train_settings())."""
+        """A new model from a training settings dict (capmodel.app.settings.train_settings())."""
         return cls(word_to_idx, input_dim=input_dim, wordvec_dim=settings["wordvec_dim"],
                    num_heads=settings["num_heads"], num_layers=settings["num_layers"],
                    hidden_dim=settings["hidden_dim"], dtype=dtype, dropout=settings["dropout"],
@@ -68,8 +68,8 @@ class CaptioningTransformer:
     def gradient_checks(cls, rng):
         """(layer, cell, {input: rel_error}, tolerance) for layer norm, attention (causal
         self-attention and cross-attention), the feed-forward block, a decoder layer and
-        the model loss (capmodel.gradcheck_suite collects them)."""
-        from capmodel import gradcheck_suite as gs
+        the model loss (capmodel.app.gradcheck_suite collects them)."""
+        from capmodel.app import gradcheck_suite as gs
 
         N, T, S, W, nh, F = 2, 4, 3, 6, 2, 5
         r = rng.standard_normal

@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from capmodel.atomic import sha256_of
+from capmodel.safety.atomic import sha256_of
 
 FILTER_SEED = 20141231  # fixed: the same extractor for every dataset and machine
 CONV1, CONV2, GRID = 24, 128, 4
@@ -125,7 +125,7 @@ def write_record(out_dir, image_size, mean, components, pca_dim, created_by):
     - mean, components: The PCA fitted on the train features, (F,) and (F, K)
     - pca_dim: Width P of the dataset's PCA features (K columns, then zeros)
     - created_by: The capmodel command that made the dataset (ownership itself is
-      capmodel.ownership's marker)
+      capmodel.safety.ownership's marker)
     """
     out_dir = Path(out_dir)
     with h5py.File(out_dir / PCA_FILE, "w", track_order=False, libver="earliest") as f:

@@ -16,8 +16,8 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from capmodel import ownership
-from capmodel.atomic import sha256_of
+from capmodel.safety import ownership
+from capmodel.safety.atomic import sha256_of
 from capmodel.datasets import format as fmt
 
 DEFAULT_URL = "http://cs231n.stanford.edu/coco_captioning.zip"

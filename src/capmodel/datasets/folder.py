@@ -227,7 +227,7 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     - images_dir: Folder of PNG/JPEG images
     - captions_file: CSV (image,caption[,split]) or JSON, see the module docstring
     - out_dir: Dataset directory to create; it must not exist, be empty, or be a dataset
-      capmodel made (capmodel.ownership; it is replaced once the new one is complete)
+      capmodel made (capmodel.safety.ownership; it is replaced once the new one is complete)
     - val_fraction, seed: Share of the images that go to val when no split is given
     - min_count: Train words seen fewer times become <UNK>
     - image_size: Side S the images are resized to before feature extraction

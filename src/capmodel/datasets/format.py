@@ -22,8 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from capmodel import ownership
-from capmodel.atomic import check_writable, make_shareable
+from capmodel.safety import ownership
+from capmodel.safety.atomic import check_writable, make_shareable
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
 SPLITS = ("train", "val")
@@ -57,7 +57,7 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     Everything is written into a temporary sibling directory that is renamed onto
     out_dir at the end, so out_dir is either absent, the old dataset, or complete. The
     new directory carries capmodel's ownership marker; an existing out_dir is replaced
-    only if it is empty or a dataset capmodel made (see capmodel.ownership).
+    only if it is empty or a dataset capmodel made (see capmodel.safety.ownership).
 
     Inputs (dicts keyed by 'train' and 'val'):
     - captions: int32 arrays (Nc, 17); image_idxs: int32 arrays (Nc,)

@@ -1,7 +1,7 @@
 """The workflow's stages as library functions: train, sample, evaluate, baseline, summarize.
 
 Each reads files, calls the library and writes its outputs atomically; the CLI
-(capmodel.cli) only parses arguments and calls these. File layouts are those of the
+(capmodel.app.cli) only parses arguments and calls these. File layouts are those of the
 design: results/models/<model>/{model.npz,model.json,history.csv,val.csv,
 samples_<split>.csv,metrics.json}, results/summary.{csv,md}.
 """
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from capmodel import checkpoints, metrics, models, ownership
-from capmodel import settings as S
-from capmodel.atomic import check_writable, write_json, write_text
+from capmodel import checkpoints, metrics, models
+from capmodel.safety import ownership
+from capmodel.app import settings as S
+from capmodel.safety.atomic import check_writable, write_json, write_text
 from capmodel.captioning_solver import CaptioningSolver
 from capmodel.coco_utils import decode_captions, load_coco_data
-from capmodel.tables import read_csv, write_csv
+from capmodel.app.tables import read_csv, write_csv
 from capmodel.progress import clock, track
 from capmodel.validation import Validator
 
@@ -50,7 +51,7 @@ def read_settings_file(path, what="settings file"):
 def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=False, verbose=True):
     """Train one model and write model.npz/.json, history.csv and val.csv into out_dir.
 
-    settings: dict over capmodel.settings.train_settings() (unknown keys or values out of
+    settings: dict over capmodel.app.settings.train_settings() (unknown keys or values out of
     range raise SettingError). Everything that can fail is checked before training: the
     settings, the output and checkpoint locations, the data set (consistent, finite, a
     usable val split) and the metrics toolkit when a val_metric is asked for. With a

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from capmodel import checkpoints
-from capmodel.atomic import write_text
+from capmodel.safety.atomic import write_text
 from capmodel.coco_utils import decode_captions
 from capmodel.datasets import features as feat
 from capmodel.datasets import folder
 from capmodel.datasets import format as fmt
-from capmodel.tables import write_csv
+from capmodel.app.tables import write_csv
 
 METHODS = ("greedy", "beam")
 THUMBNAIL_SIDE = 256  # gallery images are embedded at most this large

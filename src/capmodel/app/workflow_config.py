@@ -10,7 +10,7 @@ import itertools
 import re
 from pathlib import Path
 
-from capmodel import settings as S
+from capmodel.app import settings as S
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a safe path component: never "." or ".."
 
@@ -54,7 +54,7 @@ def sample_settings(sample):
 
 def write_settings(path, settings):
     """Write one settings dict as the JSON file a CLI command reads with --settings."""
-    from capmodel.atomic import write_json
+    from capmodel.safety.atomic import write_json
 
     write_json(path, settings)
 

@@ -4,7 +4,7 @@ caption, baseline, evaluate, summarize.
 Each command parses its flags and calls one library function; on bad input (argparse
 errors included) it prints one line 'capmodel <command>: error: <message>' to stderr and
 exits with status 2; Ctrl-C prints one line and exits with 130. The flags of the settings
-(training, decoding, shapes data) are generated from capmodel.settings.
+(training, decoding, shapes data) are generated from capmodel.app.settings.
 """
 
 import argparse
@@ -16,11 +16,11 @@ from capmodel import __version__
 
 
 class _Settings:
-    """capmodel.settings, imported on first use: the numerical stack loads inside main(),
+    """capmodel.app.settings, imported on first use: the numerical stack loads inside main(),
     where Ctrl-C is one line, not during the import of this module."""
 
     def __getattr__(self, name):
-        from capmodel import settings
+        from capmodel.app import settings
 
         return getattr(settings, name)
 
@@ -100,9 +100,9 @@ def cmd_data_from_folder(args):
 
 
 def cmd_gradcheck(args):
-    from capmodel import gradcheck_suite
-    from capmodel.atomic import check_writable
-    from capmodel.tables import write_csv
+    from capmodel.app import gradcheck_suite
+    from capmodel.safety.atomic import check_writable
+    from capmodel.app.tables import write_csv
 
     check_writable(args.out, "output file")
     rows = gradcheck_suite.run(seed=args.seed)
@@ -120,7 +120,7 @@ def cmd_gradcheck(args):
 
 
 def cmd_train(args):
-    from capmodel import pipeline
+    from capmodel.app import pipeline
 
     settings = pipeline.read_settings_file(args.settings) if args.settings else {}
     settings.update(S.from_args(args, S.train_settings()))
@@ -131,7 +131,7 @@ def cmd_train(args):
 
 
 def cmd_sample(args):
-    from capmodel import pipeline
+    from capmodel.app import pipeline
 
     settings = pipeline.read_settings_file(args.settings) if args.settings else {}
     settings.update(S.from_args(args, S.DECODE))
@@ -141,7 +141,7 @@ def cmd_sample(args):
 
 
 def cmd_caption(args):
-    from capmodel import captioner
+    from capmodel.app import captioner
 
     rows = captioner.caption_files(args.model, args.images, data_dir=args.data, features_file=args.features,
                                    method=args.method, beam_size=args.beam_size, max_length=args.max_length)
@@ -158,7 +158,7 @@ def cmd_caption(args):
 
 
 def cmd_baseline(args):
-    from capmodel import pipeline
+    from capmodel.app import pipeline
 
     caption = pipeline.baseline(args.data, args.out, split=args.split, num_images=args.num_images)
     print(f"most frequent training caption: '{caption}' -> {args.out}")
@@ -166,7 +166,7 @@ def cmd_baseline(args):
 
 
 def cmd_evaluate(args):
-    from capmodel import pipeline
+    from capmodel.app import pipeline
 
     use_java = False if args.no_java else None
     result = pipeline.evaluate(args.samples, args.out, use_java=use_java, name=args.name, scores_csv=args.scores)
@@ -176,7 +176,7 @@ def cmd_evaluate(args):
 
 
 def cmd_summarize(args):
-    from capmodel import pipeline
+    from capmodel.app import pipeline
 
     rows = pipeline.summarize(args.metrics, args.out, args.markdown, model_files=args.models or (),
                               val_files=args.val or ())
@@ -256,7 +256,7 @@ def build_parser():
     S.add_arguments(sm, S.DECODE)
     sm.set_defaults(func=cmd_sample)
 
-    from capmodel import captioner
+    from capmodel.app import captioner
 
     cp = sub.add_parser("caption", help="caption image files with a trained model")
     cp.add_argument("model", help="model directory, model.npz, model.json or their path without extension")

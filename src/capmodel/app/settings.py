@@ -3,7 +3,7 @@
 Each ``Setting`` carries its name, type, default, allowed range or choices and help text.
 From these the ``capmodel`` flags are generated (``add_arguments``), values are checked
 (``check`` / ``check_all``: one message naming the setting, the bad value and what is
-allowed), the workflow's config schema is generated (``capmodel.config_schema``), and so
+allowed), the workflow's config schema is generated (``capmodel.app.config_schema``), and so
 is config/README.md. Model families add their own settings (``SETTINGS`` on the class,
 see capmodel.models); they are merged in by ``train_settings()``.
 

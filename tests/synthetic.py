@@ -1,4 +1,5 @@
-"""Random captioning data in memory, in the load_coco_data dict format.
+"""Test fixtures: random captioning data in memory (the load_coco_data dict format) and
+folders of drawn photos.
 
 For tests and debugging: nothing is learnable beyond memorising, use the shapes dataset
 (capmodel.datasets.shapes) for a real task.

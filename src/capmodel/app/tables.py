@@ -3,7 +3,7 @@
 import csv
 import io
 
-from capmodel.atomic import write_text
+from capmodel.safety.atomic import write_text
 
 
 def write_csv(path, rows, fieldnames):
