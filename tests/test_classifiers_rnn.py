@@ -131,24 +131,24 @@ def _cs231n_loss(model, features, captions, dropout_rng=None):
     """CaptioningRNN's loss computed as CS231n does: every position of the padded batch
     goes through the cell, and the temporal softmax masks the <NULL> targets."""
     from capmodel import rnn_layers as rl
-    from capmodel.classifiers.rnn import CELLS
     from capmodel.layers import dropout_mask
 
-    p, cell = model.params, CELLS[model.cell_type]
+    p = model.params
+    forward, backward = getattr(rl, f"{model.cell_type}_forward"), getattr(rl, f"{model.cell_type}_backward")
     cin, cout = captions[:, :-1], captions[:, 1:]
     N, T = cin.shape
     x_mask = dropout_mask((N, T, model.wordvec_dim), model.dropout, dropout_rng, model.dtype)
     h0 = features @ p["W_proj"] + p["b_proj"]
     x, embed_cache = rl.word_embedding_forward(cin, p["W_embed"])
     x = x if x_mask is None else x * x_mask
-    h, cell_cache = cell.forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    h, cell_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
     h_mask = dropout_mask((N, T, model.hidden_dim), model.dropout, dropout_rng, model.dtype)
     h = h if h_mask is None else h * h_mask
     scores, affine_cache = rl.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
     loss, dscores = rl.temporal_softmax_loss(scores, cout, cout != 0)
     dh, dW_vocab, db_vocab = rl.temporal_affine_backward(dscores, affine_cache)
     dh = dh if h_mask is None else dh * h_mask
-    dx, dh0, dWx, dWh, db = cell.backward(dh, cell_cache)
+    dx, dh0, dWx, dWh, db = backward(dh, cell_cache)
     dx = dx if x_mask is None else dx * x_mask
     return loss, {"W_proj": features.T @ dh0, "b_proj": dh0.sum(axis=0), "Wx": dWx, "Wh": dWh, "b": db,
                   "W_embed": rl.word_embedding_backward(dx, embed_cache), "W_vocab": dW_vocab, "b_vocab": db_vocab}

@@ -1,6 +1,8 @@
 """Tests of the embedded shapes dataset (capmodel.datasets.shapes)."""
 
 import hashlib
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from capmodel.coco_utils import decode_captions, load_coco_data
 from capmodel.datasets import format as fmt
 from capmodel.datasets import shapes
 from capmodel.image_utils import image_from_url
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _digest(d):
@@ -85,7 +89,11 @@ def test_rare_words_become_unk():
 
 @pytest.fixture(scope="module")
 def probe():
-    return shapes.probe_features()
+    """benchmarks/probe_features.py's figures, which docs/datasets.md quotes."""
+    spec = importlib.util.spec_from_file_location("probe_features", ROOT / "benchmarks" / "probe_features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.probe_features()
 
 
 @pytest.mark.parametrize("attr, least", [("color", 0.8), ("size", 0.8), ("col", 0.9), ("row", 0.9), ("shape", 0.4)])

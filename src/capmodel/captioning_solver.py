@@ -18,8 +18,9 @@ import time
 import numpy as np
 
 from capmodel import checkpoints, optim, schedules
-from capmodel.progress import clock
 from capmodel.coco_utils import sample_coco_minibatch
+from capmodel.progress import clock
+from capmodel.validation import Validator
 
 CS231N_KWARGS = ("update_rule", "optim_config", "lr_decay", "batch_size", "num_epochs", "print_every", "verbose")
 EXTRA_KWARGS = (
@@ -131,8 +132,6 @@ class CaptioningSolver:
         self.max_iterations = kwargs.get("max_iterations")
         self._check_options()
         if self.validate and self.validator is None:
-            from capmodel.validation import Validator
-
             self.validator = Validator(data, metric=self.val_metric, val_size=self.val_size,
                                        metric_images=self.val_metric_images, max_length=self.val_max_length)
         self._reset()

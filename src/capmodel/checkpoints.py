@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capmodel import models
 from capmodel.safety import ownership
 from capmodel.safety.atomic import atomic_path, sha256_of, write_json
 
@@ -193,8 +194,6 @@ def save_model(base, model, extra=None):
 
 def load_model(base):
     """Rebuild a model (any registered family) from save_model's files; returns (model, meta)."""
-    from capmodel import models
-
     arrays, meta = load(base)
     where = Path(base).with_suffix(".json")
     m = meta.get("model")

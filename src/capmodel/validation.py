@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from capmodel import metrics
+
 METRICS = ("bleu4", "cider")
 
 
@@ -31,9 +33,7 @@ class Validator:
             raise ValueError("validation needs validation captions, but the val split has none (capmodel train "
                              "always validates, to keep the best epoch): use a data set with a val split")
         if metric is not None:  # fail now, not after an epoch, without the metrics extra
-            from capmodel.metrics import require_toolkit
-
-            require_toolkit()
+            metrics.require_toolkit()
         self.data = data
         self.metric = metric
         self.metric_images = int(metric_images)
@@ -54,8 +54,6 @@ class Validator:
 
     def metric_score(self, model):
         """Corpus BLEU-4 or CIDEr-D of greedy captions on the first metric_images images."""
-        from capmodel import metrics
-
         if self._refs is None:  # the references do not change: decode them once
             self._refs = metrics.references_by_image(self.data, "val", self.metric_images)
         return metrics.score_split(model, self.data, "val", self.metric, max_length=self.max_length,

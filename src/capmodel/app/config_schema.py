@@ -11,6 +11,7 @@ from pathlib import Path
 
 from capmodel.app import settings as S
 from capmodel.datasets.fetch import DEFAULT_URL
+from capmodel.safety.atomic import write_text
 
 SCHEMA_FILE = Path("workflow/schemas/config.schema.yaml")
 README_FILE = Path("config/README.md")
@@ -156,8 +157,6 @@ def readme():
 
 
 def write(root="."):
-    from capmodel.safety.atomic import write_text
-
     root = Path(root)
     write_text(root / SCHEMA_FILE, schema_yaml())
     write_text(root / README_FILE, readme())

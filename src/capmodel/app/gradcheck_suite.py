@@ -2,21 +2,30 @@
 
 Used by ``capmodel gradcheck`` (the workflow's gradcheck stage). Everything runs in
 float64 on small random inputs drawn from a seed. The layers shared by every model
-(embedding, temporal affine, softmax loss) are checked here; each model family adds the
-checks of its own layers and of its loss through ``gradient_checks(rng)`` (see
-capmodel.models). Each row: layer, cell, param, measure, error, tolerance, ok, where
-measure says how the error is taken:
+(embedding, temporal affine, softmax loss) are checked by ``_shared_layers``; each model
+family registered in capmodel.models has its checks here, in ``FAMILY_CHECKS`` (its
+layers and its loss): a new family adds its entry. Each row: layer, cell, param,
+measure, error, tolerance, ok, where measure says how the error is taken:
 - rel: CS231n's rel_error, the maximum over entries of |num - ana| / (|num| + |ana|)
 - scaled: max |num - ana| / max |ana|, for a model loss: the loss is ~10, so centred
   differences carry ~1e-10 absolute noise, which rel_error's smallest entries turn into
   ~1e-6 whatever the code; scaled by the parameter's largest gradient it measures the
   code (a wrong gradient is off by ~1e-1 either way)
 - abs: max |num|, where the analytic gradient is exactly zero by construction
+
+The layer functions are looked up in their modules when the checks run, so a test that
+replaces one (monkeypatch) sees the replacement checked.
 """
+
+import functools
 
 import numpy as np
 
+from capmodel import models
 from capmodel import rnn_layers as rl
+from capmodel import transformer_layers as tl
+from capmodel.classifiers.rnn import CaptioningRNN
+from capmodel.classifiers.transformer import CaptioningTransformer
 from capmodel.gradient_check import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
 
 # Max relative error is dominated by near-zero entries; typical values are 1e-8 and a
@@ -91,13 +100,99 @@ def _shared_layers(rng):
     yield "temporal_softmax_loss", "", {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
 
 
+# The inputs of each recurrent cell's step function, and its gates per hidden unit
+# (Wx is (D, gates * H)).
+RNN_STEP_INPUTS = {"rnn": (("x", "prev_h", "Wx", "Wh", "b"), 1),
+                   "lstm": (("x", "prev_h", "prev_c", "Wx", "Wh", "b"), 4),
+                   "gru": (("x", "prev_h", "Wx", "Wh", "b"), 3)}
+
+
+def _spawned(rng):
+    """A generator of its own, so the checks after it draw what they always drew."""
+    return np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+
+
+def _rnn_family(rng):
+    """Every cell's step, sequence and packed functions and CaptioningRNN's loss."""
+    N, T, D, H = 3, 5, 4, 5
+    for cell, (names, k) in RNN_STEP_INPUTS.items():
+        shapes = {"x": (N, D), "prev_h": (N, H), "prev_c": (N, H), "Wx": (D, k * H), "Wh": (H, k * H),
+                  "b": (k * H,)}
+        yield f"{cell}_step", cell, check_array_function(
+            getattr(rl, f"{cell}_step_forward"), getattr(rl, f"{cell}_step_backward"),
+            [rng.standard_normal(shapes[n]) for n in names], names, rng), LAYER_TOLERANCE
+        seq = [(N, T, D), (N, H), (D, k * H), (H, k * H), (k * H,)]
+        yield f"{cell}_sequence", cell, check_array_function(
+            getattr(rl, f"{cell}_forward"), getattr(rl, f"{cell}_backward"), [rng.standard_normal(s) for s in seq],
+            ("x", "h0", "Wx", "Wh", "b"), rng), LAYER_TOLERANCE
+        # ragged: sequences of 4, 3, 1 and 0 steps (the last only has an initial state)
+        sizes, prng = (3, 2, 2, 1), _spawned(rng)
+        packed = [(sum(sizes), D), (4, H)] + seq[2:]
+        yield f"{cell}_packed", cell, check_array_function(
+            functools.partial(getattr(rl, f"{cell}_packed_forward"), sizes=sizes),
+            getattr(rl, f"{cell}_packed_backward"), [prng.standard_normal(s) for s in packed],
+            ("x", "h0", "Wx", "Wh", "b"), prng), LAYER_TOLERANCE
+    for cell in RNN_STEP_INPUTS:
+        model = CaptioningRNN(VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
+                              seed=0)
+        yield "CaptioningRNN.loss", cell, model_loss_errors(model, rng, D=D), MODEL_TOLERANCE
+    for cell in RNN_STEP_INPUTS:  # captions of different lengths: the loss packs them
+        model = CaptioningRNN(VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
+                              seed=0)
+        yield "CaptioningRNN.loss (ragged captions)", cell, model_loss_errors(
+            model, _spawned(rng), N=4, T=6, D=D, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
+
+
+def _transformer_family(rng):
+    """Layer norm, attention (causal self-attention and cross-attention), the
+    feed-forward block, a decoder layer and CaptioningTransformer's loss."""
+    N, T, S, W, nh, F = 2, 4, 3, 6, 2, 5
+    r = rng.standard_normal
+    yield "layer_norm", "transformer", check_array_function(
+        tl.layer_norm_forward, tl.layer_norm_backward, [r((N, T, W)), 1 + 0.3 * r(W), r(W)],
+        ("x", "gamma", "beta"), rng), LAYER_TOLERANCE
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    names = ("query", "key", "value", "Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo")
+    for kind, kv_len, mask in (("self_attention", T, causal), ("cross_attention", S, None)):
+        x, m = r((N, T, W)), r((N, kv_len, W))
+        weights = [r((W, W)) if i % 2 == 0 else r(W) for i in range(8)]
+        forward = functools.partial(_attention_forward, num_heads=nh, mask=mask)
+        yield kind, "transformer", check_array_function(
+            forward, tl.multihead_attention_backward, [x, m, m.copy(), *weights], names, rng), LAYER_TOLERANCE
+    yield "feedforward", "transformer", check_array_function(
+        tl.feedforward_forward, tl.feedforward_backward, [r((N, T, W)), r((W, F)), r(F), r((F, W)), r(W)],
+        ("x", "W1", "b1", "W2", "b2"), rng), LAYER_TOLERANCE
+    layer = {}
+    for key in tl.LAYER_PARAM_KEYS:
+        shape = ((W, F) if key == "ffn.W1" else (F, W) if key == "ffn.W2" else (F,) if key == "ffn.b1"
+                 else (W, W) if ".W" in key else (W,))
+        layer[key] = 1 + 0.3 * r(W) if key.endswith("gamma") else r(shape)
+    yield "decoder_layer", "transformer", check_array_function(
+        functools.partial(tl.decoder_layer_forward, params=layer, num_heads=nh, attn_mask=causal),
+        lambda dout, cache: tl.decoder_layer_backward(dout, cache)[:2],
+        [r((N, T, W)), r((N, S, W))], ("x", "memory"), rng), LAYER_TOLERANCE
+    model = CaptioningTransformer(VOCAB, input_dim=4, wordvec_dim=W, num_heads=nh, num_layers=2, hidden_dim=F,
+                                  max_length=8, dtype=np.float64, seed=0)
+    yield "CaptioningTransformer.loss", "transformer", model_loss_errors(model, rng, D=4), MODEL_TOLERANCE
+
+
+def _attention_forward(query, key, value, *weights, num_heads, mask):
+    return tl.multihead_attention_forward(query, key, value, *weights, num_heads, mask)
+
+
+# The checks of each model family of capmodel.models, by its FAMILY name.
+FAMILY_CHECKS = {CaptioningRNN.FAMILY: _rnn_family, CaptioningTransformer.FAMILY: _transformer_family}
+
+
 def run(seed=0):
     """All checks; returns a list of row dicts."""
-    from capmodel import models
-
+    missing = [fam.FAMILY for fam in models.FAMILIES if fam.FAMILY not in FAMILY_CHECKS]
+    if missing:
+        raise ValueError(f"no gradient checks for the model families {', '.join(missing)}; add them to "
+                         "capmodel.app.gradcheck_suite.FAMILY_CHECKS")
     rng = np.random.default_rng(seed)
     rows = []
-    checks = [*(c for fam in models.FAMILIES for c in fam.gradient_checks(rng)), *_shared_layers(rng)]
+    checks = [*(c for fam in models.FAMILIES for c in FAMILY_CHECKS[fam.FAMILY](rng)), *_shared_layers(rng)]
     for layer, cell, errors, tol in checks:
         for param, (measure, err) in errors.items():
             rows.append({"layer": layer, "cell": cell, "param": param, "measure": measure, "error": err,

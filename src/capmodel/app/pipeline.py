@@ -17,7 +17,7 @@ from capmodel import checkpoints, metrics, models
 from capmodel.safety import ownership
 from capmodel.app import settings as S
 from capmodel.safety.atomic import check_writable, write_json, write_text
-from capmodel.captioning_solver import CaptioningSolver
+from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS, CaptioningSolver
 from capmodel.coco_utils import decode_captions, load_coco_data
 from capmodel.app.tables import read_csv, write_csv
 from capmodel.progress import clock, track
@@ -28,8 +28,6 @@ REF_SEP = " ||| "
 
 def solver_keys():
     """The training settings that are CaptioningSolver keyword arguments (validation aside)."""
-    from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS
-
     return tuple(s.name for s in S.train_settings()
                  if s.name in CS231N_KWARGS + EXTRA_KWARGS and not s.name.startswith("val_"))
 

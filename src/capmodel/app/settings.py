@@ -1,199 +1,83 @@
 """Every setting of training, decoding and the shapes data set, defined once.
 
-Each ``Setting`` carries its name, type, default, allowed range or choices and help text.
-From these the ``capmodel`` flags are generated (``add_arguments``), values are checked
+Each ``Setting`` (capmodel.setting) carries its name, type, default, allowed range or
+choices and help text. From these the ``capmodel`` flags are generated (``add_arguments``), values are checked
 (``check`` / ``check_all``: one message naming the setting, the bad value and what is
 allowed), the workflow's config schema is generated (``capmodel.app.config_schema``), and so
 is config/README.md. Model families add their own settings (``SETTINGS`` on the class,
 see capmodel.models); they are merged in by ``train_settings()``.
-
-A setting with ``optional=True`` also takes None, which switches its feature off.
 """
 
 import argparse
-import math
-from dataclasses import dataclass
 
+from capmodel import models
 from capmodel.datasets.format import SPLITS
 from capmodel.decoding import METHODS as DECODING_METHODS
 from capmodel.optim import RULES
+from capmodel.setting import Setting, SettingError
 from capmodel.schedules import SCHEDULES as LR_SCHEDULES
 from capmodel.validation import METRICS as VAL_METRICS
-
-_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean"}
-
-
-class SettingError(ValueError):
-    """A setting has a value outside its type, range or choices."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: name, type, default, help and what values are allowed."""
-
-    name: str
-    kind: type
-    default: object
-    help: str
-    choices: tuple = None
-    minimum: float = None  # inclusive
-    exclusive_minimum: float = None
-    maximum: float = None  # inclusive
-    exclusive_maximum: float = None
-    optional: bool = False  # None is allowed and switches the feature off
-
-    @property
-    def flag(self):
-        return "--" + self.name.replace("_", "-")
-
-    def allowed(self):
-        """What values are allowed, in words (for messages and docs)."""
-        if self.choices:
-            text = "one of " + ", ".join(map(str, self.choices))
-        else:
-            text = _TYPE_NAMES[self.kind]
-            bounds = []
-            if self.minimum is not None:
-                bounds.append(f">= {self.minimum}")
-            if self.exclusive_minimum is not None:
-                bounds.append(f"> {self.exclusive_minimum}")
-            if self.maximum is not None:
-                bounds.append(f"<= {self.maximum}")
-            if self.exclusive_maximum is not None:
-                bounds.append(f"< {self.exclusive_maximum}")
-            if self.kind is float:
-                text = "finite number"
-            if bounds:
-                text += " " + " and ".join(bounds)
-        return text + (" or null (off)" if self.optional else "")
-
-    def check(self, value, where=None):
-        """The value converted to the setting's type; SettingError if it is not allowed."""
-        name = where or self.name
-        bad = SettingError(f"{name} must be {self.allowed()}, got {value!r}")
-        if value is None:
-            if self.optional:
-                return None
-            raise bad
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise bad
-            return value
-        if self.kind is int:
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or int(value) != value):
-                raise bad
-            value = int(value)
-        elif self.kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise bad
-            value = float(value)
-        elif not isinstance(value, str):
-            raise bad
-        if self.choices and value not in self.choices:
-            raise bad
-        if self.minimum is not None and value < self.minimum:
-            raise bad
-        if self.exclusive_minimum is not None and value <= self.exclusive_minimum:
-            raise bad
-        if self.maximum is not None and value > self.maximum:
-            raise bad
-        if self.exclusive_maximum is not None and value >= self.exclusive_maximum:
-            raise bad
-        return value
-
-    def parse(self, text):
-        """Convert a command-line string (argparse `type=`); the error names the flag."""
-        if self.optional and text.lower() in ("none", "null", "off"):
-            return None
-        try:
-            value = self.kind(text) if self.kind is not bool else text
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {self.allowed()}, got {text!r}")
-        try:
-            return self.check(value)
-        except SettingError:
-            raise argparse.ArgumentTypeError(f"must be {self.allowed()}, got {text!r}")
-
-    def json_schema(self):
-        """The JSON-schema property of this setting (without its default)."""
-        kind = _TYPE_NAMES[self.kind]
-        prop = {"type": [kind, "null"] if self.optional else kind}
-        if self.choices:
-            prop["enum"] = list(self.choices) + ([None] if self.optional else [])
-        for key in ("minimum", "exclusive_minimum", "maximum", "exclusive_maximum"):
-            if getattr(self, key) is not None:
-                prop[{"exclusive_minimum": "exclusiveMinimum", "exclusive_maximum": "exclusiveMaximum"}.get(key, key)] = (
-                    getattr(self, key))
-        prop["description"] = self.help
-        return prop
-
-
-def _s(*args, **kwargs):
-    return Setting(*args, **kwargs)
 
 
 UPDATE_RULES = tuple(RULES)
 
 # Training settings shared by every model family (a family adds its own in SETTINGS).
 TRAIN = (
-    _s("wordvec_dim", int, 128, "word vector size W (the model width of a transformer)", minimum=1),
-    _s("hidden_dim", int, 256, "hidden state size H (a transformer's feed-forward size)", minimum=1),
-    _s("dropout", float, 0.0, "dropout on embedded words and hidden states", minimum=0, exclusive_maximum=1),
-    _s("update_rule", str, "adam", "optimizer", choices=UPDATE_RULES),
-    _s("learning_rate", float, 5e-3, "initial learning rate", exclusive_minimum=0, maximum=10),
-    _s("lr_decay", float, 0.95, "per-epoch learning rate factor (CS231n)", exclusive_minimum=0, maximum=1),
-    _s("lr_schedule", str, None, "schedule replacing the CS231n per-epoch decay", choices=LR_SCHEDULES,
+    Setting("wordvec_dim", int, 128, "word vector size W (the model width of a transformer)", minimum=1),
+    Setting("hidden_dim", int, 256, "hidden state size H (a transformer's feed-forward size)", minimum=1),
+    Setting("dropout", float, 0.0, "dropout on embedded words and hidden states", minimum=0, exclusive_maximum=1),
+    Setting("update_rule", str, "adam", "optimizer", choices=UPDATE_RULES),
+    Setting("learning_rate", float, 5e-3, "initial learning rate", exclusive_minimum=0, maximum=10),
+    Setting("lr_decay", float, 0.95, "per-epoch learning rate factor (CS231n)", exclusive_minimum=0, maximum=1),
+    Setting("lr_schedule", str, None, "schedule replacing the CS231n per-epoch decay", choices=LR_SCHEDULES,
        optional=True),
-    _s("lr_step_size", int, 1, "epochs per step of the step schedule", minimum=1),
-    _s("lr_gamma", float, 0.1, "factor of the step schedule", exclusive_minimum=0, maximum=1),
-    _s("warmup_iterations", int, 0, "linear learning rate warm-up (iterations)", minimum=0),
-    _s("min_lr", float, 0.0, "final learning rate of the cosine schedule", minimum=0),
-    _s("batch_size", int, 100, "captions per minibatch", minimum=1),
-    _s("num_epochs", int, 10, "training epochs", minimum=1),
-    _s("max_iterations", int, None, "stop after this many iterations", minimum=1, optional=True),
-    _s("seed", int, 0, "seed for weights, minibatches and dropout", minimum=0),
-    _s("grad_clip", float, None, "clip gradients to this global L2 norm", exclusive_minimum=0, optional=True),
-    _s("max_train", int, None, "subsample this many training captions", minimum=1, optional=True),
-    _s("pca_features", bool, True, "use the 512-d PCA features (false = the full fc7 features)"),
-    _s("val_metric", str, None, "score greedy validation captions with this metric every epoch",
+    Setting("lr_step_size", int, 1, "epochs per step of the step schedule", minimum=1),
+    Setting("lr_gamma", float, 0.1, "factor of the step schedule", exclusive_minimum=0, maximum=1),
+    Setting("warmup_iterations", int, 0, "linear learning rate warm-up (iterations)", minimum=0),
+    Setting("min_lr", float, 0.0, "final learning rate of the cosine schedule", minimum=0),
+    Setting("batch_size", int, 100, "captions per minibatch", minimum=1),
+    Setting("num_epochs", int, 10, "training epochs", minimum=1),
+    Setting("max_iterations", int, None, "stop after this many iterations", minimum=1, optional=True),
+    Setting("seed", int, 0, "seed for weights, minibatches and dropout", minimum=0),
+    Setting("grad_clip", float, None, "clip gradients to this global L2 norm", exclusive_minimum=0, optional=True),
+    Setting("max_train", int, None, "subsample this many training captions", minimum=1, optional=True),
+    Setting("pca_features", bool, True, "use the 512-d PCA features (false = the full fc7 features)"),
+    Setting("val_metric", str, None, "score greedy validation captions with this metric every epoch",
        choices=VAL_METRICS, optional=True),
-    _s("val_metric_images", int, 200, "validation images for the metric", minimum=1),
-    _s("val_size", int, 5000, "validation captions for the validation loss", minimum=1),
-    _s("patience", int, None, "stop early after this many epochs without improvement", minimum=1, optional=True),
-    _s("checkpoint_every", int, None, "also write a resumable checkpoint every N iterations", minimum=1,
+    Setting("val_metric_images", int, 200, "validation images for the metric", minimum=1),
+    Setting("val_size", int, 5000, "validation captions for the validation loss", minimum=1),
+    Setting("patience", int, None, "stop early after this many epochs without improvement", minimum=1, optional=True),
+    Setting("checkpoint_every", int, None, "also write a resumable checkpoint every N iterations", minimum=1,
        optional=True),
-    _s("print_every", int, 50, "log the training loss every N iterations", minimum=1),
+    Setting("print_every", int, 50, "log the training loss every N iterations", minimum=1),
 )
 
 # How captions are decoded and which images (capmodel sample, config `sample:`).
 DECODE = (
-    _s("split", str, "val", "split to caption and evaluate", choices=SPLITS),
-    _s("method", str, "beam", "decoder", choices=DECODING_METHODS),
-    _s("beam_size", int, 3, "beam width (method beam)", minimum=1),
-    _s("length_norm", float, 0.0, "rank beams by logp / length ** length_norm (method beam)", minimum=0),
-    _s("temperature", float, 1.0, "softmax temperature (method temperature)", exclusive_minimum=0),
-    _s("seed", int, 0, "seed of temperature sampling", minimum=0),
-    _s("max_length", int, 16, "maximum caption length", minimum=1, maximum=100),
-    _s("num_images", int, None, "caption only the first N images (null = all)", minimum=1, optional=True),
+    Setting("split", str, "val", "split to caption and evaluate", choices=SPLITS),
+    Setting("method", str, "beam", "decoder", choices=DECODING_METHODS),
+    Setting("beam_size", int, 3, "beam width (method beam)", minimum=1),
+    Setting("length_norm", float, 0.0, "rank beams by logp / length ** length_norm (method beam)", minimum=0),
+    Setting("temperature", float, 1.0, "softmax temperature (method temperature)", exclusive_minimum=0),
+    Setting("seed", int, 0, "seed of temperature sampling", minimum=0),
+    Setting("max_length", int, 16, "maximum caption length", minimum=1, maximum=100),
+    Setting("num_images", int, None, "caption only the first N images (null = all)", minimum=1, optional=True),
 )
 # Which decoding settings each method uses (the others are not recorded).
 METHOD_SETTINGS = {"greedy": (), "beam": ("beam_size", "length_norm"), "temperature": ("temperature", "seed")}
 
 # The embedded shapes data set (capmodel data shapes, config `data: shapes:`).
 SHAPES = (
-    _s("num_train", int, 4000, "training images (5 captions each)", minimum=1),
-    _s("num_val", int, 500, "validation images (5 captions each)", minimum=1),
-    _s("seed", int, 0, "seed for scenes, captions and everything random", minimum=0),
-    _s("min_count", int, 5, "training words seen fewer times become <UNK>", minimum=1),
+    Setting("num_train", int, 4000, "training images (5 captions each)", minimum=1),
+    Setting("num_val", int, 500, "validation images (5 captions each)", minimum=1),
+    Setting("seed", int, 0, "seed for scenes, captions and everything random", minimum=0),
+    Setting("min_count", int, 5, "training words seen fewer times become <UNK>", minimum=1),
 )
 
 
 def train_settings():
     """The training settings: TRAIN, `cell_type` and every model family's own settings."""
-    from capmodel import models
-
-    cell = _s("cell_type", str, "lstm", "decoder: " + ", ".join(
+    cell = Setting("cell_type", str, "lstm", "decoder: " + ", ".join(
         f"{c} ({models.family_of(c).__name__})" for c in models.cell_types()), choices=models.cell_types())
     extra = tuple(s for fam in models.FAMILIES for s in getattr(fam, "SETTINGS", ()))
     return (cell,) + TRAIN + extra

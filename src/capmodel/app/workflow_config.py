@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from capmodel.app import settings as S
+from capmodel.safety.atomic import write_json
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a safe path component: never "." or ".."
 
@@ -54,8 +55,6 @@ def sample_settings(sample):
 
 def write_settings(path, settings):
     """Write one settings dict as the JSON file a CLI command reads with --settings."""
-    from capmodel.safety.atomic import write_json
-
     write_json(path, settings)
 
 

@@ -5,12 +5,12 @@ W word vector dimension, H hidden dimension, V vocabulary size.
 """
 
 import contextlib
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from capmodel import decoding
 from capmodel import rnn_layers as rl
 from capmodel.kernels.buffers import Buffers
 from capmodel.classifiers.inputs import check_captions, check_features
@@ -34,38 +34,25 @@ def _gru_decode(xa, state, Wh):
 class Cell:
     """One recurrent cell, registered once: its layers and how decoding steps it.
 
-    - forward / backward: the sequence functions (rnn_forward, ...)
-    - packed_forward / packed_backward: their packed versions, which the loss uses
+    - packed_forward / packed_backward: the packed sequence functions the loss uses
     - gates: gates per hidden unit k (Wx is (W, kH))
-    - step_forward / step_backward / step_inputs: the step functions and their inputs
     - state_size: arrays in the decoding state ((h,) or (h, c))
     - decode: (xa, state, Wh) -> next state, where xa = x @ Wx + b is precomputed
     """
 
-    forward: Callable
-    backward: Callable
     packed_forward: Callable
     packed_backward: Callable
     gates: int
-    step_forward: Callable
-    step_backward: Callable
-    step_inputs: tuple
     state_size: int
     decode: Callable
 
 
 CELLS = {
-    "rnn": Cell(forward=rl.rnn_forward, backward=rl.rnn_backward, packed_forward=rl.rnn_packed_forward,
-                packed_backward=rl.rnn_packed_backward, gates=1, step_forward=rl.rnn_step_forward,
-                step_backward=rl.rnn_step_backward, step_inputs=("x", "prev_h", "Wx", "Wh", "b"), state_size=1,
+    "rnn": Cell(packed_forward=rl.rnn_packed_forward, packed_backward=rl.rnn_packed_backward, gates=1, state_size=1,
                 decode=_rnn_decode),
-    "lstm": Cell(forward=rl.lstm_forward, backward=rl.lstm_backward, packed_forward=rl.lstm_packed_forward,
-                 packed_backward=rl.lstm_packed_backward, gates=4, step_forward=rl.lstm_step_forward,
-                 step_backward=rl.lstm_step_backward, step_inputs=("x", "prev_h", "prev_c", "Wx", "Wh", "b"),
+    "lstm": Cell(packed_forward=rl.lstm_packed_forward, packed_backward=rl.lstm_packed_backward, gates=4,
                  state_size=2, decode=_lstm_decode),
-    "gru": Cell(forward=rl.gru_forward, backward=rl.gru_backward, packed_forward=rl.gru_packed_forward,
-                packed_backward=rl.gru_packed_backward, gates=3, step_forward=rl.gru_step_forward,
-                step_backward=rl.gru_step_backward, step_inputs=("x", "prev_h", "Wx", "Wh", "b"), state_size=1,
+    "gru": Cell(packed_forward=rl.gru_packed_forward, packed_backward=rl.gru_packed_backward, gates=3, state_size=1,
                 decode=_gru_decode),
 }
 
@@ -92,9 +79,6 @@ class _Packing:
     def gather(self, a):
         """The packed rows of a time-major (T, N, ...) array: shape (P, ...)."""
         return a[self._t, self._n]
-
-
-PARAM_NAMES = ("W_proj", "b_proj", "W_embed", "Wx", "Wh", "b", "W_vocab", "b_vocab")
 
 
 class CaptioningRNN:
@@ -192,39 +176,6 @@ class CaptioningRNN:
         return cls(desc["word_to_idx"], input_dim=desc["input_dim"], wordvec_dim=desc["wordvec_dim"],
                    hidden_dim=desc["hidden_dim"], cell_type=desc["cell_type"], dtype=np.dtype(desc["dtype"]),
                    dropout=desc.get("dropout", 0.0), seed=0)
-
-    @classmethod
-    def gradient_checks(cls, rng):
-        """(layer, cell, {input: rel_error}, tolerance) for every cell's step, sequence and
-        model loss (capmodel.app.gradcheck_suite collects them)."""
-        from capmodel.app import gradcheck_suite as gs
-
-        N, T, D, H = 3, 5, 4, 5
-        for cell, c in CELLS.items():
-            fwd, bwd, k, step_f, step_b, names = c.forward, c.backward, c.gates, c.step_forward, c.step_backward, \
-                c.step_inputs
-            shapes = {"x": (N, D), "prev_h": (N, H), "prev_c": (N, H), "Wx": (D, k * H), "Wh": (H, k * H),
-                      "b": (k * H,)}
-            yield f"{cell}_step", cell, gs.check_array_function(
-                step_f, step_b, [rng.standard_normal(shapes[n]) for n in names], names, rng), gs.LAYER_TOLERANCE
-            seq = [(N, T, D), (N, H), (D, k * H), (H, k * H), (k * H,)]
-            yield f"{cell}_sequence", cell, gs.check_array_function(
-                fwd, bwd, [rng.standard_normal(s) for s in seq], ("x", "h0", "Wx", "Wh", "b"), rng), gs.LAYER_TOLERANCE
-            # ragged: sequences of 4, 3, 1 and 0 steps (the last only has an initial state);
-            # its own generator, so the other checks draw what they always drew
-            sizes, prng = (3, 2, 2, 1), np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
-            packed = [(sum(sizes), D), (4, H)] + seq[2:]
-            yield f"{cell}_packed", cell, gs.check_array_function(
-                functools.partial(c.packed_forward, sizes=sizes), c.packed_backward,
-                [prng.standard_normal(s) for s in packed], ("x", "h0", "Wx", "Wh", "b"), prng), gs.LAYER_TOLERANCE
-        for cell in CELLS:
-            model = cls(gs.VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64, seed=0)
-            yield "CaptioningRNN.loss", cell, gs.model_loss_errors(model, rng, D=D), gs.MODEL_TOLERANCE
-        for cell in CELLS:  # captions of different lengths: the loss packs them
-            model = cls(gs.VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64, seed=0)
-            prng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
-            yield "CaptioningRNN.loss (ragged captions)", cell, gs.model_loss_errors(
-                model, prng, N=4, T=6, D=D, lengths=(6, 4, 2, 1)), gs.MODEL_TOLERANCE
 
     # ------------------------------------------------------------------ checks
 
@@ -356,6 +307,4 @@ class CaptioningRNN:
           element is an integer in the range [0, V). The first element of captions
           should be the first sampled word, not the <START> token.
         """
-        from capmodel import decoding
-
         return decoding.decode(self, features, max_length=max_length, method=method, **options)

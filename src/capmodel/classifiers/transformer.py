@@ -15,11 +15,12 @@ Parameter keys (shapes in brackets):
 
 import numpy as np
 
+from capmodel import decoding
 from capmodel import rnn_layers as rl
 from capmodel import transformer_layers as tl
 from capmodel.classifiers.inputs import check_captions, check_features
 from capmodel.layers import dropout_mask
-from capmodel.app.settings import Setting
+from capmodel.setting import Setting
 from capmodel.vocab import NULL
 
 FAMILY = "transformer"
@@ -63,40 +64,6 @@ class CaptioningTransformer:
                    num_heads=settings["num_heads"], num_layers=settings["num_layers"],
                    hidden_dim=settings["hidden_dim"], dtype=dtype, dropout=settings["dropout"],
                    seed=settings["seed"])
-
-    @classmethod
-    def gradient_checks(cls, rng):
-        """(layer, cell, {input: rel_error}, tolerance) for layer norm, attention (causal
-        self-attention and cross-attention), the feed-forward block, a decoder layer and
-        the model loss (capmodel.app.gradcheck_suite collects them)."""
-        from capmodel.app import gradcheck_suite as gs
-
-        N, T, S, W, nh, F = 2, 4, 3, 6, 2, 5
-        r = rng.standard_normal
-        yield "layer_norm", "transformer", gs.check_array_function(
-            tl.layer_norm_forward, tl.layer_norm_backward, [r((N, T, W)), 1 + 0.3 * r(W), r(W)],
-            ("x", "gamma", "beta"), rng), gs.LAYER_TOLERANCE
-        causal = np.tril(np.ones((T, T), dtype=bool))
-        names = ("query", "key", "value", "Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo")
-        weights = lambda: [r((W, W)) if i % 2 == 0 else r(W) for i in range(8)]
-        for kind, kv_len, mask in (("self_attention", T, causal), ("cross_attention", S, None)):
-            x, m = r((N, T, W)), r((N, kv_len, W))
-            forward = lambda q, k, v, *w, mask=mask: tl.multihead_attention_forward(q, k, v, *w, nh, mask)
-            yield kind, "transformer", gs.check_array_function(
-                forward, tl.multihead_attention_backward, [x, m, m.copy(), *weights()], names, rng), gs.LAYER_TOLERANCE
-        yield "feedforward", "transformer", gs.check_array_function(
-            tl.feedforward_forward, tl.feedforward_backward, [r((N, T, W)), r((W, F)), r(F), r((F, W)), r(W)],
-            ("x", "W1", "b1", "W2", "b2"), rng), gs.LAYER_TOLERANCE
-        layer = {k: (1 + 0.3 * r(W)) if k.endswith("gamma") else r((W, F) if k == "ffn.W1" else (F, W) if k == "ffn.W2"
-                 else (F,) if k == "ffn.b1" else (W, W) if ".W" in k else (W,)) for k in tl.LAYER_PARAM_KEYS}
-        forward = lambda x, memory: (*tl.decoder_layer_forward(x, memory, layer, nh, causal)[:1],
-                                     tl.decoder_layer_forward(x, memory, layer, nh, causal)[1])
-        backward = lambda dout, cache: tl.decoder_layer_backward(dout, cache)[:2]
-        yield "decoder_layer", "transformer", gs.check_array_function(
-            forward, backward, [r((N, T, W)), r((N, S, W))], ("x", "memory"), rng), gs.LAYER_TOLERANCE
-        model = cls(gs.VOCAB, input_dim=4, wordvec_dim=W, num_heads=nh, num_layers=2, hidden_dim=F, max_length=8,
-                    dtype=np.float64, seed=0)
-        yield "CaptioningTransformer.loss", "transformer", gs.model_loss_errors(model, rng, D=4), gs.MODEL_TOLERANCE
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=256, num_heads=4, num_layers=2, max_length=50,
                  hidden_dim=None, dtype=np.float32, dropout=0.0, seed=None):
@@ -325,8 +292,6 @@ class CaptioningTransformer:
           element is an integer in the range [0, V). The first element of captions
           should be the first sampled word, not the <START> token.
         """
-        from capmodel import decoding
-
         if max_length > self.max_length:
             raise ValueError(
                 f"cannot sample captions of max_length={max_length}: "
