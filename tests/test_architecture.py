@@ -139,3 +139,13 @@ def test_models_and_layers_import_light(module):
             "print(' '.join(heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+def test_no_unused_imports_or_variables():
+    """Pyflakes' checks (through ruff): unused imports, redefined names, unused variables,
+    in the package, the tests, the benchmarks and the report notebooks."""
+    root = SRC.parent
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "F401,F811,F841",
+                           "--output-format", "concise", "src", "tests", "benchmarks", "workflow/notebooks"],
+                          cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,7 +1,6 @@
 """Training that survives and improves: resume after kill -9, corrupt checkpoints,
 validation, early stopping, schedules and dropout in the solver."""
 
-import json
 import os
 import signal
 import subprocess

@@ -205,10 +205,6 @@ class CaptioningSolver:
 
     # ---------------------------------------------------------- validation
 
-    def val_loss(self):
-        """Mean loss per caption over the validator's fixed validation captions."""
-        return self.validator.loss(self.model)
-
     def _validate(self):
         try:
             scores = self.validator(self.model)

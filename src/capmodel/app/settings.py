@@ -126,11 +126,11 @@ def decode_label(record):
     return method
 
 
-def add_arguments(parser, settings, defaults_from=None):
+def add_arguments(parser, settings):
     """Add one flag per setting to an argparse parser, with its range and default in the help.
 
-    With defaults_from=None the flag defaults are None, so that only the flags a user gave
-    override a settings file; the help still shows the setting's default.
+    The flags default to None, so that only the flags a user gave override a settings
+    file; the help still shows the setting's default.
     """
     for s in settings:
         shown = "null (off)" if s.default is None else s.default
