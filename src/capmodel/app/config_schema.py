@@ -2,7 +2,7 @@
 
 ``python -m capmodel.app.config_schema`` writes workflow/schemas/config.schema.yaml (which
 Snakemake's ``validate`` reads) and config/README.md (every config key, its type, range,
-default and meaning). tests/test_config_schema.py fails when either file is out of date,
+default and meaning). tests/test_settings.py fails when either file is out of date,
 so a setting is changed in one place (capmodel.app.settings) and the rest follows.
 """
 
