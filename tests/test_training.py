@@ -148,7 +148,7 @@ def test_validation_keeps_best_and_early_stops():
     assert s.finished and s.epoch < 30
     best = min(s.val_history, key=lambda r: r["val_loss"])
     assert best["best"] and s.val_history[-1]["epoch"] - best["epoch"] == 2
-    assert s.val_loss() == pytest.approx(best["val_loss"], rel=1e-5)  # best params restored
+    assert s.validator.loss(s.model) == pytest.approx(best["val_loss"], rel=1e-5)  # best params restored
 
 
 def test_val_metric_is_recorded():
