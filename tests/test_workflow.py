@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir, *args, config=TEST_CONFIG, timeout=600):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -34,6 +34,17 @@ def test_dry_run_lists_every_stage(tmp_path):
     for rule in ("make_shapes_data", "gradcheck", "train_model", "sample_captions", "baseline_captions",
                  "evaluate_captions", "summarize", "report_model", "report_summary"):
         assert rule in r.stdout
+
+
+def test_snakemake_finds_the_workflow_from_the_repository_root(tmp_path):
+    # The catalog's layout: workflow/Snakefile, which plain `snakemake` (and `make run`) finds
+    # when started in the repository root.
+    assert (ROOT / "workflow" / "Snakefile").is_file() and not (ROOT / "Snakefile").exists()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path),
+                        "--configfile", str(TEST_CONFIG)], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "report_summary" in r.stdout
 
 
 def test_lint_is_clean(tmp_path):
@@ -109,7 +120,7 @@ def test_failing_stage_leaves_no_partial_outputs(test_run, tmp_path):
 
 
 def test_snakefmt_check():
-    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(ROOT / "Snakefile"),
+    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(ROOT / "workflow" / "Snakefile"),
                         str(ROOT / "workflow" / "rules")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -122,7 +133,7 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
     cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn, num_epochs: 300, checkpoint_every: 20}\n")
     work = tmp_path / "w"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(work),
            "--configfile", str(cfg), "--cores", "2", "results/models/tiny_rnn/model.npz"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     resume = work / "results" / "resume" / "tiny_rnn"

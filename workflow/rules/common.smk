@@ -19,8 +19,9 @@ try:
 except ValueError as e:
     sys.exit(f"capmodel workflow: config error: {e}")
 
-ENV = str(Path(workflow.basedir) / "environment.yml")
-NOTEBOOKS = Path(workflow.basedir) / "workflow" / "notebooks"
+# workflow.basedir is workflow/, the directory of the Snakefile.
+ENV = str(Path(workflow.basedir).parent / "environment.yml")
+NOTEBOOKS = Path(workflow.basedir) / "notebooks"
 SPLIT = SAMPLE["split"]
 
 
