@@ -47,6 +47,23 @@ def test_snakemake_finds_the_workflow_from_the_repository_root(tmp_path):
     assert "report_summary" in r.stdout
 
 
+def test_every_job_asks_for_the_resources_of_its_kind(tmp_path):
+    cfg = _config_with(tmp_path, "resources: {train_threads: 1, train_mem_mb: 1234, train_runtime: 56,"
+                                 " small_mem_mb: 789, small_runtime: 12}\n")
+    r = snakemake(tmp_path / "w", "-n", config=cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", r.stdout, re.S | re.M)
+    for rule, body in jobs:
+        resources = dict(re.findall(r"\b(mem_mb|runtime)=(\d+)", body))
+        if rule in ("all", "model_settings", "sample_settings"):
+            assert resources == {}, rule  # local rules: run by Snakemake itself, never submitted
+        elif rule == "train_model":
+            assert resources == {"mem_mb": "1234", "runtime": "56"}, body
+        else:
+            assert resources == {"mem_mb": "789", "runtime": "12"}, (rule, body)
+    assert {"make_shapes_data", "gradcheck", "train_model", "report_summary"} <= {rule for rule, _ in jobs}
+
+
 def test_lint_is_clean(tmp_path):
     r = snakemake(tmp_path, "--lint")
     assert r.returncode == 0 and "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr

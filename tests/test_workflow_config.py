@@ -61,6 +61,13 @@ def test_config_errors_are_one_short_line(config, message):
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
+def test_job_resources_per_kind():
+    resources = {"train_threads": 2, "train_mem_mb": 4000, "train_runtime": 120, "small_mem_mb": 2000,
+                 "small_runtime": 30}
+    assert wc.job_resources(resources) == {"small": {"mem_mb": 2000, "runtime": 30},
+                                           "train": {"mem_mb": 4000, "runtime": 120}}
+
+
 def test_write_settings_round_trips(tmp_path):
     from capmodel.app.pipeline import read_settings_file
 

@@ -16,6 +16,7 @@ try:
     MODELS = wc.expand_models(config)
     SAMPLE = wc.sample_settings(config["sample"])
     DATA_DIR = wc.data_dir(config["data"])
+    RESOURCES = wc.job_resources(config["resources"])
 except ValueError as e:
     sys.exit(f"capmodel workflow: config error: {e}")
 

@@ -16,8 +16,7 @@ rule evaluate_captions:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         name=lambda wildcards: Path(wildcards.kind).name,
         java="" if config["evaluate"]["java"] else "--no-java",

@@ -55,8 +55,7 @@ rule report_model:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         figures_dir=lambda wildcards, output: Path(output.training).parent,
         num_examples=config["report"]["num_examples"],
@@ -112,8 +111,7 @@ rule report_summary:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         # Every file the notebook reads, by model name (YAML, as JSON), from the inputs.
         files=lambda wildcards, input: json.dumps(

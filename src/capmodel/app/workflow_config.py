@@ -52,6 +52,17 @@ def sample_settings(sample):
     return S.decode_record(sample)
 
 
+def job_resources(resources):
+    """Snakemake `resources:` of each kind of job, from the config's `resources:` section.
+
+    "train" is for training jobs and "small" for every other job; each maps mem_mb (MB) and
+    runtime (minutes), the names a cluster executor schedules by. The rules take theirs from
+    here, so the values are read from the config in one place.
+    """
+    return {kind: {"mem_mb": resources[f"{kind}_mem_mb"], "runtime": resources[f"{kind}_runtime"]}
+            for kind in ("small", "train")}
+
+
 def write_settings(path, settings):
     """Write one settings dict as the JSON file a CLI command reads with --settings."""
     from capmodel.safety.atomic import write_json
