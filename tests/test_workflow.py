@@ -64,6 +64,16 @@ def test_every_job_asks_for_the_resources_of_its_kind(tmp_path):
     assert {"make_shapes_data", "gradcheck", "train_model", "report_summary"} <= {rule for rule, _ in jobs}
 
 
+def test_model_wildcard_matches_only_configured_names(tmp_path):
+    # '.' in a model name is literal: results/models/aXb/ is no path of model 'a.b'.
+    cfg = _config_with(tmp_path, "models:\n  a.b: {cell_type: rnn}\n")
+    r = snakemake(tmp_path / "w", "-n", "results/models/a.b/metrics.json", "reports/a.b.html", config=cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for target in ("results/models/aXb/model.npz", "results/models/aXb/metrics.json", "reports/aXb.html"):
+        r = snakemake(tmp_path / "w", "-n", target, config=cfg)
+        assert r.returncode != 0 and f"No rule to produce {target}" in r.stdout + r.stderr, target
+
+
 def test_lint_is_clean(tmp_path):
     r = snakemake(tmp_path, "--lint")
     assert r.returncode == 0 and "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr

@@ -1,5 +1,6 @@
 """Tests of capmodel.app.workflow_config: model and sweep expansion, settings files, short config errors."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,16 @@ def test_sweep_expands_a_grid():
 def test_bad_model_configs(cfg, message):
     with pytest.raises(ValueError, match=message):
         wc.expand_models(cfg)
+
+
+@pytest.mark.parametrize("text, matches", [
+    ("a.b", True), ("lstm+scst", True), ("m-1", True),
+    ("aXb", False), ("lstmmscst", False), ("lstm+scst/x", False), ("a.b.c", False), ("m", False), ("", False),
+])
+def test_name_pattern_matches_exactly_the_names(text, matches):
+    # Used as (?P<model>...) by Snakemake, inside a path: a regex character in a name is literal.
+    pattern = re.compile(rf"results/models/(?P<model>{wc.name_pattern(['m-1', 'a.b', 'lstm+scst'])})/model.npz")
+    assert bool(pattern.fullmatch(f"results/models/{text}/model.npz")) == matches
 
 
 def test_sample_settings_keep_what_the_method_uses():

@@ -24,10 +24,12 @@ except ValueError as e:
 ENV = str(Path(workflow.basedir).parent / "environment.yml")
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"
 SPLIT = SAMPLE["split"]
+# The configured model names, escaped: a {model} wildcard matches one of them and nothing else.
+MODEL_PATTERN = wc.name_pattern(MODELS)
 
 
 wildcard_constraints:
-    model="|".join(sorted(MODELS)),
+    model=MODEL_PATTERN,
 
 
 def get_data_dir():

@@ -12,7 +12,7 @@ rule evaluate_captions:
     log:
         "logs/evaluate/{kind}.log",
     wildcard_constraints:
-        kind="baseline|models/[^/]+",
+        kind=f"baseline|models/(?:{MODEL_PATTERN})",
     conda:
         ENV
     resources:

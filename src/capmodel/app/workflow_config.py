@@ -47,6 +47,15 @@ def expand_models(config):
     return models
 
 
+def name_pattern(names):
+    """A regular expression that matches exactly one of the names: a wildcard constraint.
+
+    Each name is escaped because model names may hold '.', '+' and '-', which are regular
+    expression syntax: unescaped, the constraint of a model 'a.b' would also accept 'aXb'.
+    """
+    return "|".join(re.escape(name) for name in sorted(names))
+
+
 def sample_settings(sample):
     """The decoding record of the config's `sample:` section (what `capmodel sample` reads)."""
     return S.decode_record(sample)
