@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from capmodel.app.workflow_config import source_revision
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
 pytestmark = pytest.mark.slow
@@ -55,7 +57,7 @@ def test_every_job_asks_for_the_resources_of_its_kind(tmp_path):
     jobs = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", r.stdout, re.S | re.M)
     for rule, body in jobs:
         resources = dict(re.findall(r"\b(mem_mb|runtime)=(\d+)", body))
-        if rule in ("all", "model_settings", "sample_settings"):
+        if rule in ("all", "model_settings", "sample_settings", "source_revision"):
             assert resources == {}, rule  # local rules: run by Snakemake itself, never submitted
         elif rule == "train_model":
             assert resources == {"mem_mb": "1234", "runtime": "56"}, body
@@ -72,6 +74,54 @@ def test_model_wildcard_matches_only_configured_names(tmp_path):
     for target in ("results/models/aXb/model.npz", "results/models/aXb/metrics.json", "reports/aXb.html"):
         r = snakemake(tmp_path / "w", "-n", target, config=cfg)
         assert r.returncode != 0 and f"No rule to produce {target}" in r.stdout + r.stderr, target
+
+
+# Snakemake under an audit hook that reports every process the workflow's own code starts
+# (the Snakefile, the .smk files, capmodel): the nearest frame outside the standard library
+# decides, so processes of Snakemake itself or of an imported library (h5py runs `uname -p`
+# when imported) are not the workflow's.
+_AUDITED_SNAKEMAKE = """
+import sys
+import sysconfig
+
+own = tuple(sys.argv.pop(1).split(","))
+stdlib = (sysconfig.get_path("stdlib"), "<")
+
+
+def hook(event, args):
+    if event in ("subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork"):
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(stdlib):
+            frame = frame.f_back
+        if frame is not None and frame.f_code.co_filename.startswith(own):
+            print(f"PROCESS FROM THE WORKFLOW: {event} {args!r:.200} at {frame.f_code.co_filename}",
+                  file=sys.stderr)
+
+
+sys.addaudithook(hook)
+from snakemake.cli import main
+
+main()
+"""
+
+
+def test_parsing_the_workflow_starts_no_process(tmp_path):
+    script = tmp_path / "audited_snakemake.py"
+    script.write_text(_AUDITED_SNAKEMAKE)
+    own = ",".join(str(ROOT / d) + os.sep for d in ("workflow", "src"))
+    r = subprocess.run([sys.executable, str(script), own, "-n", "-s",
+                        str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path / "w"),
+                        "--configfile", str(TEST_CONFIG)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "source_revision" in r.stdout  # the revision is read by a job instead
+    assert "PROCESS FROM THE WORKFLOW" not in r.stderr, r.stderr[-2000:]
+
+
+def test_summary_report_shows_the_source_revision(test_run):
+    revision = source_revision(ROOT / "workflow")
+    html = (test_run / "reports" / "summary.html").read_text()
+    assert revision.replace("+uncommitted-changes", " (with uncommitted changes)") in html
+    assert not (test_run / "results" / "source_revision.json").exists()  # temp(): made for the report only
 
 
 def test_lint_is_clean(tmp_path):

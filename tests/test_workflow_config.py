@@ -1,6 +1,9 @@
 """Tests of capmodel.app.workflow_config: model and sweep expansion, settings files, short config errors."""
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,32 @@ def test_write_settings_round_trips(tmp_path):
     settings = wc.expand_models({"models": {"a": {"cell_type": "rnn"}}})["a"]
     wc.write_settings(tmp_path / "s.json", settings)
     assert S.check_all(read_settings_file(tmp_path / "s.json"), S.train_settings()) == settings
+
+
+def _git(cwd, *args):
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_source_revision_of_a_checkout(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "workflow").mkdir(parents=True)
+    (repo / "workflow" / "Snakefile").write_text("rule all:\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    head = _git(repo, "rev-parse", "HEAD")
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    assert wc.source_revision(repo / "workflow") == head
+    (repo / "workflow" / "Snakefile").write_text("rule all:\n    input: []\n")
+    assert wc.source_revision(repo / "workflow") == head + "+uncommitted-changes"
+    wc.write_source_revision(tmp_path / "rev.json", repo / "workflow")
+    assert json.loads((tmp_path / "rev.json").read_text()) == {"git_commit": head + "+uncommitted-changes"}
+
+
+def test_source_revision_is_unknown_outside_a_checkout_or_without_git(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above tmp_path counts
+    (tmp_path / "src").mkdir()
+    assert wc.source_revision(tmp_path / "src") == "unknown"
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no git at all
+    assert wc.source_revision(Path(__file__).parent) == "unknown"

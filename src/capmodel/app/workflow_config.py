@@ -3,14 +3,17 @@
 workflow/rules/common.smk calls these after validating the config against
 workflow/schemas/config.schema.yaml, so the logic is tested here and the rules stay thin.
 Each model's settings and the decoding settings reach the CLI as JSON files that the
-workflow writes (never re-serialised into flags).
+workflow writes (never re-serialised into flags). The source revision that the summary
+report shows is read by a job (rule source_revision), never while the Snakefile is parsed.
 """
 
 import itertools
 import re
+import subprocess
 from pathlib import Path
 
 from capmodel.app import settings as S
+from capmodel.safety.atomic import write_json
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a safe path component: never "." or ".."
 
@@ -74,9 +77,25 @@ def job_resources(resources):
 
 def write_settings(path, settings):
     """Write one settings dict as the JSON file a CLI command reads with --settings."""
-    from capmodel.safety.atomic import write_json
-
     write_json(path, settings)
+
+
+def source_revision(source_dir):
+    """The git commit of the source in source_dir (40 hex digits), with "+uncommitted-changes"
+    appended when the checkout has changes; "unknown" without git or outside a git checkout."""
+    cmd = ["git", "-C", str(source_dir), "describe", "--always", "--abbrev=40", "--exclude=*",
+           "--dirty=+uncommitted-changes"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (r.returncode == 0 and r.stdout.strip()) or "unknown"
+
+
+def write_source_revision(path, source_dir):
+    """Write {"git_commit": source_revision(source_dir)} as JSON: a papermill parameters file
+    (-f) of the summary report."""
+    write_json(path, {"git_commit": source_revision(source_dir)})
 
 
 def check_config(config, schema_path):
