@@ -124,6 +124,21 @@ def test_summary_report_shows_the_source_revision(test_run):
     assert not (test_run / "results" / "source_revision.json").exists()  # temp(): made for the report only
 
 
+def test_workflow_catalog_metadata():
+    import yaml
+
+    meta = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    usage = meta["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert usage["mandatory-flags"]["desc"].strip() and usage["mandatory-flags"]["flags"].startswith("--cores ")
+    assert set(usage["software-stack-deployment"]) == {"conda", "apptainer", "apptainer+conda"}
+    assert all(isinstance(v, bool) for v in usage["software-stack-deployment"].values())
+    assert usage["report"] is True  # test_snakemake_report makes one
+    # The standardized layout the catalog checks.
+    for path in ("workflow/Snakefile", "config/config.yaml", "config/README.md"):
+        assert (ROOT / path).is_file(), path
+
+
 def test_lint_is_clean(tmp_path):
     r = snakemake(tmp_path, "--lint")
     assert r.returncode == 0 and "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
