@@ -33,7 +33,7 @@ def workflow_run(tmp_path_factory):
     root = Path(__file__).resolve().parents[1]
     work = tmp_path_factory.mktemp("wf")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", str(work),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "workflow" / "Snakefile"), "--directory", str(work),
            "--configfile", str(root / ".test" / "config" / "config.yaml"), "--cores", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -47,7 +47,7 @@ def snakemake(workdir, *args, config=TEST_CONFIG, env=None):
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     cmd = ["timeout", "-s", "KILL", str(HARD_TIMEOUT), sys.executable, "-m", "snakemake", "-s",
-           str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(config), *args]
+           str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir), "--configfile", str(config), *args]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode != 137, "snakemake hung and was killed after the hard timeout"
     return r

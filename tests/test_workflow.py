@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from capmodel.app.workflow_config import source_revision
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
 pytestmark = pytest.mark.slow
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir, *args, config=TEST_CONFIG, timeout=600):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -36,9 +38,116 @@ def test_dry_run_lists_every_stage(tmp_path):
         assert rule in r.stdout
 
 
-def test_lint_is_clean(tmp_path):
-    r = snakemake(tmp_path, "--lint")
-    assert r.returncode == 0 and "Congratulations, your workflow is in a good condition!" in r.stdout + r.stderr
+def test_snakemake_finds_the_workflow_from_the_repository_root(tmp_path):
+    # The catalog's layout: workflow/Snakefile, which plain `snakemake` (and `make run`) finds
+    # when started in the repository root.
+    assert (ROOT / "workflow" / "Snakefile").is_file() and not (ROOT / "Snakefile").exists()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path),
+                        "--configfile", str(TEST_CONFIG)], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "report_summary" in r.stdout
+
+
+def test_every_job_asks_for_the_resources_of_its_kind(tmp_path):
+    cfg = _config_with(tmp_path, "resources: {train_threads: 1, train_mem_mb: 1234, train_runtime: 56,"
+                                 " small_mem_mb: 789, small_runtime: 12}\n")
+    r = snakemake(tmp_path / "w", "-n", config=cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", r.stdout, re.S | re.M)
+    for rule, body in jobs:
+        resources = dict(re.findall(r"\b(mem_mb|runtime)=(\d+)", body))
+        if rule in ("all", "model_settings", "sample_settings", "source_revision"):
+            assert resources == {}, rule  # local rules: run by Snakemake itself, never submitted
+        elif rule == "train_model":
+            assert resources == {"mem_mb": "1234", "runtime": "56"}, body
+        else:
+            assert resources == {"mem_mb": "789", "runtime": "12"}, (rule, body)
+    assert {"make_shapes_data", "gradcheck", "train_model", "report_summary"} <= {rule for rule, _ in jobs}
+
+
+def test_model_wildcard_matches_only_configured_names(tmp_path):
+    # '.' in a model name is literal: results/models/aXb/ is no path of model 'a.b'.
+    cfg = _config_with(tmp_path, "models:\n  a.b: {cell_type: rnn}\n")
+    r = snakemake(tmp_path / "w", "-n", "results/models/a.b/metrics.json", "reports/a.b.html", config=cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for target in ("results/models/aXb/model.npz", "results/models/aXb/metrics.json", "reports/aXb.html"):
+        r = snakemake(tmp_path / "w", "-n", target, config=cfg)
+        assert r.returncode != 0 and f"No rule to produce {target}" in r.stdout + r.stderr, target
+
+
+# Snakemake under an audit hook that reports every process the workflow's own code starts
+# (the Snakefile, the .smk files, capmodel): the nearest frame outside the standard library
+# decides, so processes of Snakemake itself or of an imported library (h5py runs `uname -p`
+# when imported) are not the workflow's.
+_AUDITED_SNAKEMAKE = """
+import sys
+import sysconfig
+
+own = tuple(sys.argv.pop(1).split(","))
+stdlib = (sysconfig.get_path("stdlib"), "<")
+
+
+def hook(event, args):
+    if event in ("subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.spawn", "os.fork"):
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(stdlib):
+            frame = frame.f_back
+        if frame is not None and frame.f_code.co_filename.startswith(own):
+            print(f"PROCESS FROM THE WORKFLOW: {event} {args!r:.200} at {frame.f_code.co_filename}",
+                  file=sys.stderr)
+
+
+sys.addaudithook(hook)
+from snakemake.cli import main
+
+main()
+"""
+
+
+def test_parsing_the_workflow_starts_no_process(tmp_path):
+    script = tmp_path / "audited_snakemake.py"
+    script.write_text(_AUDITED_SNAKEMAKE)
+    own = ",".join(str(ROOT / d) + os.sep for d in ("workflow", "src"))
+    r = subprocess.run([sys.executable, str(script), own, "-n", "-s",
+                        str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path / "w"),
+                        "--configfile", str(TEST_CONFIG)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "source_revision" in r.stdout  # the revision is read by a job instead
+    assert "PROCESS FROM THE WORKFLOW" not in r.stderr, r.stderr[-2000:]
+
+
+def test_summary_report_shows_the_source_revision(test_run):
+    revision = source_revision(ROOT / "workflow")
+    html = (test_run / "reports" / "summary.html").read_text()
+    assert revision.replace("+uncommitted-changes", " (with uncommitted changes)") in html
+    assert not (test_run / "results" / "source_revision.json").exists()  # temp(): made for the report only
+
+
+def test_workflow_catalog_metadata():
+    import yaml
+
+    meta = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    usage = meta["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert usage["mandatory-flags"]["desc"].strip() and usage["mandatory-flags"]["flags"].startswith("--cores ")
+    assert set(usage["software-stack-deployment"]) == {"conda", "apptainer", "apptainer+conda"}
+    assert all(isinstance(v, bool) for v in usage["software-stack-deployment"].values())
+    assert usage["report"] is True  # test_snakemake_report makes one
+    # The standardized layout the catalog checks.
+    for path in ("workflow/Snakefile", "config/config.yaml", "config/README.md"):
+        assert (ROOT / path).is_file(), path
+
+
+@pytest.mark.parametrize("config", [ROOT / "config" / "config.yaml", TEST_CONFIG], ids=["default", "test"])
+def test_lint_is_clean(tmp_path, config):
+    # As a user runs it: from the repository root, where Snakemake finds workflow/Snakefile
+    # (--directory keeps .snakemake/ out of the checkout). Any finding exits 1.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--directory", str(tmp_path),
+                        "--configfile", str(config)], cwd=ROOT, capture_output=True, text=True, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
 
 
 def test_full_run_outputs(test_run):
@@ -109,9 +218,12 @@ def test_failing_stage_leaves_no_partial_outputs(test_run, tmp_path):
 
 
 def test_snakefmt_check():
-    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(ROOT / "Snakefile"),
-                        str(ROOT / "workflow" / "rules")], capture_output=True, text=True)
+    files = [ROOT / "workflow" / "Snakefile", *sorted((ROOT / "workflow").rglob("*.smk"))]
+    assert len(files) >= 9  # the Snakefile and one .smk per stage, common.smk among them
+    r = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *map(str, files)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert f"All {len(files)} file(s) would be left unchanged" in r.stderr, r.stderr
 
 
 def test_killed_training_job_resumes_on_rerun(tmp_path):
@@ -122,7 +234,7 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
     cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn, num_epochs: 300, checkpoint_every: 20}\n")
     work = tmp_path / "w"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(work),
            "--configfile", str(cfg), "--cores", "2", "results/models/tiny_rnn/model.npz"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     resume = work / "results" / "resume" / "tiny_rnn"

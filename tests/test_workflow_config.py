@@ -1,5 +1,9 @@
 """Tests of capmodel.app.workflow_config: model and sweep expansion, settings files, short config errors."""
 
+import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,6 +44,16 @@ def test_bad_model_configs(cfg, message):
         wc.expand_models(cfg)
 
 
+@pytest.mark.parametrize("text, matches", [
+    ("a.b", True), ("lstm+scst", True), ("m-1", True),
+    ("aXb", False), ("lstmmscst", False), ("lstm+scst/x", False), ("a.b.c", False), ("m", False), ("", False),
+])
+def test_name_pattern_matches_exactly_the_names(text, matches):
+    # Used as (?P<model>...) by Snakemake, inside a path: a regex character in a name is literal.
+    pattern = re.compile(rf"results/models/(?P<model>{wc.name_pattern(['m-1', 'a.b', 'lstm+scst'])})/model.npz")
+    assert bool(pattern.fullmatch(f"results/models/{text}/model.npz")) == matches
+
+
 def test_sample_settings_keep_what_the_method_uses():
     sample = {"split": "val", "method": "beam", "beam_size": 3, "length_norm": 0.5, "temperature": 1.0, "seed": 0,
               "max_length": 16, "num_images": None}
@@ -61,9 +75,45 @@ def test_config_errors_are_one_short_line(config, message):
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
+def test_job_resources_per_kind():
+    resources = {"train_threads": 2, "train_mem_mb": 4000, "train_runtime": 120, "small_mem_mb": 2000,
+                 "small_runtime": 30}
+    assert wc.job_resources(resources) == {"small": {"mem_mb": 2000, "runtime": 30},
+                                           "train": {"mem_mb": 4000, "runtime": 120}}
+
+
 def test_write_settings_round_trips(tmp_path):
     from capmodel.app.pipeline import read_settings_file
 
     settings = wc.expand_models({"models": {"a": {"cell_type": "rnn"}}})["a"]
     wc.write_settings(tmp_path / "s.json", settings)
     assert S.check_all(read_settings_file(tmp_path / "s.json"), S.train_settings()) == settings
+
+
+def _git(cwd, *args):
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_source_revision_of_a_checkout(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "workflow").mkdir(parents=True)
+    (repo / "workflow" / "Snakefile").write_text("rule all:\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    head = _git(repo, "rev-parse", "HEAD")
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    assert wc.source_revision(repo / "workflow") == head
+    (repo / "workflow" / "Snakefile").write_text("rule all:\n    input: []\n")
+    assert wc.source_revision(repo / "workflow") == head + "+uncommitted-changes"
+    wc.write_source_revision(tmp_path / "rev.json", repo / "workflow")
+    assert json.loads((tmp_path / "rev.json").read_text()) == {"git_commit": head + "+uncommitted-changes"}
+
+
+def test_source_revision_is_unknown_outside_a_checkout_or_without_git(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above tmp_path counts
+    (tmp_path / "src").mkdir()
+    assert wc.source_revision(tmp_path / "src") == "unknown"
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no git at all
+    assert wc.source_revision(Path(__file__).parent) == "unknown"

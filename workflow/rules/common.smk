@@ -16,16 +16,20 @@ try:
     MODELS = wc.expand_models(config)
     SAMPLE = wc.sample_settings(config["sample"])
     DATA_DIR = wc.data_dir(config["data"])
+    RESOURCES = wc.job_resources(config["resources"])
 except ValueError as e:
     sys.exit(f"capmodel workflow: config error: {e}")
 
-ENV = str(Path(workflow.basedir) / "environment.yml")
-NOTEBOOKS = Path(workflow.basedir) / "workflow" / "notebooks"
+# workflow.basedir is workflow/, the directory of the Snakefile.
+ENV = str(Path(workflow.basedir).parent / "environment.yml")
+NOTEBOOKS = Path(workflow.basedir) / "notebooks"
 SPLIT = SAMPLE["split"]
+# The configured model names, escaped: a {model} wildcard matches one of them and nothing else.
+MODEL_PATTERN = wc.name_pattern(MODELS)
 
 
 wildcard_constraints:
-    model="|".join(sorted(MODELS)),
+    model=MODEL_PATTERN,
 
 
 def get_data_dir():

@@ -9,8 +9,7 @@ rule make_shapes_data:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         num_train=config["data"]["shapes"]["num_train"],
         num_val=config["data"]["shapes"]["num_val"],
@@ -29,8 +28,7 @@ rule fetch_coco_data:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         url=config["data"]["coco"]["url"],
         sha=(

@@ -12,12 +12,11 @@ rule evaluate_captions:
     log:
         "logs/evaluate/{kind}.log",
     wildcard_constraints:
-        kind="baseline|models/[^/]+",
+        kind=f"baseline|models/(?:{MODEL_PATTERN})",
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         name=lambda wildcards: Path(wildcards.kind).name,
         java="" if config["evaluate"]["java"] else "--no-java",

@@ -14,8 +14,7 @@ rule gradcheck:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         seed=config["gradcheck"]["seed"],
     shell:

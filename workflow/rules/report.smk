@@ -1,29 +1,25 @@
 # Stage 7: papermill-executed report notebooks rendered to self-contained HTML in reports/.
 # The notebooks only read result files, each an input of its rule and handed over as a
 # parameter; figures are also wrapped in report(...) for `snakemake --report report.html`.
-import subprocess
-
 from snakemake import __version__ as SNAKEMAKE_VERSION
 
 # The seed of the summary's random sample of images: the same images in every run.
 REPORT_SEED = 0
 
 
-# The workflow source's commit, marked when it has uncommitted changes ("unknown" without
-# git or outside a checkout). Read here, where the source is, not in the job.
-try:
-    GIT_COMMIT = (
-        subprocess.run(
-            ["git", "-C", workflow.basedir, "describe", "--always", "--abbrev=40"]
-            + ["--exclude=*", "--dirty=+uncommitted-changes"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        or "unknown"
-    )
-except (OSError, subprocess.SubprocessError):
-    GIT_COMMIT = "unknown"
+# The workflow source's commit for the summary report, read by this job and never while the
+# Snakefile is parsed. temp(): deleted once the report is made, so each new summary report
+# records the source it was made with, and an up-to-date report does not rerun for it.
+rule source_revision:
+    output:
+        temp("results/source_revision.json"),
+    log:
+        "logs/report/source_revision.log",
+    localrule: True
+    params:
+        source=workflow.basedir,
+    run:
+        wc.write_source_revision(output[0], params.source)
 
 
 rule report_model:
@@ -55,8 +51,7 @@ rule report_model:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         figures_dir=lambda wildcards, output: Path(output.training).parent,
         num_examples=config["report"]["num_examples"],
@@ -92,6 +87,7 @@ rule report_summary:
             split=SPLIT,
         ),
         data=get_data_dir(),
+        revision="results/source_revision.json",
         # The model reports it links to, so that every link resolves.
         reports=expand("reports/{model}.html", model=sorted(MODELS)),
     output:
@@ -112,8 +108,7 @@ rule report_summary:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         # Every file the notebook reads, by model name (YAML, as JSON), from the inputs.
         files=lambda wildcards, input: json.dumps(
@@ -127,14 +122,13 @@ rule report_summary:
             }
         ),
         figures_dir=lambda wildcards, output: Path(output.metrics).parent,
-        git_commit=GIT_COMMIT,
         snakemake_version=SNAKEMAKE_VERSION,
         num_examples=config["report"]["num_examples"],
         seed=REPORT_SEED,
     shell:
         "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
         " -p summary_csv {input.csv} -y '{params.files}' -p data_dir {input.data}"
-        " -r git_commit {params.git_commit} -r snakemake_version {params.snakemake_version}"
+        " -f {input.revision} -r snakemake_version {params.snakemake_version}"
         " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} -p seed {params.seed}"
         " > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"

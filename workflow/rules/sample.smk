@@ -29,8 +29,7 @@ rule sample_captions:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     shell:
         "capmodel sample --model {input.model} --data {input.data} --settings {input.settings}"
         " --out {output.csv} > {log} 2>&1"
@@ -47,8 +46,7 @@ rule baseline_captions:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     params:
         split=SPLIT,
     shell:

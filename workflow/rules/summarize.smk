@@ -21,8 +21,7 @@ rule summarize:
     conda:
         ENV
     resources:
-        mem_mb=config["resources"]["small_mem_mb"],
-        runtime=config["resources"]["small_runtime"],
+        **RESOURCES["small"],
     shell:
         "capmodel summarize --metrics {input.metrics} --models {input.models} --val {input.val}"
         " --out {output.csv} --markdown {output.md} > {log} 2>&1"

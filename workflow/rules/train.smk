@@ -34,8 +34,7 @@ rule train_model:
         ENV
     threads: config["resources"]["train_threads"]
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        runtime=config["resources"]["train_runtime"],
+        **RESOURCES["train"],
     params:
         out_dir=lambda wildcards, output: Path(output.model).parent,
         resume="results/resume/{model}",

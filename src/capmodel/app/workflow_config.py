@@ -3,11 +3,13 @@
 workflow/rules/common.smk calls these after validating the config against
 workflow/schemas/config.schema.yaml, so the logic is tested here and the rules stay thin.
 Each model's settings and the decoding settings reach the CLI as JSON files that the
-workflow writes (never re-serialised into flags).
+workflow writes (never re-serialised into flags). The source revision that the summary
+report shows is read by a job (rule source_revision), never while the Snakefile is parsed.
 """
 
 import itertools
 import re
+import subprocess
 from pathlib import Path
 
 from capmodel.app import settings as S
@@ -48,14 +50,52 @@ def expand_models(config):
     return models
 
 
+def name_pattern(names):
+    """A regular expression that matches exactly one of the names: a wildcard constraint.
+
+    Each name is escaped because model names may hold '.', '+' and '-', which are regular
+    expression syntax: unescaped, the constraint of a model 'a.b' would also accept 'aXb'.
+    """
+    return "|".join(re.escape(name) for name in sorted(names))
+
+
 def sample_settings(sample):
     """The decoding record of the config's `sample:` section (what `capmodel sample` reads)."""
     return S.decode_record(sample)
 
 
+def job_resources(resources):
+    """Snakemake `resources:` of each kind of job, from the config's `resources:` section.
+
+    "train" is for training jobs and "small" for every other job; each maps mem_mb (MB) and
+    runtime (minutes), the names a cluster executor schedules by. The rules take theirs from
+    here, so the values are read from the config in one place.
+    """
+    return {kind: {"mem_mb": resources[f"{kind}_mem_mb"], "runtime": resources[f"{kind}_runtime"]}
+            for kind in ("small", "train")}
+
+
 def write_settings(path, settings):
     """Write one settings dict as the JSON file a CLI command reads with --settings."""
     write_json(path, settings)
+
+
+def source_revision(source_dir):
+    """The git commit of the source in source_dir (40 hex digits), with "+uncommitted-changes"
+    appended when the checkout has changes; "unknown" without git or outside a git checkout."""
+    cmd = ["git", "-C", str(source_dir), "describe", "--always", "--abbrev=40", "--exclude=*",
+           "--dirty=+uncommitted-changes"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (r.returncode == 0 and r.stdout.strip()) or "unknown"
+
+
+def write_source_revision(path, source_dir):
+    """Write {"git_commit": source_revision(source_dir)} as JSON: a papermill parameters file
+    (-f) of the summary report."""
+    write_json(path, {"git_commit": source_revision(source_dir)})
 
 
 def check_config(config, schema_path):
