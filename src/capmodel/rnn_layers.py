@@ -972,7 +972,32 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     return float(loss), dx.reshape(N, T, V)
 
 
-def kept_rows_softmax_loss(h, y, keep, W_vocab, b_vocab, N):
+def weighted_softmax_loss(x, y, w):
+    """Softmax loss with a weight per row: sum_i -w_i * log softmax(x_i)[y_i].
+
+    Self-critical training weights each sampled word by its caption's advantage, which
+    may be negative.
+
+    Inputs:
+    - x: Scores, of shape (M, V)
+    - y: Target indices, of shape (M,)
+    - w: Weight of each row, of shape (M,)
+
+    Returns a tuple of:
+    - loss: Scalar loss
+    - dx: Gradient of loss with respect to x, of shape (M, V)
+    """
+    rows = np.arange(x.shape[0])
+    shifted = x - x.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (M, V)
+    loss = -float(np.dot(w, log_probs[rows, y]))
+    dx = np.exp(log_probs)
+    dx[rows, y] -= 1
+    dx *= w.astype(x.dtype)[:, None]
+    return loss, dx
+
+
+def kept_rows_softmax_loss(h, y, keep, W_vocab, b_vocab, N, weights=None):
     """Vocabulary scores, softmax loss and their backward for the kept rows of h only.
 
     Captioning models score every position but the <NULL> padding, whose loss and
@@ -986,6 +1011,8 @@ def kept_rows_softmax_loss(h, y, keep, W_vocab, b_vocab, N):
     - keep: Indices of the rows that count, of shape (M,)
     - W_vocab, b_vocab: Output projection, of shapes (H, V) and (V,)
     - N: Minibatch size to average over
+    - weights: Optional weight of each row of h, of shape (R,): the loss becomes
+      sum over kept rows of weight * cross-entropy, divided by N
 
     Returns a tuple of:
     - loss: Scalar loss
@@ -996,7 +1023,11 @@ def kept_rows_softmax_loss(h, y, keep, W_vocab, b_vocab, N):
     h_kept = h_kept[None]  # (1, M, H)
     scores, affine_cache = temporal_affine_forward(h_kept, W_vocab, b_vocab)  # (1, M, V)
     y_kept = y[keep][None]
-    loss, dscores = temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
+    if weights is None:
+        loss, dscores = temporal_softmax_loss(scores, y_kept, np.ones(y_kept.shape, dtype=bool))
+    else:
+        loss, dscores = weighted_softmax_loss(scores[0], y_kept[0], np.asarray(weights)[keep])
+        dscores = dscores[None]
     loss /= N
     dscores /= h.dtype.type(N)
     dh_kept, dW_vocab, db_vocab = temporal_affine_backward(dscores, affine_cache)

@@ -59,10 +59,11 @@ def check_array_function(forward, backward, inputs, names, rng):
     return errors
 
 
-def model_loss_errors(model, rng, N=2, T=4, D=4, lengths=None):
+def model_loss_errors(model, rng, N=2, T=4, D=4, lengths=None, weighted=False):
     """{param: ("scaled", error)} of model.loss's gradients, with O(1) random float64 weights,
     on N captions of T random words (<NULL> among them), caption i cut to lengths[i] by
-    <NULL> padding if lengths are given."""
+    <NULL> padding if lengths are given. weighted: the loss of self-critical training,
+    each caption weighted by a fixed random advantage of either sign."""
     for name, v in model.params.items():
         model.params[name] = (1.0 if name.endswith("gamma") else 0.0) + 0.5 * rng.standard_normal(v.shape)
     features = rng.standard_normal((N, D))
@@ -70,10 +71,12 @@ def model_loss_errors(model, rng, N=2, T=4, D=4, lengths=None):
     captions[:, 0] = model.word_to_idx["<START>"]
     for i, n in enumerate(lengths or ()):
         captions[i, n:] = model.word_to_idx["<NULL>"]
-    _, grads = model.loss(features, captions)
+    weights = rng.standard_normal(N) if weighted else None
+    _, grads = model.loss(features, captions, weights=weights)
     errors = {}
     for name in sorted(model.params):
-        num = eval_numerical_gradient(lambda _: model.loss(features, captions)[0], model.params[name], verbose=False)
+        num = eval_numerical_gradient(lambda _: model.loss(features, captions, weights=weights)[0],
+                                      model.params[name], verbose=False)
         scale = np.abs(grads[name]).max()
         errors[name] = ("abs", float(np.abs(num).max())) if scale == 0 else (
             "scaled", float(np.abs(num - grads[name]).max() / scale))
@@ -98,6 +101,11 @@ def _shared_layers(rng):
     _, dx = rl.temporal_softmax_loss(scores, y, mask)
     num = eval_numerical_gradient(lambda s: rl.temporal_softmax_loss(s, y, mask)[0], scores, verbose=False)
     yield "temporal_softmax_loss", "", {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
+    wrng = _spawned(rng)
+    scores, y, w = wrng.standard_normal((N * T, V)), wrng.integers(V, size=N * T), wrng.standard_normal(N * T)
+    _, dx = rl.weighted_softmax_loss(scores, y, w)
+    num = eval_numerical_gradient(lambda s: rl.weighted_softmax_loss(s, y, w)[0], scores, verbose=False)
+    yield "weighted_softmax_loss", "", {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
 
 
 # The inputs of each recurrent cell's step function, and its gates per hidden unit
@@ -141,6 +149,11 @@ def _rnn_family(rng):
                               seed=0)
         yield "CaptioningRNN.loss (ragged captions)", cell, model_loss_errors(
             model, _spawned(rng), N=4, T=6, D=D, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
+    for cell in RNN_STEP_INPUTS:  # self-critical training: ragged sampled captions, weighted
+        model = CaptioningRNN(VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
+                              seed=0)
+        yield "CaptioningRNN.loss (SCST weights)", cell, model_loss_errors(
+            model, _spawned(rng), N=4, T=6, D=D, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
 
 
 def _transformer_family(rng):
@@ -174,6 +187,8 @@ def _transformer_family(rng):
     model = CaptioningTransformer(VOCAB, input_dim=4, wordvec_dim=W, num_heads=nh, num_layers=2, hidden_dim=F,
                                   max_length=8, dtype=np.float64, seed=0)
     yield "CaptioningTransformer.loss", "transformer", model_loss_errors(model, rng, D=4), MODEL_TOLERANCE
+    yield "CaptioningTransformer.loss (SCST weights)", "transformer", model_loss_errors(
+        model, _spawned(rng), N=4, T=6, D=4, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
 
 
 def _attention_forward(query, key, value, *weights, num_heads, mask):

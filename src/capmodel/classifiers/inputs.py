@@ -30,3 +30,16 @@ def check_captions(captions, N, V, max_length=None):
         raise ValueError(f"captions contain word ids outside the vocabulary [0, {V}): "
                          f"min {captions.min()}, max {captions.max()}")
     return captions
+
+
+def check_weights(weights, N, dtype):
+    """Per-caption loss weights as an (N,) finite array of dtype, or None when not given;
+    ValueError naming the problem otherwise."""
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=dtype)
+    if weights.shape != (N,):
+        raise ValueError(f"weights must have shape ({N},), one per caption, got {weights.shape}")
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(f"weights must be finite, got {np.count_nonzero(~np.isfinite(weights))} non-finite values")
+    return weights

@@ -13,7 +13,7 @@ import numpy as np
 from capmodel import decoding
 from capmodel import rnn_layers as rl
 from capmodel.kernels.buffers import Buffers
-from capmodel.classifiers.inputs import check_captions, check_features
+from capmodel.classifiers.inputs import check_captions, check_features, check_weights
 from capmodel.layers import dropout_mask
 from capmodel.vocab import END, NULL, START
 
@@ -188,7 +188,7 @@ class CaptioningRNN:
 
     # -------------------------------------------------------------------- loss
 
-    def loss(self, features, captions, dropout_rng=None, training=True):
+    def loss(self, features, captions, dropout_rng=None, training=True, weights=None):
         """Compute training-time loss for the RNN.
 
         We input image features and ground-truth captions for those images, and use an
@@ -202,6 +202,9 @@ class CaptioningRNN:
           a freshly seeded one to get the same masks on every call.
         - training: False switches dropout off (validation) and leaves the model's
           random stream untouched.
+        - weights: Optional weight of each caption, of shape (N,): the loss is then
+          sum_i weights[i] * (loss of caption i) / N (self-critical training passes
+          advantages; capmodel.scst).
 
         Returns a tuple of:
         - loss: Scalar loss
@@ -211,11 +214,12 @@ class CaptioningRNN:
         # Validation batches differ from training ones and come once an epoch: they get
         # fresh arrays instead of growing the training step's scratch memory.
         with self.buffers.active() if training else contextlib.nullcontext():
-            return self._loss(features, captions, dropout_rng, training)
+            return self._loss(features, captions, dropout_rng, training, weights)
 
-    def _loss(self, features, captions, dropout_rng, training):
+    def _loss(self, features, captions, dropout_rng, training, weights):
         features = self.check_features(features)
         captions = self._check_captions(captions, features.shape[0])
+        weights = check_weights(weights, features.shape[0], self.dtype)
         p = self.params
         cell = CELLS[self.cell_type]
         rng = self.rng if dropout_rng is None else dropout_rng
@@ -247,8 +251,9 @@ class CaptioningRNN:
         # <NULL> targets add neither loss nor gradient: only the kept rows are scored.
         keep = np.flatnonzero(words_out != self._null)  # (M,)
         grads = {}
+        row_weights = None if weights is None else packing.gather(np.broadcast_to(weights, (T, N)))
         loss, dh, grads["W_vocab"], grads["b_vocab"] = rl.kept_rows_softmax_loss(
-            h, words_out, keep, p["W_vocab"], p["b_vocab"], N)
+            h, words_out, keep, p["W_vocab"], p["b_vocab"], N, row_weights)
         if h_mask is not None:
             dh *= h_mask
         dx, dh0_running, grads["Wx"], grads["Wh"], grads["b"] = cell.packed_backward(dh, cell_cache)

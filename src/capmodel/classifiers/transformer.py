@@ -18,7 +18,7 @@ import numpy as np
 from capmodel import decoding
 from capmodel import rnn_layers as rl
 from capmodel import transformer_layers as tl
-from capmodel.classifiers.inputs import check_captions, check_features
+from capmodel.classifiers.inputs import check_captions, check_features, check_weights
 from capmodel.layers import dropout_mask
 from capmodel.setting import Setting
 from capmodel.vocab import NULL
@@ -172,7 +172,7 @@ class CaptioningTransformer:
 
     # -------------------------------------------------------------------- loss
 
-    def loss(self, features, captions, dropout_rng=None, training=True):
+    def loss(self, features, captions, dropout_rng=None, training=True, weights=None):
         """Compute training-time loss for the Transformer.
 
         Inputs:
@@ -182,6 +182,9 @@ class CaptioningTransformer:
         - dropout_rng: Generator for the dropout masks (default: the model's own); pass
           a freshly seeded one to get the same masks on every call.
         - training: False turns dropout off (validation loss).
+        - weights: Optional weight of each caption, of shape (N,): the loss is then
+          sum_i weights[i] * (loss of caption i) / N (self-critical training passes
+          advantages; capmodel.scst).
 
         Returns a tuple of:
         - loss: Scalar loss
@@ -189,6 +192,7 @@ class CaptioningTransformer:
         """
         features = self.check_features(features)
         captions = self._check_captions(captions, features.shape[0])
+        weights = check_weights(weights, features.shape[0], self.dtype)
         p = self.params
         rng = self.rng if dropout_rng is None else dropout_rng
         drop = self.dropout if training else 0.0
@@ -214,7 +218,8 @@ class CaptioningTransformer:
         keep = np.flatnonzero(captions_out.reshape(N * T) != self._null)  # (K,)
         grads = {}
         loss, dx, grads["W_vocab"], grads["b_vocab"] = rl.kept_rows_softmax_loss(
-            x.reshape(N * T, W), captions_out.reshape(N * T), keep, p["W_vocab"], p["b_vocab"], N)
+            x.reshape(N * T, W), captions_out.reshape(N * T), keep, p["W_vocab"], p["b_vocab"], N,
+            None if weights is None else np.repeat(weights, T))
         dx = dx.reshape(N, T, W)
         dmemory = np.zeros_like(memory)
         for i in reversed(range(self.num_layers)):
