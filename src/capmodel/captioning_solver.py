@@ -26,11 +26,14 @@ CS231N_KWARGS = ("update_rule", "optim_config", "lr_decay", "batch_size", "num_e
 EXTRA_KWARGS = (
     "seed", "grad_clip", "validate", "val_size", "val_metric", "val_metric_images", "val_max_length",
     "patience", "lr_schedule", "lr_step_size", "lr_gamma", "warmup_iterations", "min_lr",
-    "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "progress", "max_iterations",
+    "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "progress", "max_iterations", "objective",
 )
 # Training stops when the loss exceeds this multiple of the first iteration's loss: at
 # initialisation a captioning model predicts nearly uniformly, so no healthy run gets there.
 DIVERGENCE_FACTOR = 10.0
+# With an objective such as self-critical training, the validation metric after an epoch
+# below this fraction of the starting model's means the policy collapsed.
+COLLAPSE_FRACTION = 0.5
 
 
 class TrainingError(RuntimeError):
@@ -89,6 +92,14 @@ class CaptioningSolver:
         - keep_checkpoints: How many checkpoints to keep (default 2).
         - progress: Show a tqdm progress bar (when verbose).
         - max_iterations: Stop after this many iterations in total.
+        - objective: A callable objective(model, features, image_idxs, rng) -> (loss,
+          grads, stats) replacing the cross-entropy of model.loss, such as
+          capmodel.scst.SelfCritical. Minibatches are then batch_size training images
+          (with replacement, among the images that have training captions) and an epoch
+          is (number of those images) // batch_size iterations;
+          stats (a dict of floats) go to stats_history and the progress lines. With a
+          val_metric, the starting model is validated first (epoch 0), and training
+          stops with TrainingError when the metric falls below COLLAPSE_FRACTION of it.
         """
         unknown = sorted(set(kwargs) - set(CS231N_KWARGS) - set(EXTRA_KWARGS))
         if unknown:
@@ -130,6 +141,7 @@ class CaptioningSolver:
                             else checkpoints.CheckpointDir(self.checkpoint_dir, self.keep_checkpoints))
         self.progress = bool(kwargs.get("progress", False))
         self.max_iterations = kwargs.get("max_iterations")
+        self.objective = kwargs.get("objective")
         self._check_options()
         if self.validate and self.validator is None:
             self.validator = Validator(data, metric=self.val_metric, val_size=self.val_size,
@@ -159,8 +171,9 @@ class CaptioningSolver:
         self.loss_history = []
         self.val_history = []
         self.lr_history = []
+        self.stats_history = []
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
-        use_rng = self.seed is not None or self.checkpoint_dir is not None
+        use_rng = self.seed is not None or self.checkpoint_dir is not None or self.objective is not None
         self.rng = np.random.default_rng(self.seed) if use_rng else None
 
     # ------------------------------------------------------------ one step
@@ -170,9 +183,18 @@ class CaptioningSolver:
 
     def _step(self, t, num_iterations, iterations_per_epoch):
         """Make a single gradient update. This is called by train() and should not be called manually."""
-        captions, features, _ = sample_coco_minibatch(self.data, batch_size=self.batch_size, split="train",
-                                                      rng=self.rng)
-        loss, grads = self.model.loss(features, captions)
+        if self.objective is None:
+            captions, features, _ = sample_coco_minibatch(self.data, batch_size=self.batch_size, split="train",
+                                                          rng=self.rng)
+            loss, grads = self.model.loss(features, captions)
+        else:
+            image_idxs = self.rng.choice(self._images, self.batch_size)
+            try:
+                loss, grads, stats = self.objective(self.model, self.data["train_features"][image_idxs],
+                                                    image_idxs, self.rng)
+            except FloatingPointError as e:
+                raise TrainingError(f"iteration {t + 1}: {e}") from e
+            self.stats_history.append(stats)
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = "loss" if not math.isfinite(loss) else "gradient"
@@ -180,7 +202,7 @@ class CaptioningSolver:
                 f"non-finite {what} at iteration {t + 1} (loss {loss}, gradient norm {norm}); "
                 "try a lower learning rate or grad_clip"
             )
-        if self.loss_history and loss > DIVERGENCE_FACTOR * self.loss_history[0]:
+        if self.objective is None and self.loss_history and loss > DIVERGENCE_FACTOR * self.loss_history[0]:
             raise TrainingError(
                 f"training diverged at iteration {t + 1}: loss {loss:.6g} is more than {DIVERGENCE_FACTOR:g} "
                 f"times the first iteration's {self.loss_history[0]:.6g}; try a lower learning rate or grad_clip"
@@ -203,7 +225,17 @@ class CaptioningSolver:
             self.optim_configs[p] = next_config
         self.lr_history.append(self.optim_configs[next(iter(self.optim_configs))]["learning_rate"])
 
+    def _stats_shown(self):
+        """The objective's statistics of the last iteration, formatted for a progress line."""
+        if not self.stats_history:
+            return {}
+        return {k: f"{v:.4f}" for k, v in self.stats_history[-1].items()}
+
     # ---------------------------------------------------------- validation
+
+    def _metric(self):
+        """The validation metric's name (the validator's own when one was given), or None."""
+        return self.val_metric or getattr(self.validator, "metric", None)
 
     def _validate(self):
         try:
@@ -224,6 +256,13 @@ class CaptioningSolver:
         if self.verbose:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
             print(f"(Epoch {self.epoch}) {shown}{' (best)' if record['best'] else ''}")
+        metric = self._metric()
+        if self.objective is not None and metric is not None:
+            first, now = self.val_history[0][metric], record[metric]
+            if now < COLLAPSE_FRACTION * first:
+                raise TrainingError(f"epoch {self.epoch}: validation {metric} collapsed from {first:.4f} "
+                                    f"to {now:.4f} (below {COLLAPSE_FRACTION:g} of the start); try a lower "
+                                    "learning rate")
 
     # --------------------------------------------------------- checkpoints
 
@@ -251,6 +290,7 @@ class CaptioningSolver:
             "loss_history": self.loss_history,
             "lr_history": self.lr_history,
             "val_history": self.val_history,
+            "stats_history": self.stats_history,
             "optim_scalars": optim_scalars,
             "solver_rng": None if self.rng is None else self.rng.bit_generator.state,
             "model_rng": self.model.rng.bit_generator.state if hasattr(self.model, "rng") else None,
@@ -278,6 +318,7 @@ class CaptioningSolver:
         for key in ("iteration", "epoch", "finished", "best_score", "bad_epochs", "loss_history",
                     "lr_history", "val_history"):
             setattr(self, key, meta[key])
+        self.stats_history = meta.get("stats_history", [])
         if meta["solver_rng"] is not None:
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = meta["solver_rng"]
@@ -303,7 +344,8 @@ class CaptioningSolver:
 
     def train(self):
         """Run optimization to train the model."""
-        num_train = self.data["train_captions"].shape[0]
+        self._images = np.unique(self.data["train_image_idxs"])  # the images an objective draws from
+        num_train = self.data["train_captions"].shape[0] if self.objective is None else len(self._images)
         iterations_per_epoch = max(num_train // self.batch_size, 1)
         num_iterations = self.num_epochs * iterations_per_epoch
         if self.max_iterations is not None:
@@ -316,6 +358,10 @@ class CaptioningSolver:
             from tqdm import tqdm
 
             bar = tqdm(total=num_iterations, initial=self.iteration, unit="it", dynamic_ncols=True)
+        if self.objective is not None and self._metric() is not None and not self.val_history:
+            self._validate()  # epoch 0: the starting model, which a collapse is measured against
+            if self.checkpoint_dir is not None:
+                self.save_checkpoint()
         start, first = time.perf_counter(), self.iteration
         try:
             for t in range(self.iteration, num_iterations):
@@ -325,13 +371,14 @@ class CaptioningSolver:
                 self.iteration = t + 1
                 if bar is not None:
                     bar.set_description(f"epoch {self.epoch + 1}/{self.num_epochs}", refresh=False)
-                    bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{self.loss_history[-1]:.3f}", **self._stats_shown(), refresh=False)
                     bar.update(1)
                 elif self.verbose and t % self.print_every == 0:
                     elapsed = time.perf_counter() - start
                     eta = elapsed / (t + 1 - first) * (num_iterations - t - 1)
-                    print("(Iteration %d / %d) loss: %f [elapsed %s, ETA %s]" % (
-                        t + 1, num_iterations, self.loss_history[-1], clock(elapsed), clock(eta)), flush=True)
+                    shown = "".join(f", {k}: {v}" for k, v in self._stats_shown().items())
+                    print("(Iteration %d / %d) loss: %f%s [elapsed %s, ETA %s]" % (
+                        t + 1, num_iterations, self.loss_history[-1], shown, clock(elapsed), clock(eta)), flush=True)
 
                 epoch_end = (t + 1) % iterations_per_epoch == 0
                 if epoch_end:

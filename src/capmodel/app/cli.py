@@ -125,7 +125,7 @@ def cmd_train(args):
     settings = pipeline.read_settings_file(args.settings) if args.settings else {}
     settings.update(S.from_args(args, S.train_settings()))
     pipeline.train(args.data, args.out_dir, settings, checkpoint_dir=args.checkpoint_dir,
-                   keep_checkpoints=args.keep_checkpoints)
+                   keep_checkpoints=args.keep_checkpoints, init_from=args.init_from)
     print(f"model written to {Path(args.out_dir) / 'model.npz'}")
     return 0
 
@@ -240,6 +240,9 @@ def build_parser():
     t.add_argument("--checkpoint-dir", help="resumable checkpoints; a rerun resumes from the newest valid one. "
                    "Must be new, empty or made by capmodel; only capmodel's files are removed after success")
     t.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints after success")
+    t.add_argument("--init-from", metavar="MODEL", help="start from this trained model's weights (its directory, "
+                   "model.npz or model.json; same family, sizes and vocabulary as the settings); needed by "
+                   "--objective scst")
     t.add_argument("--settings", help="JSON file of training settings (the workflow writes one per model); "
                    "flags given here override it")
     S.add_arguments(t, S.train_settings())

@@ -14,22 +14,49 @@ from pathlib import Path
 import numpy as np
 
 from capmodel import checkpoints, metrics, models
-from capmodel.safety import ownership
 from capmodel.app import settings as S
-from capmodel.safety.atomic import check_writable, write_json, write_text
-from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS, CaptioningSolver
-from capmodel.coco_utils import decode_captions, load_coco_data
 from capmodel.app.tables import read_csv, write_csv
+from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS, CaptioningSolver
+from capmodel.cider import CiderD
+from capmodel.coco_utils import decode_captions, load_coco_data
 from capmodel.progress import clock, track
+from capmodel.safety import ownership
+from capmodel.safety.atomic import check_writable, sha256_of, write_json, write_text
+from capmodel.scst import SelfCritical
 from capmodel.validation import Validator
 
 REF_SEP = " ||| "
 
 
 def solver_keys():
-    """The training settings that are CaptioningSolver keyword arguments (validation aside)."""
+    """The training settings that are CaptioningSolver keyword arguments (validation aside;
+    the objective setting names what train() builds into the solver's objective)."""
     return tuple(s.name for s in S.train_settings()
-                 if s.name in CS231N_KWARGS + EXTRA_KWARGS and not s.name.startswith("val_"))
+                 if s.name in CS231N_KWARGS + EXTRA_KWARGS and not s.name.startswith("val_") and s.name != "objective")
+
+
+def load_start(model, init_from):
+    """Set model's parameters to those of the trained model at init_from (any form
+    capmodel.checkpoints.load_model takes); the two must be of the same family, sizes
+    and vocabulary. Returns the SHA-256 of the start's parameter file."""
+    start, _ = checkpoints.load_model(checkpoints.model_base(init_from))
+    built, given = model.describe(), start.describe()
+    differ = sorted(k for k in set(built) | set(given) if k not in ("dtype", "dropout") and built.get(k) != given.get(k))
+    if differ:
+        shown = ", ".join(f"{k} {given.get(k)!r} (settings: {built.get(k)!r})" if k != "word_to_idx"
+                          else "vocabulary (another data set's)" for k in differ)
+        raise ValueError(f"--init-from {init_from}: the model does not match the training settings: {shown}")
+    for k in model.params:
+        model.params[k] = start.params[k].astype(model.dtype)
+    return sha256_of(checkpoints.model_base(init_from).with_suffix(".npz"))
+
+
+def scst_objective(data, s):
+    """The self-critical objective of settings s, rewarded by CIDEr-D against the
+    training captions of data."""
+    scorer = CiderD.from_captions(data["train_captions"], data["train_image_idxs"], data["word_to_idx"])
+    return SelfCritical(scorer, samples=s["scst_samples"], baseline=s["scst_baseline"],
+                        max_length=data["train_captions"].shape[1] - 1)
 
 
 def read_settings_file(path, what="settings file"):
@@ -46,7 +73,7 @@ def read_settings_file(path, what="settings file"):
     return values
 
 
-def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=False, verbose=True):
+def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=False, verbose=True, init_from=None):
     """Train one model and write model.npz/.json, history.csv and val.csv into out_dir.
 
     settings: dict over capmodel.app.settings.train_settings() (unknown keys or values out of
@@ -55,9 +82,14 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     usable val split) and the metrics toolkit when a val_metric is asked for. With a
     checkpoint_dir the run resumes from the newest valid checkpoint there; that directory
     must have been made by capmodel with the same settings. It is removed after success
-    (only capmodel's own files) unless keep_checkpoints.
+    (only capmodel's own files) unless keep_checkpoints. With init_from (a trained model)
+    training starts from its weights; objective "scst" needs one.
     """
     s = S.check_all(settings, S.train_settings(), "settings")
+    if s["objective"] == "scst" and init_from is None:
+        raise ValueError("objective scst fine-tunes a trained model: give it with --init-from MODEL")
+    if s["objective"] == "scst" and s["scst_baseline"] == "mean" and s["scst_samples"] < 2:
+        raise ValueError("settings.scst_samples must be >= 2 with scst_baseline mean")
     out_dir = Path(out_dir)
     check_writable(out_dir, "output directory", directory=True)
     if verbose:
@@ -68,24 +100,29 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
         ownership.check_owned(ckpt.path, "checkpoints", "checkpoint directory")
     data = load_coco_data(data_dir, max_train=s["max_train"], pca_features=s["pca_features"], rng=s["seed"])
     model = models.build(data["word_to_idx"], data["train_features"].shape[1], s)
+    start_sha = None if init_from is None else load_start(model, init_from)
+    objective = scst_objective(data, s) if s["objective"] == "scst" else None
     validator = Validator(data, metric=s["val_metric"], val_size=s["val_size"], metric_images=s["val_metric_images"])
     if ckpt is not None:
-        ckpt.claim({"data_dir": str(Path(data_dir).resolve()), "settings": s})
+        ckpt.claim({"data_dir": str(Path(data_dir).resolve()), "settings": s, "init_from_sha256": start_sha})
     solver_kwargs = {k: s[k] for k in solver_keys() if s[k] is not None}
     progress = verbose and sys.stderr.isatty()  # a bar in a terminal, timed lines in a log
     solver = CaptioningSolver(model, data, optim_config={"learning_rate": s["learning_rate"]}, validate=validator,
-                              verbose=verbose, progress=progress, checkpoint_dir=checkpoint_dir, **solver_kwargs)
+                              verbose=verbose, progress=progress, checkpoint_dir=checkpoint_dir, objective=objective,
+                              **solver_kwargs)
     start = time.perf_counter()
     solver.train()
     seconds = time.perf_counter() - start
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    num_train = data["train_captions"].shape[0]
+    num_train = data["train_captions"].shape[0] if objective is None else len(np.unique(data["train_image_idxs"]))
     ipe = max(num_train // s["batch_size"], 1)
+    stat_names = list(solver.stats_history[0]) if solver.stats_history else []
     write_csv(out_dir / "history.csv",
-              [{"iteration": i + 1, "epoch": i // ipe, "loss": f"{l:.6f}", "learning_rate": f"{lr:.6g}"}
+              [{"iteration": i + 1, "epoch": i // ipe, "loss": f"{l:.6f}", "learning_rate": f"{lr:.6g}",
+                **{k: f"{v:.6f}" for k, v in (solver.stats_history[i] if stat_names else {}).items()}}
                for i, (l, lr) in enumerate(zip(solver.loss_history, solver.lr_history))],
-              ["iteration", "epoch", "loss", "learning_rate"])
+              ["iteration", "epoch", "loss", "learning_rate", *stat_names])
     metric = s["val_metric"]
     write_csv(out_dir / "val.csv",
               [{"epoch": r["epoch"], "iteration": r["iteration"], "val_loss": f"{r['val_loss']:.6f}",
@@ -100,6 +137,7 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
         "num_params": int(sum(v.size for v in model.params.values())),
         "final_train_loss": solver.loss_history[-1] if solver.loss_history else None,
         "train_seconds_this_run": round(seconds, 3),
+        "init_from": None if init_from is None else {"path": str(init_from), "sha256": start_sha},
     })
     if ckpt is not None and not keep_checkpoints:
         ckpt.remove()

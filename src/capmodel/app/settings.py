@@ -9,17 +9,20 @@ see capmodel.models); they are merged in by ``train_settings()``.
 """
 
 import argparse
+from dataclasses import replace
 
 from capmodel import models
 from capmodel.datasets.format import SPLITS
 from capmodel.decoding import METHODS as DECODING_METHODS
 from capmodel.optim import RULES
+from capmodel.scst import BASELINES as SCST_BASELINES
 from capmodel.setting import Setting, SettingError
 from capmodel.schedules import SCHEDULES as LR_SCHEDULES
 from capmodel.validation import METRICS as VAL_METRICS
 
 
 UPDATE_RULES = tuple(RULES)
+OBJECTIVES = ("xe", "scst")
 
 # Training settings shared by every model family (a family adds its own in SETTINGS).
 TRAIN = (
@@ -50,7 +53,28 @@ TRAIN = (
     Setting("checkpoint_every", int, None, "also write a resumable checkpoint every N iterations", minimum=1,
        optional=True),
     Setting("print_every", int, 50, "log the training loss every N iterations", minimum=1),
+    Setting("objective", str, "xe", "training objective: cross-entropy (xe) or self-critical CIDEr-D (scst, "
+            "fine-tunes a trained model given by --init-from)", choices=OBJECTIVES),
+    Setting("scst_samples", int, 5, "captions sampled per image by self-critical training", minimum=1),
+    Setting("scst_baseline", str, "greedy", "self-critical baseline: the greedy caption's CIDEr-D (greedy) or "
+            "the mean of the image's other samples (mean)", choices=SCST_BASELINES),
 )
+
+# Self-critical fine-tuning of a workflow model (config `models: NAME: scst:`): the workflow
+# trains NAME+scst from NAME's kept model, with NAME's settings and these on top
+# (scst_train_settings). Lower learning rate than cross-entropy, as Rennie et al.
+_TRAIN = {t.name: t for t in TRAIN}
+SCST = (
+    replace(_TRAIN["num_epochs"], default=2, help="epochs of self-critical fine-tuning"),
+    replace(_TRAIN["learning_rate"], default=5e-4, help="learning rate of the fine-tuning"),
+    replace(_TRAIN["scst_samples"], name="samples"),
+    replace(_TRAIN["scst_baseline"], name="baseline"),
+)
+# The training setting each SCST key sets.
+SCST_TRAIN_KEYS = {"num_epochs": "num_epochs", "learning_rate": "learning_rate", "samples": "scst_samples",
+                   "baseline": "scst_baseline"}
+# The fine-tuned model's validation metric: CIDEr-D on val, the metric it is trained for.
+SCST_VAL_METRIC = "cider"
 
 # How captions are decoded and which images (capmodel sample, config `sample:`).
 DECODE = (
@@ -107,6 +131,14 @@ def check_all(values, settings, where="settings"):
     for key, value in values.items():
         out[key] = known[key].check(value, where=f"{where}.{key}")
     return out
+
+
+def scst_train_settings(settings, scst, where="scst"):
+    """The training settings of a model's self-critical fine-tuning: the model's own
+    settings, objective scst, CIDEr-D validation and the `scst:` section's values."""
+    section = check_all(scst or {}, SCST, where)
+    return {**settings, "objective": "scst", "val_metric": SCST_VAL_METRIC,
+            **{SCST_TRAIN_KEYS[k]: v for k, v in section.items()}}
 
 
 def decode_record(values):

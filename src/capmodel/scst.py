@@ -1,0 +1,88 @@
+"""Self-critical sequence training (Rennie et al. 2017, "Self-critical Sequence Training
+for Image Captioning"): fine-tune a captioning model on CIDEr-D itself.
+
+For each of N images, K captions are sampled from the model (multinomial, temperature 1,
+batched over the N * K rows). Each sample's reward is its CIDEr-D against the image's
+training references (capmodel.cider.CiderD.score_ids), minus a baseline:
+- ``greedy``: the CIDEr-D of the model's greedy caption of the same image (Rennie et al.);
+- ``mean``: the mean reward of the image's K - 1 other samples ("new self-critical").
+The REINFORCE gradient of -advantage * log p(sample) is the teacher-forced gradient of
+that sample weighted by its advantage, so the loss is the model's own cross-entropy loss
+on the samples with per-caption weights:
+
+    loss = -sum_i advantage_i * log p(sample_i, <END> included) / (N * K)
+
+Works for every model family of capmodel.models through ``decoder()`` and
+``loss(features, captions, weights=...)``. Dimension letters: N images, K samples per
+image, M = N * K rows, T caption length, D feature dimension.
+"""
+
+import numpy as np
+
+from capmodel import decoding
+from capmodel.vocab import END, START
+
+BASELINES = ("greedy", "mean")
+
+
+class SelfCritical:
+    """The SCST objective: sampled captions, CIDEr-D rewards, weighted teacher-forced loss.
+
+    Inputs:
+    - scorer: a capmodel.cider.CiderD built from the training captions
+    - samples: K, captions sampled per image (>= 2 for the mean baseline)
+    - baseline: 'greedy' or 'mean'
+    - max_length: longest sampled caption (words, <END> included)
+    """
+
+    def __init__(self, scorer, samples=5, baseline="greedy", max_length=16):
+        if baseline not in BASELINES:
+            raise ValueError(f'invalid scst_baseline "{baseline}"; choose one of {", ".join(BASELINES)}')
+        if int(samples) != samples or samples < 1 or (baseline == "mean" and samples < 2):
+            raise ValueError(f"scst_samples must be an integer >= {2 if baseline == 'mean' else 1}"
+                             f"{' with the mean baseline' if baseline == 'mean' else ''}, got {samples}")
+        self.scorer = scorer
+        self.samples = int(samples)
+        self.baseline = baseline
+        self.max_length = int(max_length)
+
+    def __call__(self, model, features, image_idxs, rng):
+        """One SCST minibatch: loss, gradients and what happened.
+
+        Inputs:
+        - model: a model of capmodel.models
+        - features: image features, of shape (N, D)
+        - image_idxs: the images' indices in the training split, of shape (N,) (they pick
+          the references of the reward)
+        - rng: np.random.Generator for the sampling
+
+        Returns a tuple of:
+        - loss: scalar, -sum(advantage * log p(sample)) / (N * K)
+        - grads: dict parallel to model.params
+        - stats: dict with reward (mean reward of the samples), advantage_std, ended (the
+          share of samples that produced <END>) and baseline_reward (mean baseline)
+        """
+        features = model.check_features(features)
+        image_idxs = np.asarray(image_idxs)
+        N, K = features.shape[0], self.samples
+        start, end = model.word_to_idx[START], model.word_to_idx.get(END)
+        rows = np.repeat(np.arange(N), K)  # (M,) image of each sample
+        sampled = decoding.temperature_sample(model, features[rows], max_length=self.max_length, temperature=1.0,
+                                              rng=rng)  # (M, T)
+        rewards = self.scorer.score_ids(sampled, image_idxs[rows])  # (M,)
+        if not np.all(np.isfinite(rewards)):
+            raise FloatingPointError(f"non-finite CIDEr-D reward for {np.count_nonzero(~np.isfinite(rewards))} "
+                                     "sampled captions")
+        if self.baseline == "greedy":
+            greedy = decoding.greedy(model, features, max_length=self.max_length)  # (N, T)
+            base = self.scorer.score_ids(greedy, image_idxs)[rows]
+        else:
+            per_image = rewards.reshape(N, K)
+            base = ((per_image.sum(axis=1, keepdims=True) - per_image) / (K - 1)).reshape(-1)
+        advantage = rewards - base  # (M,)
+        captions = np.concatenate([np.full((N * K, 1), start, dtype=sampled.dtype), sampled], axis=1)  # (M, T + 1)
+        loss, grads = model.loss(features[rows], captions, weights=advantage)
+        ended = float(np.mean(np.any(sampled == end, axis=1))) if end is not None else 0.0
+        stats = {"reward": float(rewards.mean()), "advantage_std": float(advantage.std()), "ended": ended,
+                 "baseline_reward": float(base.mean())}
+        return loss, grads, stats
