@@ -23,7 +23,7 @@ from capmodel.app.pipeline import REF_SEP
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
-MODELS = ["tiny_lstm", "tiny_rnn", "tiny_transformer"]
+MODELS = ["tiny_lstm", "tiny_lstm+scst", "tiny_rnn", "tiny_transformer"]
 NUM_EXAMPLES = 4  # report.num_examples of the .test config
 pytestmark = pytest.mark.slow
 

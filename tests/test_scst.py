@@ -1,6 +1,7 @@
 """Self-critical sequence training: per-caption weighted losses, the SCST objective, the
 solver and the `capmodel train --objective scst` command."""
 
+import csv
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +249,40 @@ def test_a_collapsing_run_stops_with_one_line_and_writes_no_model(shapes_dir, xe
     assert code != 0 and err.count("\n") == 1, err
     assert re.search(r"validation cider collapsed from [0-9.]+ to [0-9.]+|non-finite", err), err
     assert not out.exists()
+
+
+# --- the workflow: `scst:` in a model's config entry (the .test config fine-tunes tiny_lstm)
+
+def _snakemake(workdir, config, *args):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "workflow" / "Snakefile"),
+                           "--directory", str(workdir), "--configfile", str(config), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_the_workflow_fine_tunes_the_kept_model_and_summarises_both(workflow_run):
+    models = workflow_run / "results" / "models"
+    tuned = json.loads((models / "tiny_lstm+scst" / "model.json").read_text())
+    assert tuned["settings"]["objective"] == "scst" and tuned["settings"]["val_metric"] == "cider"
+    assert tuned["init_from"] == {"path": "results/models/tiny_lstm/model.npz", "sha256": hashlib.sha256(
+        (models / "tiny_lstm" / "model.npz").read_bytes()).hexdigest()}
+    with open(workflow_run / "results" / "summary.csv") as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert rows["tiny_lstm"]["objective"] == "xe" and rows["tiny_lstm+scst"]["objective"] == "scst"
+    assert float(rows["tiny_lstm+scst"]["CIDEr"]) > 0
+    summary = (workflow_run / "reports" / "summary.html").read_text()
+    assert 'href="tiny_lstm+scst.html"' in summary and (workflow_run / "reports" / "tiny_lstm+scst.html").exists()
+
+
+def test_a_change_of_scst_settings_reruns_only_the_fine_tuning(workflow_run, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    text = (root / ".test" / "config" / "config.yaml").read_text()
+    assert "scst: {num_epochs: 1," in text
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(text.replace("scst: {num_epochs: 1,", "scst: {num_epochs: 2,"))
+    r = _snakemake(workflow_run, cfg, "-n", "--quiet", "rules")
+    assert r.returncode == 0, r.stderr
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, flags=re.M))
+    assert jobs.get("finetune_model") == "1" and "train_model" not in jobs, r.stdout
+    assert jobs.get("model_settings") == "1" and jobs.get("sample_captions") == "1", r.stdout

@@ -59,11 +59,12 @@ def test_every_job_asks_for_the_resources_of_its_kind(tmp_path):
         resources = dict(re.findall(r"\b(mem_mb|runtime)=(\d+)", body))
         if rule in ("all", "model_settings", "sample_settings", "source_revision"):
             assert resources == {}, rule  # local rules: run by Snakemake itself, never submitted
-        elif rule == "train_model":
+        elif rule in ("train_model", "finetune_model"):
             assert resources == {"mem_mb": "1234", "runtime": "56"}, body
         else:
             assert resources == {"mem_mb": "789", "runtime": "12"}, (rule, body)
-    assert {"make_shapes_data", "gradcheck", "train_model", "report_summary"} <= {rule for rule, _ in jobs}
+    assert {"make_shapes_data", "gradcheck", "train_model", "finetune_model", "report_summary"} <= {
+        rule for rule, _ in jobs}
 
 
 def test_model_wildcard_matches_only_configured_names(tmp_path):
@@ -153,10 +154,10 @@ def test_lint_is_clean(tmp_path, config):
 def test_full_run_outputs(test_run):
     with open(test_run / "results" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["model"] for r in rows] == ["tiny_lstm", "tiny_rnn", "tiny_transformer", "baseline"]
+    assert [r["model"] for r in rows] == ["tiny_lstm", "tiny_lstm+scst", "tiny_rnn", "tiny_transformer", "baseline"]
     assert all(0 <= float(r["Bleu_4"]) <= 1 and float(r["CIDEr"]) >= 0 for r in rows)
-    assert rows[2]["cell_type"] == "transformer" and float(rows[2]["val_loss"]) > 0
-    for name in ("tiny_lstm", "tiny_rnn", "tiny_transformer", "summary"):
+    assert rows[3]["cell_type"] == "transformer" and float(rows[3]["val_loss"]) > 0
+    for name in ("tiny_lstm", "tiny_lstm+scst", "tiny_rnn", "tiny_transformer", "summary"):
         html = (test_run / "reports" / f"{name}.html").read_text()
         assert html.count("data:image/png;base64") >= 2, name  # figures embedded: self-contained
         assert "<table" in html and "Bleu_4" in html

@@ -117,3 +117,36 @@ def test_source_revision_is_unknown_outside_a_checkout_or_without_git(tmp_path, 
     assert wc.source_revision(tmp_path / "src") == "unknown"
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no git at all
     assert wc.source_revision(Path(__file__).parent) == "unknown"
+
+
+def test_an_scst_section_adds_the_fine_tuned_model():
+    cfg = {"train_defaults": {"num_epochs": 8, "learning_rate": 0.005}, "models": {
+        "lstm": {"cell_type": "lstm", "scst": {"learning_rate": 1e-4, "baseline": "mean"}}, "gru": {"cell_type": "gru"}},
+        "sweep": {"s": {"base": {"scst": {}}, "grid": {"hidden_dim": [8]}}}}
+    models = wc.expand_models(cfg)
+    assert sorted(models) == ["gru", "lstm", "lstm+scst", "s_hidden_dim8", "s_hidden_dim8+scst"]
+    lstm = models["lstm"]
+    assert lstm["objective"] == "xe" and lstm["num_epochs"] == 8
+    assert models["lstm+scst"] == {**lstm, "objective": "scst", "val_metric": "cider", "learning_rate": 1e-4,
+                                   "num_epochs": 2, "scst_samples": 5, "scst_baseline": "mean"}
+    assert models["s_hidden_dim8+scst"]["learning_rate"] == S.by_name(S.SCST)["learning_rate"].default
+    assert wc.fine_tuned(models) == {"lstm+scst": "lstm", "s_hidden_dim8+scst": "s_hidden_dim8"}
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"models": {"a": {"scst": {"samples": 0}}}}, r"models.a.scst.samples must be integer >= 1, got 0"),
+    ({"models": {"a": {"scst": {"baseline": "best"}}}}, r"models.a.scst.baseline must be one of greedy, mean"),
+    ({"models": {"a": {"scst": {"epochs": 2}}}}, r"models.a.scst: unknown setting epochs; known: baseline, "),
+    ({"models": {"a": {"objective": "scst"}}}, r"models.a.objective: the workflow trains with cross-entropy"),
+    ({"models": {"a": {"scst": {"baseline": "mean", "samples": 1}}}}, r"scst_samples must be >= 2 with"),
+])
+def test_bad_scst_sections(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        wc.expand_models(cfg)
+
+
+def test_the_schema_takes_an_scst_section_and_names_a_bad_key():
+    wc.check_config({"models": {"a": {"cell_type": "lstm", "scst": {"num_epochs": 1, "samples": 3}}}}, SCHEMA)
+    with pytest.raises(ValueError, match=r"^models.a.scst: unknown key 'sampels'; known: baseline, learning_rate, "
+                                         r"num_epochs, samples$"):
+        wc.check_config({"models": {"a": {"scst": {"sampels": 3}}}}, SCHEMA)

@@ -14,6 +14,7 @@ try:
     wc.check_config(config, Path(workflow.current_basedir) / SCHEMA)
     validate(config, schema=SCHEMA)
     MODELS = wc.expand_models(config)
+    FINE_TUNED = wc.fine_tuned(MODELS)
     SAMPLE = wc.sample_settings(config["sample"])
     DATA_DIR = wc.data_dir(config["data"])
     RESOURCES = wc.job_resources(config["resources"])
@@ -26,6 +27,9 @@ NOTEBOOKS = Path(workflow.basedir) / "notebooks"
 SPLIT = SAMPLE["split"]
 # The configured model names, escaped: a {model} wildcard matches one of them and nothing else.
 MODEL_PATTERN = wc.name_pattern(MODELS)
+# Models trained from scratch (rule train_model) and fine-tuned ones (rule finetune_model).
+TRAINED_PATTERN = wc.name_pattern(set(MODELS) - set(FINE_TUNED))
+FINE_TUNED_PATTERN = wc.name_pattern(FINE_TUNED) or "(?!)"
 
 
 wildcard_constraints:

@@ -30,6 +30,8 @@ rule train_model:
         "logs/train/{model}.log",
     benchmark:
         "results/benchmarks/train_{model}.tsv"
+    wildcard_constraints:
+        model=TRAINED_PATTERN,
     conda:
         ENV
     threads: config["resources"]["train_threads"]
@@ -38,7 +40,8 @@ rule train_model:
     params:
         out_dir=lambda wildcards, output: Path(output.model).parent,
         resume="results/resume/{model}",
+        init_from="",
     shell:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " capmodel train --data {input.data} --settings {input.settings} --out-dir {params.out_dir}"
-        " --checkpoint-dir {params.resume} > {log} 2>&1"
+        " {params.init_from} --checkpoint-dir {params.resume} > {log} 2>&1"

@@ -40,6 +40,10 @@ def schema():
     """The whole config schema as a dict (JSON Schema draft 2020-12)."""
     train = {s.name: s.json_schema() for s in S.train_settings()}
     train_ref = {"$ref": "#/$defs/train_settings"}
+    model_ref = {"$ref": "#/$defs/model"}
+    scst = {"type": "object", "description": "self-critical fine-tuning: the workflow also trains <model>+scst "
+            "from this model's kept weights", "additionalProperties": False,
+            "properties": _with_defaults(S.SCST)}
     resources = {
         "train_threads": _plain("integer", 1, "BLAS threads of a training job", minimum=1),
         "train_mem_mb": _plain("integer", 4000, "memory of a training job (MB)", minimum=100),
@@ -58,6 +62,11 @@ def schema():
                            "library defaults, null switches an optional feature off",
             "additionalProperties": False,
             "properties": train,
+        }, "model": {
+            "type": "object",
+            "description": "one model: training settings and an optional scst section",
+            "additionalProperties": False,
+            "properties": {**train, "scst": scst},
         }},
         "properties": {
             "data": _section("which dataset to use and how to make it", {
@@ -78,13 +87,13 @@ def schema():
                                "overrides what it sets", "default": {}},
             "models": {"type": "object", "description": "one trained model per entry, name -> training settings",
                        "default": {}, "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
-                       "additionalProperties": train_ref},
+                       "additionalProperties": model_ref},
             "sweep": {"type": "object", "description": "grids of models, sweep name -> {base, grid}; one model "
                       "per grid point", "default": {},
                       "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
                       "additionalProperties": {
                           "type": "object", "additionalProperties": False, "required": ["grid"],
-                          "properties": {"base": train_ref, "grid": {
+                          "properties": {"base": model_ref, "grid": {
                               "type": "object", "description": "setting -> list of values", "minProperties": 1,
                               "propertyNames": {"enum": sorted(train)},
                               "additionalProperties": {"type": "array", "minItems": 1}}}}},
@@ -149,6 +158,12 @@ def readme():
               "`capmodel train --settings`; the same settings are the flags of `capmodel train`.", "",
               "## Training settings", "", table.rstrip()]
     lines += _rows(sch["$defs"]["train_settings"]["properties"], "")
+    lines += ["", "## Self-critical fine-tuning", "",
+              "A model (or a sweep's `base`) may add `scst: {...}`: the workflow then also trains `<model>+scst`,",
+              "starting from `<model>`'s kept weights (`capmodel train --init-from`), with `<model>`'s settings,",
+              f"`objective: scst`, `val_metric: {S.SCST_VAL_METRIC}` and these keys; a change of them reruns only the",
+              "fine-tuning. `{}` takes every default. See docs/training.md.", "", table.rstrip()]
+    lines += _rows(sch["$defs"]["model"]["properties"]["scst"]["properties"], "scst.")
     lines.append("")
     defaults = S.defaults(S.train_settings())
     lines += ["Library defaults of the training settings (used for every key a model does not set):", "", "```",

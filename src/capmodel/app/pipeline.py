@@ -85,11 +85,9 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     (only capmodel's own files) unless keep_checkpoints. With init_from (a trained model)
     training starts from its weights; objective "scst" needs one.
     """
-    s = S.check_all(settings, S.train_settings(), "settings")
+    s = S.check_train(settings)
     if s["objective"] == "scst" and init_from is None:
         raise ValueError("objective scst fine-tunes a trained model: give it with --init-from MODEL")
-    if s["objective"] == "scst" and s["scst_baseline"] == "mean" and s["scst_samples"] < 2:
-        raise ValueError("settings.scst_samples must be >= 2 with scst_baseline mean")
     out_dir = Path(out_dir)
     check_writable(out_dir, "output directory", directory=True)
     if verbose:
@@ -314,7 +312,8 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
         if d in infos:
             info = read_settings_file(infos[d], "model file")
             st = info.get("settings", {})
-            row.update({"cell_type": st.get("cell_type", ""), "hidden_dim": st.get("hidden_dim", ""),
+            row.update({"cell_type": st.get("cell_type", ""), "objective": st.get("objective", "xe"),
+                        "hidden_dim": st.get("hidden_dim", ""),
                         "params": info.get("num_params", ""), "iterations": info.get("iterations", ""),
                         "train_seconds": info.get("train_seconds_this_run", ""),
                         "best_epoch": info.get("best_epoch", "")})
@@ -324,8 +323,8 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
         row["decoding"] = m.get("decoding", "")
         row.update({k: m[k] for k in metrics.METRIC_NAMES if k in m})
         rows.append(row)
-    cols = ["model", "cell_type", "hidden_dim", "params", "iterations", "train_seconds", "best_epoch", "val_loss",
-            "decoding", *metrics.METRIC_NAMES]
+    cols = ["model", "cell_type", "objective", "hidden_dim", "params", "iterations", "train_seconds", "best_epoch",
+            "val_loss", "decoding", *metrics.METRIC_NAMES]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
     write_csv(out_csv, [{c: fmt(r.get(c, "")) for c in cols} for r in rows], cols)

@@ -133,6 +133,15 @@ def check_all(values, settings, where="settings"):
     return out
 
 
+def check_train(values, where="settings"):
+    """check_all over train_settings(), plus what one setting alone cannot say: the mean
+    baseline needs at least two samples per image."""
+    s = check_all(values, train_settings(), where)
+    if s["scst_baseline"] == "mean" and s["scst_samples"] < 2:
+        raise SettingError(f"{where}.scst_samples must be >= 2 with scst_baseline mean, got {s['scst_samples']}")
+    return s
+
+
 def scst_train_settings(settings, scst, where="scst"):
     """The training settings of a model's self-critical fine-tuning: the model's own
     settings, objective scst, CIDEr-D validation and the `scst:` section's values."""

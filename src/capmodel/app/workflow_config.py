@@ -22,32 +22,54 @@ def _value_tag(value):
     return re.sub(r"[^A-Za-z0-9.-]", "", str(value).replace("e-0", "e-"))
 
 
-def expand_models(config):
-    """{model name: training settings} from `models:` and every grid in `sweep:`.
+SCST_SUFFIX = "+scst"  # the name of a model's self-critical fine-tuning: lstm -> lstm+scst
 
-    Each model's settings are `train_defaults` overlaid by its own keys. A sweep entry
-    {base: {...}, grid: {key: [v1, v2], ...}} becomes one model per grid point, named
-    <sweep>_<key><value>_... (e.g. lstm_lr_learning_rate0.001_hidden_dim128).
-    """
+
+def _entries(config):
+    """(name, settings) of every entry of `models:` and every grid point of `sweep:`, each
+    `train_defaults` overlaid by its own keys (an `scst:` section among them)."""
     defaults = dict(config.get("train_defaults") or {})
-    models = {}
     for name, settings in (config.get("models") or {}).items():
-        models[str(name)] = {**defaults, **(settings or {})}  # YAML reads a name like 2024 as a number
+        yield str(name), {**defaults, **(settings or {})}  # YAML reads a name like 2024 as a number
     for sweep, spec in (config.get("sweep") or {}).items():
         base = {**defaults, **(spec.get("base") or {})}
         grid = spec.get("grid") or {}
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
             name = "_".join([str(sweep)] + [f"{k}{_value_tag(v)}" for k, v in zip(keys, values)])
-            models[name] = {**base, **dict(zip(keys, values))}
-    if not models:
-        raise ValueError("the config defines no models: add entries under 'models:' or 'sweep:'")
-    for name, settings in models.items():
+            yield name, {**base, **dict(zip(keys, values))}
+
+
+def expand_models(config):
+    """{model name: training settings} from `models:` and every grid in `sweep:`.
+
+    Each model's settings are `train_defaults` overlaid by its own keys. A sweep entry
+    {base: {...}, grid: {key: [v1, v2], ...}} becomes one model per grid point, named
+    <sweep>_<key><value>_... (e.g. lstm_lr_learning_rate0.001_hidden_dim128). A model with
+    an `scst:` section adds the model <name>+scst, its self-critical fine-tuning
+    (capmodel.app.settings.scst_train_settings; `fine_tuned` names where it starts).
+    """
+    models = {}
+    for name, settings in _entries(config):
         if not NAME.fullmatch(name):
             raise ValueError(f"model name '{name}' must start with a letter or digit and contain only letters, "
                              "digits, '_', '.' and '-' (it becomes a directory name)")
-        models[name] = S.check_all(settings, S.train_settings(), where=f"models.{name}")
+        scst = settings.pop("scst", None)
+        models[name] = S.check_train(settings, where=f"models.{name}")
+        if models[name]["objective"] != "xe":
+            raise ValueError(f"models.{name}.objective: the workflow trains with cross-entropy (xe); self-critical "
+                             "fine-tuning is an 'scst:' section of the model")
+        if scst is not None:
+            models[name + SCST_SUFFIX] = S.check_train(
+                S.scst_train_settings(models[name], scst, where=f"models.{name}.scst"), where=f"models.{name}.scst")
+    if not models:
+        raise ValueError("the config defines no models: add entries under 'models:' or 'sweep:'")
     return models
+
+
+def fine_tuned(models):
+    """{fine-tuned model: the model it starts from} among the names of expand_models."""
+    return {name: name[: -len(SCST_SUFFIX)] for name in models if name.endswith(SCST_SUFFIX)}
 
 
 def name_pattern(names):
