@@ -67,9 +67,11 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 sys.path.insert(0, str(HERE))
 from torch_reference import TorchCaptioner  # noqa: E402
 from report import cpu_model, write_results  # noqa: E402
-from workload import D, H, N, T, V, W, make_inputs, make_model  # noqa: E402
+from workload import D, H, N, T, V, VOCAB, W, make_inputs, make_model  # noqa: E402
 
-from capmodel import optim  # noqa: E402
+from capmodel import decoding, optim  # noqa: E402
+from capmodel.cider import CiderD  # noqa: E402
+from capmodel.scst import SelfCritical  # noqa: E402
 
 TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # relative error of losses and gradients
 
@@ -265,6 +267,45 @@ def transformer_sample_case():
                     "nn.TransformerDecoder re-runs the prefix each step")
 
 
+def scst_case():
+    """One self-critical iteration against one cross-entropy iteration on as many captions."""
+    model = make_model("lstm", np.float32)
+    features, _ = make_inputs(np.float32)
+    K, L = 5, T  # 5 samples per image, at most as long as the training captions
+    refs = np.concatenate([make_inputs(np.float32, seed=k)[1] for k in range(K)])  # (K * N, T + 1), 5 per image
+    # Equal work: a random model never ends its captions, a trained one does. <END> gets
+    # the probability 1/14 at each step, so that sampled captions are about as long as the
+    # cross-entropy captions (checked below).
+    p_end = 1 / 14
+    model.params["b_vocab"][VOCAB["<END>"]] += np.float32(np.log(p_end / (1 - p_end) * (V - 1)))
+    sampled = decoding.temperature_sample(model, np.repeat(features, K, axis=0), max_length=L, rng=np.random.default_rng(0))
+    words = lambda caps: float(np.mean(np.argmax(np.c_[caps == VOCAB["<END>"], np.ones(len(caps), bool)], axis=1)))
+    sampled_words, xe_words = words(sampled), words(refs[:, 1:])
+    if abs(sampled_words - xe_words) > 1.5:
+        sys.exit(f"sampled captions have {sampled_words:.1f} words on average, the cross-entropy ones {xe_words:.1f}: "
+                 "not equal work")
+    images = np.tile(np.arange(N), K)
+    objective = SelfCritical(CiderD.from_captions(refs, images, VOCAB), samples=K, baseline="greedy", max_length=L)
+    configs = {k: {"learning_rate": 1e-4} for k in model.params}
+    rng = np.random.default_rng(0)
+    repeated = np.repeat(features, K, axis=0)  # (K * N, D): each image once per caption
+
+    def update(grads):
+        for k, w in model.params.items():
+            model.params[k], configs[k] = optim.adam(w, grads[k], configs[k])
+
+    def scst_step():
+        update(objective(model, features, np.arange(N), rng)[1])
+
+    def xe_step():
+        update(model.loss(repeated, refs)[1])
+
+    ta, tb = time_pair(scst_step, xe_step)
+    return ta, tb, (f"SCST: {N} images x {K} samples ({sampled_words:.1f} words on average, max {L}), greedy "
+                    f"baseline, CIDEr-D rewards, Adam; cross-entropy: {K * N} captions of {xe_words:.1f} words on "
+                    "average, Adam")
+
+
 CASES = [
     ("LSTM train step float32", lambda: train_case("lstm", np.float32)),
     ("GRU train step float32", lambda: train_case("gru", np.float32)),
@@ -276,6 +317,7 @@ CASES = [
     ("GRU beam-3 sample float32", lambda: sample_case("gru", beam=True)),
     ("Transformer train step float32", transformer_train_case),
     ("Transformer greedy sample float32", transformer_sample_case),
+    ("LSTM SCST iteration float32", scst_case),
 ]
 
 
@@ -317,11 +359,14 @@ def main():
         "|---|---|---|---|---|",
     ]
     for name, ta, tb, ratio, note in rows:
-        other = f"capmodel greedy {ms(tb)}" if "beam" in name else ms(tb)
-        label = "beam / greedy " if "beam" in name else ""
+        other = (f"capmodel greedy {ms(tb)}" if "beam" in name else f"capmodel cross-entropy {ms(tb)}"
+                 if "SCST" in name else ms(tb))
+        label = "beam / greedy " if "beam" in name else "SCST / cross-entropy " if "SCST" in name else ""
         lines.append(f"| {name} | {ms(ta)} | {other} | {label}{ratio:.2f} | {note} |")
     lines += ["", "ratio = capmodel median / PyTorch median (below 1: capmodel is faster); for beam-3, "
-              "capmodel beam-3 median / capmodel greedy median.", ""]
+              "capmodel beam-3 median / capmodel greedy median; for SCST, one capmodel self-critical iteration "
+              "(sampling, rewards, baseline, weighted loss, Adam) / one capmodel cross-entropy iteration on as "
+              "many captions.", ""]
     print()
     write_results("\n".join(lines), ARGS.out)
     if share > BUSY_WARNING:

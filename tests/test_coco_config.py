@@ -26,7 +26,10 @@ def test_coco_config_trains_the_benchmarked_model_on_coco():
     config = load("config/coco.yaml")
     assert config["data"]["source"] == "coco"
     models = wc.expand_models(config)
-    assert sorted(models) == ["gru_h512", "lstm_h512"]
+    assert sorted(models) == ["gru_h512", "lstm_h512", "lstm_h512+scst"]
+    scst = models["lstm_h512+scst"]  # the literature's SCST recipe: a tenth of cross-entropy's rate
+    assert scst["objective"] == "scst" and scst["learning_rate"] <= models["lstm_h512"]["learning_rate"] / 10
+    assert (scst["scst_samples"], scst["scst_baseline"], scst["val_metric"]) == (5, "greedy", "cider")
     for settings in models.values():
         # the settings whose speed and memory bench_coco_scale.py measured
         assert (settings["hidden_dim"], settings["wordvec_dim"], settings["batch_size"]) == (512, 256, 100)

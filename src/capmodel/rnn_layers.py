@@ -988,12 +988,14 @@ def weighted_softmax_loss(x, y, w):
     - dx: Gradient of loss with respect to x, of shape (M, V)
     """
     rows = np.arange(x.shape[0])
-    shifted = x - x.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (M, V)
-    loss = -float(np.dot(w, log_probs[rows, y]))
-    dx = np.exp(log_probs)
-    dx[rows, y] -= 1
-    dx *= w.astype(x.dtype)[:, None]
+    dx = np.subtract(x, x.max(axis=1, keepdims=True), out=scratch("weighted_softmax.dx", x.shape, x.dtype))
+    correct = dx[rows, y].copy()  # shifted scores of the targets
+    np.exp(dx, out=dx)
+    sums = dx.sum(axis=1)
+    loss = -float(np.dot(w, correct - np.log(sums)))
+    w = w.astype(x.dtype)
+    dx *= (w / sums)[:, None]  # softmax times weight
+    dx[rows, y] -= w
     return loss, dx
 
 
