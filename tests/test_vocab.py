@@ -28,3 +28,28 @@ def test_encode_pads_truncates_and_maps_unknown_words():
 def test_encode_needs_the_special_tokens():
     with pytest.raises(ValueError, match="missing the special token <UNK>"):
         encode_captions(["a"], {"<NULL>": 0, "<START>": 1, "<END>": 2, "a": 3})
+
+
+@pytest.mark.parametrize("caption, words", [
+    ("A café by the Straße.", ["a", "café", "by", "the", "straße"]),
+    ("cafe\u0301 and café", ["café", "and", "café"]),  # combining accent and composed letter: one word
+    ("ＦＵＬＬ width", ["full", "width"]),
+    ("Один кот", ["один", "кот"]),
+    ("赤い車", ["赤", "い", "車"]),  # unspaced scripts: one word per character
+    ("the dog's ball_2", ["the", "dog's", "ball", "2"]),
+])
+def test_words_of_any_script_are_kept(caption, words):
+    assert tokenize(caption) == words
+
+
+def test_ascii_captions_tokenize_as_before():
+    """On ASCII text the tokens are CS231n's [a-z0-9]+(?:'[a-z]+)? of the lower-cased text, so
+    the shapes and COCO vocabularies do not change."""
+    import re
+    import string
+
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list(string.ascii_letters + string.digits + " '_-.,!\t"))
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet, size=rng.integers(0, 40)))
+        assert tokenize(text) == re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()), text

@@ -4,6 +4,7 @@ Every dataset, the model and the decoders import the special tokens from here.
 """
 
 import re
+import unicodedata
 from collections import Counter
 
 import numpy as np
@@ -14,9 +15,23 @@ MAX_WORDS = 15  # CS231n keeps at most 15 words, so captions are 17 tokens with 
 CAPTION_LENGTH = MAX_WORDS + 2
 
 
+# A word: letters and digits of any script, with one apostrophe suffix ("dog's"); on ASCII
+# text exactly [a-z0-9]+(?:'[a-z]+)?, the CS231n-style tokens of the shapes and COCO data.
+WORD = re.compile(r"[^\W_]+(?:'[^\W\d_]+)?")
+# Scripts written without spaces between words (Han, Hiragana, Katakana): each character is
+# one word, as character-level captioning of Chinese and Japanese does without a segmenter.
+UNSPACED = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
+
+
 def tokenize(caption):
-    """Lower-case a caption and split it into words, dropping punctuation."""
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", caption.lower())
+    """Split a caption into lower-case words of any script, dropping punctuation.
+
+    The text is Unicode-normalised first (NFKC: "café" typed with a combining accent and
+    with the composed letter is one word; full-width letters become plain ones), then
+    lower-cased ("Straße" -> "straße"). Han and kana characters are one word each.
+    """
+    text = UNSPACED.sub(r" \1 ", unicodedata.normalize("NFKC", caption).lower())
+    return WORD.findall(text)
 
 
 def build_vocab(captions, min_count=1):
