@@ -273,3 +273,14 @@ def test_a_data_set_at_any_path_is_used_as_it_is(shapes_dir, tmp_path):
     assert "make_shapes_data" not in r.stdout and "train_model" in r.stdout and str(shapes_dir) in r.stdout
     r = snakemake(tmp_path / "w", "-n", config=_config_with(tmp_path, "data: {source: path}\n"))
     assert r.returncode != 0 and "data.source is 'path' but data.path is not set" in r.stdout + r.stderr
+
+
+def test_jobs_run_without_the_virtualenv_on_the_path(tmp_path):
+    """Snakemake started as .venv/bin/snakemake from a shell where the venv is not active:
+    the jobs call the interpreter that runs Snakemake, not whatever `capmodel` PATH has."""
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(TEST_CONFIG), "--cores", "1", "resources/data/shapes"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "resources" / "data" / "shapes" / "coco2014_captions.h5").exists()

@@ -150,3 +150,16 @@ def test_the_schema_takes_an_scst_section_and_names_a_bad_key():
     with pytest.raises(ValueError, match=r"^models.a.scst: unknown key 'sampels'; known: baseline, learning_rate, "
                                          r"num_epochs, samples$"):
         wc.check_config({"models": {"a": {"scst": {"sampels": 3}}}}, SCHEMA)
+
+
+def test_a_data_path_that_is_no_directory_is_a_config_error_saying_relative_to_what(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    assert wc.data_dir({"source": "path", "path": "mine"}) == "mine"
+    assert wc.data_dir({"source": "path", "path": str(tmp_path / "mine")}) == str(tmp_path / "mine")
+    with pytest.raises(ValueError, match=rf"^data.path nowhere/data: no such directory \(a relative path is relative "
+                                         rf"to the workflow's working directory {re.escape(str(tmp_path))}, which "
+                                         r"--directory sets"):
+        wc.data_dir({"source": "path", "path": "nowhere/data"})
+    with pytest.raises(ValueError, match=r"^data.path /nowhere/data: no such directory$"):
+        wc.data_dir({"source": "path", "path": "/nowhere/data"})

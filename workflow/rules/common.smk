@@ -21,6 +21,9 @@ try:
 except ValueError as e:
     sys.exit(f"capmodel workflow: config error: {e}")
 
+# Jobs find capmodel, papermill and jupyter next to the interpreter that runs Snakemake,
+# also when its virtualenv is not activated (Snakemake started as .venv/bin/snakemake).
+wc.put_interpreter_first_on_path()
 # workflow.basedir is workflow/, the directory of the Snakefile.
 ENV = str(Path(workflow.basedir).parent / "environment.yml")
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"

@@ -8,8 +8,10 @@ report shows is read by a job (rule source_revision), never while the Snakefile 
 """
 
 import itertools
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from capmodel.app import settings as S
@@ -141,6 +143,14 @@ def check_config(config, schema_path):
     raise ValueError(f"{where}: {error.message}")
 
 
+def put_interpreter_first_on_path():
+    """Put the directory of the running interpreter first on PATH (for this process and the
+    jobs it starts), so that the rules' `capmodel`, `papermill` and `jupyter` are those of the
+    environment that runs Snakemake, also when it is not activated: started as
+    .venv/bin/snakemake, a job would otherwise fail with exit 127 (command not found)."""
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
 def report_paths(outputs):
     """The message a finished run prints: where the reports and the summary table are."""
     reports = [o for o in outputs if o.endswith(".html")]
@@ -156,5 +166,11 @@ def data_dir(data):
     if data["source"] == "path":
         if not data.get("path"):
             raise ValueError("data.source is 'path' but data.path is not set: give the data set directory")
-        return str(data["path"])
+        path = Path(data["path"]).expanduser()
+        if not path.is_dir():
+            relative = "" if path.is_absolute() else (
+                f" (a relative path is relative to the workflow's working directory {Path.cwd()}, which "
+                "--directory sets; an absolute path avoids the question)")
+            raise ValueError(f"data.path {data['path']}: no such directory{relative}")
+        return str(path)
     return f"resources/data/{data['source']}"
