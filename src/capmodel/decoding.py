@@ -48,8 +48,10 @@ def _top_k(values, k):
     return np.take_along_axis(top, order, axis=1)
 
 
-def greedy(model, features, max_length=30):
-    """Greedy decoding: at each step take the highest-scoring word.
+def _word_by_word(model, features, max_length, pick):
+    """Decode one word per step for every caption: pick(scores (N, V), start, null) -> word
+    ids (N,). A caption that produced <END> gets <NULL> from then on; decoding stops when
+    all have ended.
 
     Returns:
     - captions: Int array of shape (N, max_length)
@@ -60,12 +62,10 @@ def greedy(model, features, max_length=30):
     captions = np.full((N, max_length), null, dtype=np.int64)
     words = np.full(N, start, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
-    banned = [start, null]
     for t in range(max_length):
         parallel.checkpoint()
         state, scores = step(state, words)
-        scores[:, banned] = -np.inf
-        words = scores.argmax(axis=1)
+        words = pick(scores, start, null)
         words[done] = null
         captions[:, t] = words
         if end is not None:
@@ -73,6 +73,19 @@ def greedy(model, features, max_length=30):
             if done.all():
                 break
     return captions
+
+
+def greedy(model, features, max_length=30):
+    """Greedy decoding: at each step take the highest-scoring word.
+
+    Returns:
+    - captions: Int array of shape (N, max_length)
+    """
+    def highest(scores, start, null):
+        scores[:, [start, null]] = -np.inf
+        return scores.argmax(axis=1)
+
+    return _word_by_word(model, features, max_length, highest)
 
 
 def temperature_sample(model, features, max_length=30, temperature=1.0, rng=None):
@@ -88,25 +101,14 @@ def temperature_sample(model, features, max_length=30, temperature=1.0, rng=None
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     rng = np.random.default_rng(rng)
-    start, end, null = _special_ids(model)
-    state, step = model.decoder(features)
-    N = state[0].shape[0]
-    captions = np.full((N, max_length), null, dtype=np.int64)
-    words = np.full(N, start, dtype=np.int64)
-    done = np.zeros(N, dtype=bool)
-    for t in range(max_length):
-        state, scores = step(state, words)
+
+    def sampled(scores, start, null):
         logp = _log_softmax_inplace(scores / scores.dtype.type(temperature), [start, null]).astype(np.float64)
         cdf = np.cumsum(np.exp(logp), axis=1)
-        u = rng.random(N) * cdf[:, -1]
-        words = np.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)
-        words[done] = null
-        captions[:, t] = words
-        if end is not None:
-            done |= words == end
-            if done.all():
-                break
-    return captions
+        u = rng.random(len(cdf)) * cdf[:, -1]
+        return np.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)
+
+    return _word_by_word(model, features, max_length, sampled)
 
 
 def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, return_all=False):
