@@ -57,7 +57,7 @@ def main(argv=None):
     scst_defaults = S.defaults(S.SCST)
     lr = args.lr if args.lr is not None else scst_defaults["learning_rate"]
     samples = args.samples if args.samples is not None else scst_defaults["samples"]
-    decode = wc.sample_settings(config.get("sample") or {})
+    decode = S.decode_record(config.get("sample") or {})
     args.work.mkdir(parents=True, exist_ok=True)
 
     data = args.work / "shapes"

@@ -10,6 +10,7 @@ import pytest
 
 from capmodel.app import settings as S
 from capmodel.app import workflow_config as wc
+from capmodel.safety.atomic import write_json
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULTS = S.defaults(S.train_settings())
@@ -54,13 +55,13 @@ def test_name_pattern_matches_exactly_the_names(text, matches):
     assert bool(pattern.fullmatch(f"results/models/{text}/model.npz")) == matches
 
 
-def test_sample_settings_keep_what_the_method_uses():
+def test_decode_record_keeps_what_the_method_uses():
     sample = {"split": "val", "method": "beam", "beam_size": 3, "length_norm": 0.5, "temperature": 1.0, "seed": 0,
               "max_length": 16, "num_images": None}
-    assert wc.sample_settings(sample) == {"split": "val", "method": "beam", "beam_size": 3, "length_norm": 0.5,
+    assert S.decode_record(sample) == {"split": "val", "method": "beam", "beam_size": 3, "length_norm": 0.5,
                                           "max_length": 16, "num_images": None}
     with pytest.raises(ValueError, match=r"sample.length_norm must be finite number >= 0, got nan"):
-        wc.sample_settings({**sample, "length_norm": float("nan")})
+        S.decode_record({**sample, "length_norm": float("nan")})
 
 
 @pytest.mark.parametrize("config, message", [
@@ -82,11 +83,11 @@ def test_job_resources_per_kind():
                                            "train": {"mem_mb": 4000, "runtime": 120}}
 
 
-def test_write_settings_round_trips(tmp_path):
+def test_settings_files_round_trip(tmp_path):
     from capmodel.app.pipeline import read_settings_file
 
     settings = wc.expand_models({"models": {"a": {"cell_type": "rnn"}}})["a"]
-    wc.write_settings(tmp_path / "s.json", settings)
+    write_json(tmp_path / "s.json", settings)  # what rule model_settings writes
     assert S.check_all(read_settings_file(tmp_path / "s.json"), S.train_settings()) == settings
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from capmodel.app import settings as S
 from capmodel.app import workflow_config as wc
+from capmodel.safety.atomic import write_json
 
 SCHEMA = "../schemas/config.schema.yaml"
 try:
@@ -15,7 +17,7 @@ try:
     validate(config, schema=SCHEMA)
     MODELS = wc.expand_models(config)
     FINE_TUNED = wc.fine_tuned(MODELS)
-    SAMPLE = wc.sample_settings(config["sample"])
+    SAMPLE = S.decode_record(config["sample"])
     DATA_DIR = wc.data_dir(config["data"])
     RESOURCES = wc.job_resources(config["resources"])
 except ValueError as e:
@@ -37,10 +39,6 @@ FINE_TUNED_PATTERN = wc.name_pattern(FINE_TUNED) or "(?!)"
 
 wildcard_constraints:
     model=MODEL_PATTERN,
-
-
-def get_data_dir():
-    return DATA_DIR
 
 
 def get_final_outputs():

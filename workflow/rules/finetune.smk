@@ -7,7 +7,7 @@
 
 use rule train_model as finetune_model with:
     input:
-        data=get_data_dir(),
+        data=DATA_DIR,
         gradcheck="results/gradcheck.csv",
         settings="results/models/{model}/settings.json",
         start=lambda wildcards: f"results/models/{FINE_TUNED[wildcards.model]}/model.npz",

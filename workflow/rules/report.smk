@@ -86,7 +86,7 @@ rule report_summary:
             kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
             split=SPLIT,
         ),
-        data=get_data_dir(),
+        data=DATA_DIR,
         revision="results/source_revision.json",
         # The model reports it links to, so that every link resolves.
         reports=expand("reports/{model}.html", model=sorted(MODELS)),

@@ -12,14 +12,14 @@ rule sample_settings:
     params:
         settings=SAMPLE,
     run:
-        wc.write_settings(output[0], params.settings)
+        write_json(output[0], params.settings)
 
 
 rule sample_captions:
     input:
         model="results/models/{model}/model.npz",
         meta="results/models/{model}/model.json",
-        data=get_data_dir(),
+        data=DATA_DIR,
         settings="results/sample_settings.json",
     output:
         csv=f"results/models/{{model}}/samples_{SPLIT}.csv",
@@ -37,7 +37,7 @@ rule sample_captions:
 
 rule baseline_captions:
     input:
-        data=get_data_dir(),
+        data=DATA_DIR,
     output:
         csv=f"results/baseline/samples_{SPLIT}.csv",
         record=f"results/baseline/samples_{SPLIT}.json",

@@ -13,12 +13,12 @@ rule model_settings:
     params:
         settings=lambda wildcards: MODELS[wildcards.model],
     run:
-        wc.write_settings(output[0], params.settings)
+        write_json(output[0], params.settings)
 
 
 rule train_model:
     input:
-        data=get_data_dir(),
+        data=DATA_DIR,
         gradcheck="results/gradcheck.csv",
         settings="results/models/{model}/settings.json",
     output:

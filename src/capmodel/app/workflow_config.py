@@ -83,11 +83,6 @@ def name_pattern(names):
     return "|".join(re.escape(name) for name in sorted(names))
 
 
-def sample_settings(sample):
-    """The decoding record of the config's `sample:` section (what `capmodel sample` reads)."""
-    return S.decode_record(sample)
-
-
 def job_resources(resources):
     """Snakemake `resources:` of each kind of job, from the config's `resources:` section.
 
@@ -97,11 +92,6 @@ def job_resources(resources):
     """
     return {kind: {"mem_mb": resources[f"{kind}_mem_mb"], "runtime": resources[f"{kind}_runtime"]}
             for kind in ("small", "train")}
-
-
-def write_settings(path, settings):
-    """Write one settings dict as the JSON file a CLI command reads with --settings."""
-    write_json(path, settings)
 
 
 def source_revision(source_dir):
