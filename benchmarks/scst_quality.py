@@ -14,7 +14,7 @@ run over the cross-entropy continuation. Everything is kept in --work; a finishe
 not redone when the script is run again with the same --work.
 
 Usage: python benchmarks/scst_quality.py [--work DIR] [--families lstm transformer]
-       [--epochs 2] [--lr 5e-4] [--samples 5] [--threads 2]
+       [--epochs 2] [--lr 5e-4] [--samples 5] [--threads 2] [--no-java]
 """
 
 import argparse
@@ -37,6 +37,7 @@ def parse(argv=None):
                    "(default: the scst section's default)")
     p.add_argument("--samples", type=int, default=None, help="SCST samples per image (default: the setting's)")
     p.add_argument("--threads", type=int, default=2, help="BLAS threads")
+    p.add_argument("--no-java", action="store_true", help="pure-Python tokenizer, no METEOR (quick checks)")
     return p.parse_args(argv)
 
 
@@ -73,7 +74,7 @@ def main(argv=None):
         samples_csv = out / f"samples_{decode['split']}.csv"
         if not (out / "metrics.json").exists():
             pipeline.sample(out / "model.npz", data, samples_csv, decode)
-            pipeline.evaluate(samples_csv, out / "metrics.json", name=name)
+            pipeline.evaluate(samples_csv, out / "metrics.json", name=name, use_java=False if args.no_java else None)
         return json.loads((out / "metrics.json").read_text())
 
     rows = []

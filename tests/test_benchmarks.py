@@ -67,3 +67,18 @@ def test_buffer_benchmark_compares_both_variants(tmp_path):
     run("bench_buffers.py", "--rounds", "1", "--warmup", "1", "--repeats", "1", "--out", str(out))
     rows = [line for line in out.read_text().splitlines() if line.startswith("| LSTM") or line.startswith("| GRU")]
     assert len(rows) == 4 and sum("reused (as shipped)" in r for r in rows) == 2
+
+
+def test_scst_quality_compares_the_continuations(tmp_path):
+    """The tiny .test config: the table has every run of both families, the SCST rows with
+    their gain over the cross-entropy continuation."""
+    out = run("scst_quality.py", "--work", str(tmp_path), "--config", str(ROOT / ".test" / "config" / "config.yaml"),
+              "--families", "tiny_lstm", "tiny_transformer", "--epochs", "1", "--samples", "2", "--no-java")
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny_")]
+    assert [(r[0], r[1]) for r in rows] == [
+        (f"| {f}", run) for f in ("tiny_lstm", "tiny_transformer") for run in (
+            "cross-entropy (start)", "+1 epochs cross-entropy", "+1 epochs SCST, greedy baseline",
+            "+1 epochs SCST, mean baseline")]
+    for r in rows:
+        assert 0 <= float(r[2]) <= 1 and r[3] == "n/a (no java)" and float(r[4]) >= 0
+        assert r[5].rstrip(" |").endswith("%") == ("SCST" in r[1])
