@@ -286,3 +286,14 @@ def test_a_change_of_scst_settings_reruns_only_the_fine_tuning(workflow_run, tmp
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout, flags=re.M))
     assert jobs.get("finetune_model") == "1" and "train_model" not in jobs, r.stdout
     assert jobs.get("model_settings") == "1" and jobs.get("sample_captions") == "1", r.stdout
+
+
+def test_scst_is_validated_by_cider(shapes_dir, tmp_path, capsys):
+    from capmodel.app import settings as S
+    from capmodel.app.cli import main
+
+    assert S.check_train({"objective": "scst"})["val_metric"] == "cider"  # unset: CIDEr-D
+    assert S.check_train({"objective": "xe"})["val_metric"] is None
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), *SMALL, "--objective", "scst",
+                 "--val-metric", "bleu4"]) != 0
+    assert "settings.val_metric must be cider (or unset) with objective scst, got 'bleu4'" in capsys.readouterr().err

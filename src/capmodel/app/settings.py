@@ -54,7 +54,7 @@ TRAIN = (
        optional=True),
     Setting("print_every", int, 50, "log the training loss every N iterations", minimum=1),
     Setting("objective", str, "xe", "training objective: cross-entropy (xe) or self-critical CIDEr-D (scst, "
-            "fine-tunes a trained model given by --init-from)", choices=OBJECTIVES),
+            "fine-tunes a trained model given by --init-from; validated by CIDEr-D)", choices=OBJECTIVES),
     Setting("scst_samples", int, 5, "captions sampled per image by self-critical training", minimum=1),
     Setting("scst_baseline", str, "greedy", "self-critical baseline: the greedy caption's CIDEr-D (greedy) or "
             "the mean of the image's other samples (mean)", choices=SCST_BASELINES),
@@ -139,6 +139,11 @@ def check_train(values, where="settings"):
     s = check_all(values, train_settings(), where)
     if s["scst_baseline"] == "mean" and s["scst_samples"] < 2:
         raise SettingError(f"{where}.scst_samples must be >= 2 with scst_baseline mean, got {s['scst_samples']}")
+    if s["objective"] == "scst":  # validated by the metric it trains for
+        if s["val_metric"] not in (None, SCST_VAL_METRIC):
+            raise SettingError(f"{where}.val_metric must be {SCST_VAL_METRIC} (or unset) with objective scst, "
+                               f"got {s['val_metric']!r}")
+        s["val_metric"] = SCST_VAL_METRIC
     return s
 
 
