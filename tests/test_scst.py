@@ -297,3 +297,85 @@ def test_scst_is_validated_by_cider(shapes_dir, tmp_path, capsys):
     assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), *SMALL, "--objective", "scst",
                  "--val-metric", "bleu4"]) != 0
     assert "settings.val_metric must be cider (or unset) with objective scst, got 'bleu4'" in capsys.readouterr().err
+
+
+def test_a_run_stopped_inside_an_epoch_validates_what_it_trained(shapes_dir, xe_model, tmp_path):
+    """max_iterations ends the run before an epoch ends: the last updates are validated and
+    compete with the start instead of being thrown away for it."""
+    out = tmp_path / "o"
+    done = subprocess.run(_scst(shapes_dir, xe_model, out, "--max-iterations", "5"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    val = [line.split(",") for line in (out / "val.csv").read_text().splitlines()[1:]]
+    assert [(r[0], r[1]) for r in val] == [("0", "0"), ("0", "5")]
+    trained = val[1][-1] == "1"
+    assert trained != all(np.array_equal(v, _params(xe_model)[k]) for k, v in _params(out).items())
+
+
+def test_the_start_model_is_never_the_output(xe_model, shapes_dir, tmp_path, capsys):
+    from capmodel.app.cli import main
+
+    before = (xe_model / "model.npz").read_bytes()
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(xe_model), "--init-from",
+                 str(xe_model / "model.json"), *SMALL, "--objective", "scst"]) != 0
+    assert "holds the --init-from model, which training would overwrite; choose another --out-dir" in \
+        capsys.readouterr().err
+    assert (xe_model / "model.npz").read_bytes() == before
+
+
+def test_a_start_with_non_finite_weights_is_refused(xe_model, shapes_dir, tmp_path, capsys):
+    from capmodel import checkpoints
+    from capmodel.app.cli import main
+
+    model, meta = checkpoints.load_model(xe_model / "model")
+    model.params["Wh"][0, 0] = np.nan
+    checkpoints.save_model(tmp_path / "bad" / "model", model, extra={k: v for k, v in meta.items() if k != "model"})
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), "--init-from",
+                 str(tmp_path / "bad"), *SMALL, "--objective", "scst"]) != 0
+    assert "parameter Wh has 1 non-finite values" in capsys.readouterr().err
+
+
+def test_a_cross_entropy_run_is_resumed_whatever_the_unused_scst_settings(shapes_dir, tmp_path):
+    """The checkpoints' fingerprint leaves out settings a run does not use, so checkpoints
+    written before self-critical training existed (and a changed --scst-samples) resume."""
+    from capmodel.app import pipeline
+    from capmodel.app import settings as S
+
+    s = S.check_train({"cell_type": "lstm"})
+    fingerprint = pipeline.run_fingerprint(shapes_dir, s, None)
+    assert {"objective", "scst_samples", "scst_baseline"}.isdisjoint(fingerprint["settings"])
+    assert "init_from_sha256" not in fingerprint and fingerprint["settings"]["hidden_dim"] == s["hidden_dim"]
+    tuned = pipeline.run_fingerprint(shapes_dir, S.check_train({"objective": "scst"}), "ab")
+    assert tuned["settings"]["scst_samples"] == 5 and tuned["init_from_sha256"] == "ab"
+    ckpt = tmp_path / "ckpt"
+    pipeline.train(shapes_dir, tmp_path / "a", {**s, "max_iterations": 2}, checkpoint_dir=ckpt, keep_checkpoints=True,
+                   verbose=False)
+    pipeline.train(shapes_dir, tmp_path / "b", {**s, "max_iterations": 2, "scst_samples": 9}, checkpoint_dir=ckpt,
+                   verbose=False)  # resumed from the last checkpoint, not refused
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_changed_settings_restart_the_checkpoints_only_when_asked(shapes_dir, xe_model, tmp_path, capsys):
+    from capmodel.app.cli import main
+
+    args = ["train", "--data", str(shapes_dir), "--init-from", str(xe_model), *SMALL, "--objective", "scst",
+            "--scst-samples", "2", "--batch-size", "20", "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--keep-checkpoints", "--max-iterations", "2"]
+    assert main([*args, "--out-dir", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out-dir", str(tmp_path / "b"), "--learning-rate", "0.002"]) != 0
+    assert "belongs to a run with other settings (learning_rate differ)" in capsys.readouterr().err
+    assert main([*args, "--out-dir", str(tmp_path / "b"), "--learning-rate", "0.002", "--restart-on-change"]) == 0
+    assert "other settings (learning_rate differ): starting over" in capsys.readouterr().out
+    assert main([*args, "--out-dir", str(tmp_path / "c"), "--learning-rate", "0.002"]) == 0  # now the same run
+
+
+def test_running_out_of_memory_is_one_line(shapes_dir, xe_model, tmp_path, capsys):
+    from capmodel.app.cli import main
+
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), "--init-from", str(xe_model),
+                 *SMALL, "--objective", "scst", "--scst-samples", "100000000", "--batch-size", "100",
+                 "--val-metric-images", "12"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("capmodel train: error: out of memory") and err.count("\n") == 1, err
+    assert "make --batch-size (and --scst-samples with --objective scst) smaller" in err
+    assert not (tmp_path / "o").exists()

@@ -138,8 +138,12 @@ def test_an_scst_section_adds_the_fine_tuned_model():
     ({"models": {"a": {"scst": {"samples": 0}}}}, r"models.a.scst.samples must be integer >= 1, got 0"),
     ({"models": {"a": {"scst": {"baseline": "best"}}}}, r"models.a.scst.baseline must be one of greedy, mean"),
     ({"models": {"a": {"scst": {"epochs": 2}}}}, r"models.a.scst: unknown setting epochs; known: baseline, "),
-    ({"models": {"a": {"objective": "scst"}}}, r"models.a.objective: the workflow trains with cross-entropy"),
-    ({"models": {"a": {"scst": {"baseline": "mean", "samples": 1}}}}, r"scst_samples must be >= 2 with"),
+    ({"models": {"a": {"objective": "scst"}}}, r"models.a.objective: the workflow trains with cross-entropy; "
+                                               r"self-critical fine-tuning and its settings go in the model's"),
+    ({"train_defaults": {"objective": "scst"}, "models": {"a": {}}}, r"^models.a.objective: the workflow trains"),
+    ({"models": {"a": {"scst_baseline": "mean", "scst": {}}}}, r"^models.a.scst_baseline: the workflow trains"),
+    ({"models": {"a": {"scst": {"baseline": "mean", "samples": 1}}}},
+     r"^models.a.scst.samples must be >= 2 with baseline mean, got 1$"),
 ])
 def test_bad_scst_sections(cfg, message):
     with pytest.raises(ValueError, match=message):
@@ -164,3 +168,8 @@ def test_a_data_path_that_is_no_directory_is_a_config_error_saying_relative_to_w
         wc.data_dir({"source": "path", "path": "nowhere/data"})
     with pytest.raises(ValueError, match=r"^data.path /nowhere/data: no such directory$"):
         wc.data_dir({"source": "path", "path": "/nowhere/data"})
+
+
+def test_scst_null_switches_the_fine_tuning_off():
+    assert sorted(wc.expand_models({"models": {"a": {"scst": None}}})) == ["a"]
+    wc.check_config({"models": {"a": {"cell_type": "lstm", "scst": None}}}, SCHEMA)

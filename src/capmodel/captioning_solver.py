@@ -400,6 +400,10 @@ class CaptioningSolver:
         finally:
             if bar is not None:
                 bar.close()
+        if self.objective is not None and self.val_history and self.val_history[-1]["iteration"] != self.iteration:
+            # Stopped inside an epoch (max_iterations): the updates since the last validation
+            # compete with the kept epoch instead of being thrown away for it.
+            self._validate()
         if self.validate and self.best_params:
             for k, v in self.best_params.items():
                 self.model.params[k] = v.copy()

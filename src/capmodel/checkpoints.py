@@ -79,8 +79,9 @@ class CheckpointDir:
         self.path = Path(path)
         self.keep = int(keep)
 
-    def claim(self, fingerprint=None):
-        """Create or take the directory; with a fingerprint, refuse one of another run."""
+    def claim(self, fingerprint=None, restart=False, warn=print):
+        """Create or take the directory; with a fingerprint, refuse one of another run, or
+        with restart remove that run's checkpoints (capmodel's own files) and start over."""
         ownership.claim(self.path, "checkpoints", "checkpoint directory")
         if fingerprint is None:
             return
@@ -97,6 +98,13 @@ class CheckpointDir:
             changed = sorted(k for k in set(old) | set(record) if k != "settings" and old.get(k) != record.get(k))
             old_s, new_s = old.get("settings", {}), record.get("settings", {})
             changed += sorted(k for k in set(old_s) | set(new_s) if old_s.get(k) != new_s.get(k))
+            if restart:
+                warn(f"the checkpoints in {self.path} are of a run with other settings ({', '.join(changed)} "
+                     "differ): starting over")
+                self.remove()
+                ownership.claim(self.path, "checkpoints", "checkpoint directory")
+                write_json(path, record)
+                return
             raise CheckpointError(
                 f"checkpoint directory {self.path} belongs to a run with other settings "
                 f"({', '.join(changed)} differ); delete it to start over or use another directory"

@@ -1,7 +1,8 @@
 # Stage 3: one training job per model. Its settings reach `capmodel train` as a JSON file
 # that the workflow writes (rule model_settings). Resume state lives in
 # results/resume/<model>, outside the declared outputs, so Snakemake's cleanup of a failed
-# job keeps it and the rerun continues from the last checkpoint.
+# job keeps it and the rerun continues from the last checkpoint; after a change of the
+# model's settings (or its data or start) the rerun starts over (--restart-on-change).
 
 
 rule model_settings:
@@ -44,4 +45,4 @@ rule train_model:
     shell:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " capmodel train --data {input.data} --settings {input.settings} --out-dir {params.out_dir}"
-        " {params.init_from} --checkpoint-dir {params.resume} > {log} 2>&1"
+        " {params.init_from} --checkpoint-dir {params.resume} --restart-on-change > {log} 2>&1"

@@ -125,7 +125,8 @@ def cmd_train(args):
     settings = pipeline.read_settings_file(args.settings) if args.settings else {}
     settings.update(S.from_args(args, S.train_settings()))
     pipeline.train(args.data, args.out_dir, settings, checkpoint_dir=args.checkpoint_dir,
-                   keep_checkpoints=args.keep_checkpoints, init_from=args.init_from)
+                   keep_checkpoints=args.keep_checkpoints, init_from=args.init_from,
+                   restart_on_change=args.restart_on_change)
     print(f"model written to {Path(args.out_dir) / 'model.npz'}")
     return 0
 
@@ -240,6 +241,9 @@ def build_parser():
     t.add_argument("--checkpoint-dir", help="resumable checkpoints; a rerun resumes from the newest valid one. "
                    "Must be new, empty or made by capmodel; only capmodel's files are removed after success")
     t.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints after success")
+    t.add_argument("--restart-on-change", action="store_true", help="when the checkpoint directory holds a run "
+                   "with other settings, data or start model, remove its checkpoints and start over instead of "
+                   "refusing (the workflow does this: its settings changed, so the job reruns)")
     t.add_argument("--init-from", metavar="MODEL", help="start from this trained model's weights (its directory, "
                    "model.npz or model.json; same family, sizes and vocabulary as the settings); needed by "
                    "--objective scst")
@@ -319,6 +323,10 @@ def main(argv=None):
     except (ValueError, CheckpointError, FetchError, TrainingError) as e:
         message = str(e).replace("\n", "\n  ")
         print(f"capmodel {name}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as e:
+        hint = "; make --batch-size (and --scst-samples with --objective scst) smaller" if name == "train" else ""
+        print(f"capmodel {name}: error: out of memory ({e}){hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""

@@ -41,9 +41,9 @@ def schema():
     train = {s.name: s.json_schema() for s in S.train_settings()}
     train_ref = {"$ref": "#/$defs/train_settings"}
     model_ref = {"$ref": "#/$defs/model"}
-    scst = {"type": "object", "description": "self-critical fine-tuning: the workflow also trains <model>+scst "
-            "from this model's kept weights", "additionalProperties": False,
-            "properties": _with_defaults(S.SCST)}
+    scst = {"type": ["object", "null"], "description": "self-critical fine-tuning: the workflow also trains "
+            "<model>+scst from this model's kept weights; null: none (e.g. in an override config)",
+            "additionalProperties": False, "properties": _with_defaults(S.SCST)}
     resources = {
         "train_threads": _plain("integer", 1, "BLAS threads of a training job", minimum=1),
         "train_mem_mb": _plain("integer", 4000, "memory of a training job (MB)", minimum=100),
@@ -162,7 +162,9 @@ def readme():
               "A model (or a sweep's `base`) may add `scst: {...}`: the workflow then also trains `<model>+scst`,",
               "starting from `<model>`'s kept weights (`capmodel train --init-from`), with `<model>`'s settings,",
               f"`objective: scst`, `val_metric: {S.SCST_VAL_METRIC}` and these keys; a change of them reruns only the",
-              "fine-tuning. `{}` takes every default. See docs/training.md.", "", table.rstrip()]
+              "fine-tuning. `{}` takes every default; `scst: null` (e.g. in a second `--configfile`) switches it",
+              "off. The settings `objective`, `scst_samples` and `scst_baseline` are set here only. See",
+              "docs/scst.md.", "", table.rstrip()]
     lines += _rows(sch["$defs"]["model"]["properties"]["scst"]["properties"], "scst.")
     lines.append("")
     defaults = S.defaults(S.train_settings())

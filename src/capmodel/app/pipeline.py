@@ -38,15 +38,25 @@ def solver_keys():
 def load_start(model, init_from):
     """Set model's parameters to those of the trained model at init_from (any form
     capmodel.checkpoints.load_model takes); the two must be of the same family, sizes
-    and vocabulary. Returns the SHA-256 of the start's parameter file."""
-    start, _ = checkpoints.load_model(checkpoints.model_base(init_from))
+    and vocabulary, and its parameters finite. Returns the SHA-256 of the start's
+    parameter file."""
+    try:
+        start, _ = checkpoints.load_model(checkpoints.model_base(init_from))
+    except checkpoints.CheckpointError as e:
+        raise ValueError(f"--init-from {init_from}: {e}") from e
     built, given = model.describe(), start.describe()
     differ = sorted(k for k in set(built) | set(given) if k not in ("dtype", "dropout") and built.get(k) != given.get(k))
+    if built.get("cell_type") != given.get("cell_type"):
+        differ = ["cell_type"]  # another family: its other keys say nothing more
     if differ:
         shown = ", ".join(f"{k} {given.get(k)!r} (settings: {built.get(k)!r})" if k != "word_to_idx"
                           else "vocabulary (another data set's)" for k in differ)
         raise ValueError(f"--init-from {init_from}: the model does not match the training settings: {shown}")
-    for k in model.params:
+    for k in sorted(model.params):
+        bad = np.count_nonzero(~np.isfinite(start.params[k]))
+        if bad:
+            raise ValueError(f"--init-from {init_from}: parameter {k} has {bad} non-finite values (NaN or inf); "
+                             "start from a sound model")
         model.params[k] = start.params[k].astype(model.dtype)
     return sha256_of(checkpoints.model_base(init_from).with_suffix(".npz"))
 
@@ -73,7 +83,19 @@ def read_settings_file(path, what="settings file"):
     return values
 
 
-def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=False, verbose=True, init_from=None):
+def run_fingerprint(data_dir, s, start_sha):
+    """What a resumed run must share with the checkpoints' run: the data, the settings that
+    matter (a cross-entropy run's does not include the unused self-critical settings, so its
+    checkpoints from before they existed still resume) and the start model."""
+    unused = ("objective", "scst_samples", "scst_baseline") if s["objective"] == "xe" else ()
+    record = {"data_dir": str(Path(data_dir).resolve()), "settings": {k: v for k, v in s.items() if k not in unused}}
+    if start_sha is not None:
+        record["init_from_sha256"] = start_sha
+    return record
+
+
+def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=False, verbose=True, init_from=None,
+          restart_on_change=False):
     """Train one model and write model.npz/.json, history.csv and val.csv into out_dir.
 
     settings: dict over capmodel.app.settings.train_settings() (unknown keys or values out of
@@ -81,15 +103,24 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     settings, the output and checkpoint locations, the data set (consistent, finite, a
     usable val split) and the metrics toolkit when a val_metric is asked for. With a
     checkpoint_dir the run resumes from the newest valid checkpoint there; that directory
-    must have been made by capmodel with the same settings. It is removed after success
-    (only capmodel's own files) unless keep_checkpoints. With init_from (a trained model)
-    training starts from its weights; objective "scst" needs one.
+    must have been made by capmodel with the same settings (with restart_on_change, the
+    checkpoints of a run with other settings are removed and training starts over). It is
+    removed after success (only capmodel's own files) unless keep_checkpoints. With init_from
+    (a trained model) training starts from its weights; objective "scst" needs one.
     """
     s = S.check_train(settings)
     if s["objective"] == "scst" and init_from is None:
         raise ValueError("objective scst fine-tunes a trained model: give it with --init-from MODEL")
     out_dir = Path(out_dir)
     check_writable(out_dir, "output directory", directory=True)
+    if init_from is not None:
+        try:
+            start_npz = checkpoints.model_base(init_from).with_suffix(".npz")
+        except checkpoints.CheckpointError as e:
+            raise ValueError(f"--init-from {init_from}: {e}") from e
+        if start_npz.resolve() == (out_dir / "model.npz").resolve():
+            raise ValueError(f"--out-dir {out_dir} holds the --init-from model, which training would overwrite; "
+                             "choose another --out-dir")
     if verbose:
         print(f"BLAS threads: {blas_threads()}", flush=True)
     ckpt = None
@@ -102,7 +133,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     objective = scst_objective(data, s) if s["objective"] == "scst" else None
     validator = Validator(data, metric=s["val_metric"], val_size=s["val_size"], metric_images=s["val_metric_images"])
     if ckpt is not None:
-        ckpt.claim({"data_dir": str(Path(data_dir).resolve()), "settings": s, "init_from_sha256": start_sha})
+        ckpt.claim(run_fingerprint(data_dir, s, start_sha), restart=restart_on_change,
+                   warn=print if verbose else lambda _: None)
     solver_kwargs = {k: s[k] for k in solver_keys() if s[k] is not None}
     progress = verbose and sys.stderr.isatty()  # a bar in a terminal, timed lines in a log
     solver = CaptioningSolver(model, data, optim_config={"learning_rate": s["learning_rate"]}, validate=validator,
@@ -318,7 +350,7 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
                         "train_seconds": info.get("train_seconds_this_run", ""),
                         "best_epoch": info.get("best_epoch", "")})
             if d in vals:
-                kept = [r for r in read_csv(vals[d]) if str(r["epoch"]) == str(info.get("best_epoch"))]
+                kept = [r for r in read_csv(vals[d]) if str(r["best"]) == "1"][-1:]  # the last best: kept
                 row["val_loss"] = float(kept[0]["val_loss"]) if kept else ""
         row["decoding"] = m.get("decoding", "")
         row.update({k: m[k] for k in metrics.METRIC_NAMES if k in m})

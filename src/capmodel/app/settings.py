@@ -151,6 +151,8 @@ def scst_train_settings(settings, scst, where="scst"):
     """The training settings of a model's self-critical fine-tuning: the model's own
     settings, objective scst, CIDEr-D validation and the `scst:` section's values."""
     section = check_all(scst or {}, SCST, where)
+    if section["baseline"] == "mean" and section["samples"] < 2:
+        raise SettingError(f"{where}.samples must be >= 2 with baseline mean, got {section['samples']}")
     return {**settings, "objective": "scst", "val_metric": SCST_VAL_METRIC,
             **{SCST_TRAIN_KEYS[k]: v for k, v in section.items()}}
 

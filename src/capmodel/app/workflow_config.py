@@ -25,6 +25,8 @@ def _value_tag(value):
 
 
 SCST_SUFFIX = "+scst"  # the name of a model's self-critical fine-tuning: lstm -> lstm+scst
+# Training settings that the config sets through a model's `scst:` section only.
+SCST_ONLY = ("objective", "scst_samples", "scst_baseline")
 
 
 def _entries(config):
@@ -57,10 +59,11 @@ def expand_models(config):
             raise ValueError(f"model name '{name}' must start with a letter or digit and contain only letters, "
                              "digits, '_', '.' and '-' (it becomes a directory name)")
         scst = settings.pop("scst", None)
+        for key in SCST_ONLY:
+            if key in settings:
+                raise ValueError(f"models.{name}.{key}: the workflow trains with cross-entropy; self-critical "
+                                 "fine-tuning and its settings go in the model's 'scst:' section")
         models[name] = S.check_train(settings, where=f"models.{name}")
-        if models[name]["objective"] != "xe":
-            raise ValueError(f"models.{name}.objective: the workflow trains with cross-entropy (xe); self-critical "
-                             "fine-tuning is an 'scst:' section of the model")
         if scst is not None:
             models[name + SCST_SUFFIX] = S.check_train(
                 S.scst_train_settings(models[name], scst, where=f"models.{name}.scst"), where=f"models.{name}.scst")
