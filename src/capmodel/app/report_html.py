@@ -1,6 +1,7 @@
-"""HTML pieces of the report notebooks (workflow/notebooks): tables, embedded images,
-references. Shared by the model and the summary report; they only format what the
-notebooks read from result files.
+"""HTML pieces of the report notebooks (workflow/notebooks): the stylesheet, the script
+that sorts tables, tables, embedded images, references. Shared by the model and the
+summary report, which hold no HTML, CSS or JavaScript of their own; these only format
+what the notebooks read from result files.
 """
 
 import base64
@@ -29,6 +30,34 @@ CSS = """<style>
 .cm table.sortable th:after {content: " \\2195"; color: #aaa;}
 .cm a.back {font-size: 14px;}
 </style>"""
+
+# Tables of class "sortable": a click on a header sorts the rows by that column, ascending
+# first, then descending (ascending: numbers numerically, then text alphabetically). One
+# listener on the document serves every table, so the script can come before the tables it
+# sorts; the flag keeps a re-displayed script (a cell run twice) from adding a second
+# listener that would undo the first.
+SORT_SCRIPT = """<script>
+if (!window.capmodelSortable) {
+  window.capmodelSortable = true;
+  document.addEventListener("click", function (event) {
+    var th = event.target.closest("table.sortable > thead th");
+    if (!th) return;
+    var table = th.closest("table"), col = th.cellIndex, body = table.tBodies[0];
+    var asc = th.dataset.order !== "asc";
+    th.dataset.order = asc ? "asc" : "desc";
+    var key = function (row) {
+      var text = row.cells[col].innerText.trim(), n = parseFloat(text);
+      return isNaN(n) ? [1, text.toLowerCase()] : [0, n];
+    };
+    var rows = Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      var order = x[0] - y[0] || (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0);
+      return asc ? order : -order;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  });
+}
+</script>"""
 
 _images = {}
 _remote = {"ok": True}
@@ -88,11 +117,11 @@ def show(fragment):
     display(HTML(f'<div class="cm">{fragment}</div>'))
 
 
-def show_css():
-    """Display the report stylesheet once, at the top of a report."""
+def show_head():
+    """Display the report's stylesheet and table-sorting script, once, at the top of a report."""
     from IPython.display import HTML, display
 
-    display(HTML(CSS))
+    display(HTML(CSS + SORT_SCRIPT))
 
 
 def fmt(value):
