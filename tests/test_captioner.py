@@ -174,8 +174,9 @@ def _broken(tmp):
 
 @pytest.mark.parametrize("case, message", [
     ("unreadable image", "cannot read image {tmp}/broken.png"),
-    ("empty folder", "{tmp}/empty has no PNG or JPEG images"),
+    ("empty folder", "{tmp}/empty has no pictures (.png, .jpg"),
     ("missing image", "image {tmp}/ghost.png does not exist"),
+    ("not a picture file", "image {tmp}/notes.txt is not a picture file (.png, .jpg"),
     ("model missing", "model file {tmp}/nomodel/model.npz does not exist"),
     ("width mismatch", "features in {tmp}/w.npy have width 7, but the model expects width 512"),
     ("row mismatch", "features in {tmp}/r.npy have 3 rows but 1 images were given"),
@@ -194,6 +195,9 @@ def test_bad_input_gives_one_line_exit_2(trained, shapes_dir, capsys, tmp_path, 
         image.mkdir()
     elif case == "missing image":
         image = tmp_path / "ghost.png"
+    elif case == "not a picture file":
+        image = tmp_path / "notes.txt"
+        image.write_text("a red circle")
     elif case == "model missing":
         model = tmp_path / "nomodel"
         model.mkdir()
@@ -214,6 +218,24 @@ def test_bad_input_gives_one_line_exit_2(trained, shapes_dir, capsys, tmp_path, 
     assert code == 2 and out == ""
     assert err.startswith("capmodel caption: error: ") and err.count("\n") == 1, err
     assert message.format(tmp=tmp_path, shapes=shapes_dir) in err
+
+
+def test_every_bad_image_is_named_in_one_error(trained, capsys, tmp_path):
+    good = trained / "photos" / "red_circle_0.png"
+    (tmp_path / "fake.jpg").write_text("not a picture")
+    (tmp_path / "notes.txt").write_text("a red circle")
+    code, out, err = cli(capsys, "caption", trained / "model", tmp_path / "ghost.png", good, tmp_path / "notes.txt")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"image {tmp_path / 'ghost.png'} does not exist; image {tmp_path / 'notes.txt'} is not a picture" in err
+    broken = _broken(tmp_path)
+    code, out, err = cli(capsys, "caption", trained / "model", broken, good, tmp_path / "fake.jpg")
+    assert code == 2 and err.count("\n") == 1 and "2 of 3 image(s) cannot be read" in err
+    assert f"cannot read image {broken}" in err and f"cannot read image {tmp_path / 'fake.jpg'}" in err
+    # with precomputed features the pictures are read for the gallery only: the same one error
+    np.save(tmp_path / "f.npy", np.zeros((3, 512), np.float32))
+    code, out, err = cli(capsys, "caption", trained / "model", broken, good, tmp_path / "fake.jpg",
+                         "--features", tmp_path / "f.npy", "--html", tmp_path / "g.html")
+    assert code == 2 and "2 of 3 image(s) cannot be read" in err and not (tmp_path / "g.html").exists()
 
 
 # ----------------------------------------------------------------- the docs

@@ -161,9 +161,9 @@ def _setup(tmp, case):
         args[0] = tmp / "nowhere"
     elif case == "missing file":
         rows.insert(2, ("ghost.png", "a ghost", "train"))
-    elif case == "not png or jpeg":
-        (tmp / "photos" / "anim.gif").write_bytes(b"GIF89a")
-        rows.append(("anim.gif", "a gif", "train"))
+    elif case == "not a picture file":
+        (tmp / "photos" / "drawing.svg").write_text("<svg/>")
+        rows.append(("drawing.svg", "a drawing", "train"))
     elif case == "empty caption":
         rows.insert(3, (rows[0][0], "  ", "val"))
     elif case == "no words":
@@ -202,10 +202,10 @@ def _setup(tmp, case):
 @pytest.mark.parametrize("case, message", [
     ("corrupt image", "cannot read image {tmp}/photos/broken.png"),
     ("not an image", "cannot read image {tmp}/photos/fake.png"),
-    ("empty folder", "{tmp}/empty has no PNG or JPEG images"),
+    ("empty folder", "{tmp}/empty has no pictures (.png, .jpg, .jpeg, .gif"),
     ("no folder", "images folder {tmp}/nowhere does not exist"),
     ("missing file", "{tmp}/captions.csv line 4: image 'ghost.png' is not in {tmp}/photos"),
-    ("not png or jpeg", "image 'anim.gif' is not a PNG or JPEG file"),
+    ("not a picture file", "image 'drawing.svg' is not a picture file (.png, .jpg"),
     ("empty caption", "{tmp}/captions.csv line 5: empty caption for image 'blue_circle_0.png'"),
     ("no words", "line 14: empty caption for image 'blue_square_0.png' (it has no words)"),
     ("unknown split", "line 14: unknown split 'test'; use one of train, val"),
@@ -230,3 +230,51 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path, capsys, case, m
     else:
         assert not (tmp_path / "data").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data")]  # no temporary left behind
+
+
+def test_every_bad_picture_and_missing_file_is_named_in_one_error(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=1)
+    rows = [(n, c, "val" if i == 0 else "train") for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    write_csv(tmp_path / "ghosts.csv", rows + [("ghost.png", "a ghost", "train"), ("ghost.png", "boo", "train"),
+                                               ("ghost2.jpg", "another", "val")])
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "ghosts.csv", tmp_path / "d")
+    assert code == 2 and err.count("\n") == 1
+    assert err.count("'ghost.png' is not in") == 1 and "'ghost2.jpg' is not in" in err
+    _broken_png(tmp_path / "photos" / "broken.png")
+    (tmp_path / "photos" / "fake.jpg").write_text("hello")
+    write_csv(tmp_path / "captions.csv", rows + [("broken.png", "a broken picture", "train"),
+                                                 ("fake.jpg", "a fake picture", "val")])
+    code, out, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                             tmp_path / "data")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "2 of 8 image(s) cannot be read" in err  # one in train, one in val: both named
+    assert f"cannot read image {tmp_path / 'photos' / 'broken.png'}" in err
+    assert f"cannot read image {tmp_path / 'photos' / 'fake.jpg'}" in err
+    assert not (tmp_path / "data").exists()
+
+
+def _read_image_before_open_rgb(path, side):
+    """folder.read_image as it was before image_utils.open_rgb: PIL's convert("RGB")."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+    w, h = rgb.size
+    s = min(w, h)
+    rgb = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    return np.asarray(rgb.resize((side, side), Image.BILINEAR) if s != side else rgb)
+
+
+@pytest.mark.parametrize("name, size", [("a.png", (64, 64)), ("b.png", (50, 70)), ("c.jpg", (90, 60)),
+                                        ("d.JPEG", (64, 64))])
+def test_ordinary_pictures_give_the_same_arrays_as_before(tmp_path, name, size):
+    arr = np.random.default_rng(2).integers(0, 256, size=(*size, 3), dtype=np.uint8)
+    arr[10:30, 10:30] = (220, 40, 40)
+    Image.fromarray(arr).save(tmp_path / name)
+    assert np.array_equal(folder.read_image(tmp_path / name, 64), _read_image_before_open_rgb(tmp_path / name, 64))
+
+
+def test_transparent_pictures_are_read_on_white(tmp_path):
+    rgba = np.zeros((40, 40, 4), np.uint8)  # transparent black, but for an opaque blue square
+    rgba[10:30, 10:30] = (50, 80, 230, 255)
+    Image.fromarray(rgba).save(tmp_path / "logo.png")
+    out = folder.read_image(tmp_path / "logo.png", 32)
+    assert out[0, 0].tolist() == [255, 255, 255] and out[16, 16].tolist() == [50, 80, 230]

@@ -19,9 +19,11 @@ def copy(shapes_dir, tmp_path):
 
 
 def _rewrite(path, key, value):
+    """Replace dataset key of an HDF5 file by value (None: delete it)."""
     with h5py.File(path, "a") as f:
         del f[key]
-        f.create_dataset(key, data=value)
+        if value is not None:
+            f.create_dataset(key, data=value)
 
 
 def test_missing_file_is_named(copy):
@@ -66,6 +68,28 @@ def test_several_problems_one_line_each(copy):
 
 def test_missing_directory(tmp_path):
     assert fmt.problems(tmp_path / "nope") == [f"{tmp_path / 'nope'}: dataset directory does not exist"]
+
+
+def test_sizes_match_the_loaded_dataset(shapes_dir):
+    data = fmt.load(shapes_dir)
+    assert fmt.sizes(shapes_dir) == {
+        "train_images": 60, "val_images": 12,  # the shapes_dir fixture: five captions per image
+        "train_captions": 300, "val_captions": 60,
+        "vocab_size": len(data["idx_to_word"]),
+    }
+    assert (len(data["train_urls"]), len(data["val_captions"])) == (60, 60)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: (d / "val2014_urls.txt").unlink(), "val2014_urls.txt: missing file"),
+    (lambda d: (d / fmt.CAPTIONS_FILE).write_bytes(b"garbage"), "not a readable HDF5 file"),
+    (lambda d: _rewrite(d / fmt.CAPTIONS_FILE, "val_captions", None), "missing dataset 'val_captions'"),
+    (lambda d: (d / fmt.VOCAB_FILE).write_text("[]"), "must be a JSON object"),
+])
+def test_sizes_name_the_broken_file(copy, breakage, message):
+    breakage(copy)
+    with pytest.raises(fmt.DatasetError, match=message):
+        fmt.sizes(copy)
 
 
 def test_load_without_base_dir_needs_env(monkeypatch, shapes_dir):

@@ -1,12 +1,13 @@
 """The rendered HTML reports of a .test workflow run: what a reader finds in them.
 
 The HTML is parsed with BeautifulSoup (a dependency of nbconvert) and, in the browser
-test, rendered by headless Chromium (`chromium --dump-dom`), which CI installs from
-Debian's packages (apt-get install -y chromium).
+tests, rendered by headless Chromium (`chromium --dump-dom`, after clicking table headers
+where a test sorts), which CI installs from Debian's packages (apt-get install -y chromium).
 """
 
 import csv
 import datetime
+import inspect
 import json
 import os
 import re
@@ -19,10 +20,12 @@ import pytest
 from bs4 import BeautifulSoup
 
 import capmodel
+from capmodel.app import report_html
 from capmodel.app.pipeline import REF_SEP
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+NOTEBOOKS = ["model_report", "summary_report"]
 MODELS = ["tiny_lstm", "tiny_lstm+scst", "tiny_rnn", "tiny_transformer"]
 NUM_EXAMPLES = 4  # report.num_examples of the .test config
 pytestmark = pytest.mark.slow
@@ -61,6 +64,36 @@ def captions_by_model(run):
     cider = {k: {int(r["image_idx"]): float(r["CIDEr"]) for r in read_rows(d / "scores_val.csv")}
              for k, d in kinds.items()}
     return generated, refs, cider
+
+
+def notebook_code(name):
+    """The code cells of a report notebook in workflow/notebooks/, joined."""
+    nb = json.loads((ROOT / "workflow" / "notebooks" / f"{name}.ipynb").read_text())
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebooks_leave_html_css_and_javascript_to_report_html(notebook):
+    code = notebook_code(notebook)
+    for pasted in ("<script", "<style", "IPython.display"):
+        assert pasted not in code, pasted
+    assert "show_head()" in code
+
+
+def test_every_report_html_function_is_used():
+    code = "\n".join(notebook_code(n) for n in NOTEBOOKS)
+    module = inspect.getsource(report_html)
+    for name, f in vars(report_html).items():
+        if inspect.isfunction(f) and f.__module__ == report_html.__name__:
+            # called by a notebook, or by report_html itself (more than its def line)
+            assert re.search(rf"\b{name}\(", code) or len(re.findall(rf"\b{name}\(", module)) > 1, name
+
+
+@pytest.mark.parametrize("name", ["summary", *MODELS])
+def test_reports_carry_the_stylesheet_and_sorting_script_once(run, name):
+    text = (run / "reports" / f"{name}.html").read_text(encoding="utf-8")
+    assert text.count(report_html.CSS) == 1
+    assert text.count(report_html.SORT_SCRIPT) == 1
 
 
 def test_summary_table_one_row_per_model_sorted_baseline_last(run):
@@ -174,17 +207,70 @@ def test_model_report(run, model):
     assert "<td>hidden_dim</td><td>32</td>" in str(settings)  # a two-column table, not a dict
 
 
-def dump_dom(path):
+def dump_dom(path, clicks=(), workdir=None):
+    """The DOM of the page at path once headless Chromium has run its scripts.
+
+    clicks: (table selector, header text) pairs; a copy of the page in workdir clicks those
+    headers, in order, after the page's own scripts ran (as a reader would).
+    """
     chromium = shutil.which("chromium")
     if not chromium and not os.environ.get("CAPMODEL_TEST_BROWSER"):
         pytest.skip("headless Chromium is not installed (apt-get install -y chromium); CI installs it and "
                     "sets CAPMODEL_TEST_BROWSER=1, where this test must run")
     assert chromium, ("CAPMODEL_TEST_BROWSER is set but chromium is not installed: "
                       "apt-get install -y chromium (Debian's package)")
+    if clicks:
+        click = ("<script>var done = 0; " + json.dumps(list(clicks)) + ".forEach(function (c) {"
+                 " Array.from(document.querySelectorAll(c[0] + ' > thead th')).find(function (th) {"
+                 " return th.textContent.trim() === c[1]; }).click(); done += 1; });"
+                 " document.body.dataset.clicked = done;</script>")
+        page = Path(path).read_text(encoding="utf-8")
+        assert page.count("</body>") == 1
+        path = Path(workdir) / f"clicked-{Path(path).name}"
+        path.write_text(page.replace("</body>", click + "</body>"), encoding="utf-8")
     r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    return BeautifulSoup(r.stdout, "html.parser")
+    dom = BeautifulSoup(r.stdout, "html.parser")
+    if clicks:
+        assert dom.body["data-clicked"] == str(len(clicks))  # every header was found and clicked
+    return dom
+
+
+def column(table, col):
+    return [cells(tr)[col].get_text(strip=True) for tr in table.tbody.find_all("tr")]
+
+
+def sort_key(text):
+    """The order of the sorting script: numbers numerically, then text alphabetically."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text.lower())
+
+
+def test_sorting_the_summary_table_in_a_browser(run, tmp_path):
+    page = run / "reports" / "summary.html"
+    table = dump_dom(page).select_one("table.models")
+    header = [th.get_text(strip=True) for th in table.thead.find_all("th")]
+    names, cider = column(table, 0), column(table, header.index("CIDEr"))
+    assert names[-1].startswith("baseline")  # as rendered: by CIDEr-D, the baseline last
+    dom = dump_dom(page, [("table.models", "model")], tmp_path)
+    assert column(dom.select_one("table.models"), 0) == sorted(names, key=str.lower)  # the baseline first
+    for clicks, descending in ((1, False), (2, True)):
+        dom = dump_dom(page, [("table.models", "CIDEr")] * clicks, tmp_path)
+        expected = [n for n, _ in sorted(zip(names, cider), key=lambda x: sort_key(x[1]), reverse=descending)]
+        assert column(dom.select_one("table.models"), 0) == expected, clicks
+
+
+def test_sorting_the_per_image_scores_in_a_browser(run, tmp_path):
+    page = run / "reports" / "tiny_rnn.html"
+    ids = [int(i) for i in column(dump_dom(page).select_one("table.scores"), 1)]
+    assert len(ids) > 10  # so that sorting as text (0, 1, 10, 11, ..., 2) would differ
+    dom = dump_dom(page, [("table.scores", "image")], tmp_path)
+    assert [int(i) for i in column(dom.select_one("table.scores"), 1)] == sorted(ids)
+    dom = dump_dom(page, [("table.scores", "image")] * 2, tmp_path)
+    assert [int(i) for i in column(dom.select_one("table.scores"), 1)] == sorted(ids, reverse=True)
 
 
 def test_reports_render_in_a_browser(run):

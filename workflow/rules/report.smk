@@ -1,6 +1,7 @@
 # Stage 7: papermill-executed report notebooks rendered to self-contained HTML in reports/.
-# The notebooks only read result files, each an input of its rule and handed over as a
-# parameter; figures are also wrapped in report(...) for `snakemake --report report.html`.
+# The notebooks read result files, each an input of its rule and handed over as a parameter,
+# and the pictures at the URLs of the samples files, which are not inputs (docs/workflow.md);
+# figures are also wrapped in report(...) for `snakemake --report report.html`.
 from snakemake import __version__ as SNAKEMAKE_VERSION
 
 # The seed of the summary's random sample of images: the same images in every run.

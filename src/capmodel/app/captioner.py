@@ -11,9 +11,7 @@ way in. PCA or fc7 features are used as the model was trained (settings.pca_feat
 Dimension letters: N images, D feature dimension.
 """
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
@@ -26,9 +24,9 @@ from capmodel.datasets import features as feat
 from capmodel.datasets import folder
 from capmodel.datasets import format as fmt
 from capmodel.app.tables import write_csv
+from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb, thumbnail_uri
 
 METHODS = ("greedy", "beam")
-THUMBNAIL_SIDE = 256  # gallery images are embedded at most this large
 
 
 class FeaturesNotComputable(ValueError):
@@ -36,15 +34,23 @@ class FeaturesNotComputable(ValueError):
 
 
 def collect_images(paths):
-    """Image files from a list of files and folders (folders: their PNG/JPEG files, sorted)."""
-    found = []
+    """Image files from a list of files and folders (folders: their picture files, sorted).
+
+    The files are those `data from-folder` reads (image_utils.IMAGE_SUFFIXES). Raises one
+    FolderError naming every path that does not exist or is not a picture file.
+    """
+    found, bad = [], []
     for p in map(Path, paths):
         if p.is_dir():
             found += list(folder.list_images(p).values())
-        elif p.is_file():
-            found.append(p)
+        elif not p.is_file():
+            bad.append(f"image {p} does not exist")
+        elif p.suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append(f"image {p} is not a picture file ({', '.join(IMAGE_SUFFIXES)})")
         else:
-            raise folder.FolderError(f"image {p} does not exist")
+            found.append(p)
+    if bad:
+        raise folder.FolderError("; ".join(bad))
     return found
 
 
@@ -142,27 +148,24 @@ def write_captions_csv(path, rows):
     write_csv(path, rows, ["image", "caption"])
 
 
-def _thumbnail_uri(path):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise folder.FolderError(f"cannot read image {path}: {e}") from e
-    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def write_gallery(path, rows, title="capmodel captions"):
-    """Atomically write a self-contained HTML page: each image (embedded as base64 PNG) with its caption."""
+    """Atomically write a self-contained HTML page: each image (an embedded thumbnail) with its caption.
+
+    Raises one FolderError naming every image that cannot be read.
+    """
+    uris, bad = [], []
+    for r in rows:
+        try:
+            uris.append(thumbnail_uri(open_rgb(r["image"])))
+        except ValueError as e:
+            bad.append(str(e))
+    if bad:
+        raise folder.FolderError(f"{len(bad)} of {len(rows)} image(s) cannot be read: " + "; ".join(bad))
     figures = "\n".join(
-        f'<figure><img src="{_thumbnail_uri(r["image"])}" alt="{html.escape(r["image"])}">'
+        f'<figure><img src="{uri}" alt="{html.escape(r["image"])}">'
         f'<figcaption><b>{html.escape(r["caption"]) or "<i>(empty caption)</i>"}</b>'
         f'<br><small>{html.escape(r["image"])}</small></figcaption></figure>'
-        for r in rows)
+        for r, uri in zip(rows, uris))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

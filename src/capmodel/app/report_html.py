@@ -1,14 +1,16 @@
-"""HTML pieces of the report notebooks (workflow/notebooks): tables, embedded images,
-references. Shared by the model and the summary report; they only format what the
-notebooks read from result files.
+"""HTML pieces of the report notebooks (workflow/notebooks): the stylesheet, the script
+that sorts tables, tables, embedded images, references. Shared by the model and the
+summary report, which hold no HTML, CSS or JavaScript of their own; these only format
+what the notebooks read from result files.
 """
 
-import base64
 import html
-import io
 import urllib.parse
 
-from capmodel.image_utils import image_from_url
+import numpy as np
+from PIL import Image
+
+from capmodel.image_utils import THUMBNAIL_SIDE, image_from_url, thumbnail_uri
 
 CSS = """<style>
 .cm table.cm-t {border-collapse: collapse; font-size: 13px; margin: 6px 0 14px 0; table-layout: auto;}
@@ -30,6 +32,34 @@ CSS = """<style>
 .cm a.back {font-size: 14px;}
 </style>"""
 
+# Tables of class "sortable": a click on a header sorts the rows by that column, ascending
+# first, then descending (ascending: numbers numerically, then text alphabetically). One
+# listener on the document serves every table, so the script can come before the tables it
+# sorts; the flag keeps a re-displayed script (a cell run twice) from adding a second
+# listener that would undo the first.
+SORT_SCRIPT = """<script>
+if (!window.capmodelSortable) {
+  window.capmodelSortable = true;
+  document.addEventListener("click", function (event) {
+    var th = event.target.closest("table.sortable > thead th");
+    if (!th) return;
+    var table = th.closest("table"), col = th.cellIndex, body = table.tBodies[0];
+    var asc = th.dataset.order !== "asc";
+    th.dataset.order = asc ? "asc" : "desc";
+    var key = function (row) {
+      var text = row.cells[col].innerText.trim(), n = parseFloat(text);
+      return isNaN(n) ? [1, text.toLowerCase()] : [0, n];
+    };
+    var rows = Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      var order = x[0] - y[0] || (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0);
+      return asc ? order : -order;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  });
+}
+</script>"""
+
 _images = {}
 _remote = {"ok": True}
 
@@ -38,31 +68,39 @@ def esc(value):
     return html.escape(str(value))
 
 
-def load_image(url):
-    """The image at url as a uint8 array (H, W, 3), or None when it cannot be read. After one
-    failed http(s) URL no further remote image is tried (COCO's Flickr URLs offline would
-    otherwise cost a timeout each)."""
+def _picture(url):
+    """(thumbnail as a uint8 array (H, W, 3), its data: URI) of the picture at url, or None
+    when it cannot be read. Only thumbnails are kept, so a report on large photos holds
+    little memory. After one failed http(s) URL no further remote image is tried (COCO's
+    Flickr URLs offline would otherwise cost a timeout each)."""
     if url not in _images:
         remote = urllib.parse.urlparse(str(url)).scheme in ("http", "https")
         _images[url] = None
         if not remote or _remote["ok"]:
             try:
-                _images[url] = image_from_url(url, timeout=5)
+                image = Image.fromarray(image_from_url(url, timeout=5))
             except ValueError:
                 _remote["ok"] = _remote["ok"] and not remote
+            else:
+                uri = thumbnail_uri(image)  # from the full picture: PNG or JPEG as it suits
+                image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.LANCZOS)
+                _images[url] = (np.asarray(image), uri)
     return _images[url]
 
 
-def img_tag(url):
-    """An <img> with the image embedded as base64 PNG, or a note when it cannot be read."""
-    from PIL import Image
+def thumbnail(url):
+    """The picture at url reduced to at most THUMBNAIL_SIDE pixels a side, a uint8 array
+    (H, W, 3), or None when it cannot be read."""
+    picture = _picture(url)
+    return None if picture is None else picture[0]
 
-    image = load_image(url)
-    if image is None:
+
+def img_tag(url):
+    """An <img> with the picture embedded as a thumbnail, or a note when it cannot be read."""
+    picture = _picture(url)
+    if picture is None:
         return '<span class="na">image unavailable</span>'
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return f'<img alt="{esc(url)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return f'<img alt="{esc(url)}" src="{picture[1]}">'
 
 
 def refs_html(references):
@@ -88,11 +126,11 @@ def show(fragment):
     display(HTML(f'<div class="cm">{fragment}</div>'))
 
 
-def show_css():
-    """Display the report stylesheet once, at the top of a report."""
+def show_head():
+    """Display the report's stylesheet and table-sorting script, once, at the top of a report."""
     from IPython.display import HTML, display
 
-    display(HTML(CSS))
+    display(HTML(CSS + SORT_SCRIPT))
 
 
 def fmt(value):

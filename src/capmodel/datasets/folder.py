@@ -1,7 +1,7 @@
 """A dataset from your own images and captions: `capmodel data from-folder`.
 
-Input: a folder of PNG/JPEG images (subfolders included, hidden files skipped) and a
-captions file naming them by their path relative to the folder, either
+Input: a folder of pictures (the files capmodel.image_utils.IMAGE_SUFFIXES names,
+subfolders included, hidden files skipped) and a captions file naming them by their path relative to the folder, either
 - CSV with a header row and columns image,caption[,split], one row per caption (several
   rows per image allowed), or
 - JSON: {"a.png": ["caption 1", "caption 2"], ...} (a single string is one caption), or
@@ -17,6 +17,8 @@ features of new images the same way.
 
 Every check runs before any image is decoded, and the dataset appears only when complete.
 Images without any caption are left out with one warning (a folder may hold other files).
+Pictures are read with capmodel.image_utils.open_rgb; every unreadable one is named in one
+error.
 """
 
 import csv
@@ -25,12 +27,13 @@ import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from PIL import Image
 
 from capmodel.datasets import features as feat
 from capmodel.datasets import format as fmt
+from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb
 from capmodel.vocab import SPECIAL_TOKENS, build_vocab, encode_captions, tokenize
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_IMAGE_SIZE = 64  # the shapes images' side; the extractor needs S >= 16
 DEFAULT_VAL_FRACTION = 0.2
 DEFAULT_MIN_COUNT = 1  # small caption sets: keep every word; raise it for thousands of captions
@@ -47,7 +50,7 @@ class FolderError(ValueError):
 
 
 def list_images(images_dir):
-    """{path relative to images_dir (POSIX): Path} of the PNG/JPEG files in it, sorted by name."""
+    """{path relative to images_dir (POSIX): Path} of the picture files in it (IMAGE_SUFFIXES), sorted by name."""
     d = Path(images_dir)
     if not d.exists():
         raise FolderError(f"images folder {d} does not exist")
@@ -59,24 +62,21 @@ def list_images(images_dir):
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith(".") for s in rel.parts):
             found[rel.as_posix()] = p
     if not found:
-        raise FolderError(f"{d} has no PNG or JPEG images ({', '.join(IMAGE_SUFFIXES)})")
+        raise FolderError(f"{d} has no pictures ({', '.join(IMAGE_SUFFIXES)})")
     return found
 
 
 def read_image(path, side):
     """Read an image file as uint8 (side, side, 3): RGB, centre-cropped to a square, resized bilinearly.
 
-    This is the preprocessing the extractor record calls features.PREPROCESS. Raises
+    This is the preprocessing the extractor record calls features.PREPROCESS, after
+    image_utils.open_rgb (EXIF orientation, 16 to 8 bits, transparency onto white). Raises
     FolderError naming the file when it cannot be decoded.
     """
-    from PIL import Image
-
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so a truncated or corrupt file fails here
-            rgb = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise FolderError(f"cannot read image {path}: {e}") from e
+        rgb = open_rgb(path)
+    except ValueError as e:
+        raise FolderError(str(e)) from e
     w, h = rgb.size
     s = min(w, h)
     rgb = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
@@ -86,8 +86,20 @@ def read_image(path, side):
 
 
 def read_images(paths, side):
-    """read_image for each path -> uint8 (N, side, side, 3)."""
-    return np.stack([read_image(p, side) for p in paths]) if paths else np.zeros((0, side, side, 3), np.uint8)
+    """read_image for each path -> uint8 (N, side, side, 3).
+
+    Raises one FolderError naming every file that cannot be decoded, so that one run
+    reports all of them.
+    """
+    images, bad = [], []
+    for p in paths:
+        try:
+            images.append(read_image(p, side))
+        except FolderError as e:
+            bad.append(str(e))
+    if bad:
+        raise FolderError(f"{len(bad)} of {len(paths)} image(s) cannot be read: " + "; ".join(bad))
+    return np.stack(images) if images else np.zeros((0, side, side, 3), np.uint8)
 
 
 # ---------------------------------------------------------------- captions
@@ -241,11 +253,14 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     out_dir = Path(out_dir).resolve()
     images = list_images(images_dir)
     rows = read_captions(captions_file)
+    missing = {}  # image name -> the first row naming it; all of them in one error
     for r in rows:
-        if r["image"] not in images:
-            what = ("is not a PNG or JPEG file" if (Path(images_dir) / r["image"]).is_file()
-                    else f"is not in {images_dir}")
-            raise FolderError(f"{r['where']}: image '{r['image']}' {what}")
+        if r["image"] not in images and r["image"] not in missing:
+            what = (f"is not a picture file ({', '.join(IMAGE_SUFFIXES)})"
+                    if (Path(images_dir) / r["image"]).is_file() else f"is not in {images_dir}")
+            missing[r["image"]] = f"{r['where']}: image '{r['image']}' {what}"
+    if missing:
+        raise FolderError("; ".join(missing.values()))
     split_of = assign_splits(rows, val_fraction, seed)
     uncaptioned = [name for name in images if name not in split_of]
     if uncaptioned:
@@ -261,12 +276,15 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     if len(idx_to_word) == len(SPECIAL_TOKENS):
         raise FolderError(f"no train word occurs at least {min_count} times; lower --min-count")
 
+    # Every picture is decoded before any feature is computed, so one error names all bad ones.
+    pictures = read_images([images[n] for s in fmt.SPLITS for n in names[s]], image_size)  # (N, S, S, 3)
+    first = dict(zip(fmt.SPLITS, np.cumsum([0, *(len(names[s]) for s in fmt.SPLITS)])))
     captions, image_idxs, fc7, urls = {}, {}, {}, {}
     for s in fmt.SPLITS:
         caps = list(texts[s].values())
         captions[s] = encode_captions([c for cs in caps for c in cs], word_to_idx)
         image_idxs[s] = np.repeat(np.arange(len(caps), dtype=np.int32), [len(cs) for cs in caps])
-        fc7[s] = feat.extract(read_images([images[n] for n in names[s]], image_size))
+        fc7[s] = feat.extract(pictures[first[s] : first[s] + len(names[s])])
         urls[s] = [images[n].resolve().as_uri() for n in names[s]]
     mean, comps = feat.fit_pca(fc7["train"], dim=min(fmt.PCA_DIM, len(fc7["train"])))
     pca = {s: feat.pca_project(fc7[s], mean, comps, fmt.PCA_DIM) for s in fmt.SPLITS}

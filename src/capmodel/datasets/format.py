@@ -329,6 +329,28 @@ def _read_urls(base, split):
     return np.asarray([line.strip() for line in path.read_text().splitlines()])
 
 
+def sizes(base_dir):
+    """How large a dataset is, read without loading its captions or features (for reports).
+
+    Returns a dict with train_images and val_images (lines of the URL files),
+    train_captions and val_captions, and vocab_size (words, special tokens included).
+    Raises DatasetError naming the file when one is missing or malformed; problems()
+    checks the rest.
+    """
+    base = Path(base_dir)
+    out = {}
+    path = base / CAPTIONS_FILE
+    with _open_h5(path) as f:
+        for split in SPLITS:
+            key = f"{split}_captions"
+            if key not in f:
+                raise DatasetError(f"{path}: missing dataset '{key}'")
+            out[f"{split}_images"] = len(_read_urls(base, split))
+            out[key] = f[key].shape[0]  # the shape only: no caption is read
+    out["vocab_size"] = len(_read_vocab(base)["idx_to_word"])
+    return out
+
+
 def load(base_dir, pca_features=True):
     """Read every part of a dataset; raise DatasetError listing all problems found."""
     data, found = _gather(base_dir, (bool(pca_features),))
