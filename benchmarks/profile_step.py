@@ -1,8 +1,8 @@
 """Where the time of one capmodel training step goes (LSTM and GRU, float32).
 
-Same model, shapes and threads as bench_fair.py. The public layer functions that
-CaptioningRNN.loss calls, the step cores the sequence functions call once per timestep
-and the Adam update are wrapped with timers (module attributes patched for this process
+Same model, shapes and threads as bench_fair.py. The kernel functions that
+CaptioningRNN.loss calls (capmodel.kernels.recurrent and .words), the step cores the
+packed sequence functions call once per timestep and the Adam update are wrapped with timers (module attributes patched for this process
 only); each section's median over --rounds steps is reported with its share of the
 median step. The rest of the sequence functions is their input projection (forward) and
 their recurrent and weight-gradient matmuls (backward); "rest of loss" is everything in
@@ -40,12 +40,12 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from capmodel import optim  # noqa: E402
-from capmodel import rnn_layers as rl  # noqa: E402
 from capmodel.classifiers.rnn import _Packing  # noqa: E402
+from capmodel.kernels import recurrent as kr  # noqa: E402
+from capmodel.kernels import words as kw  # noqa: E402
 from report import write_results  # noqa: E402
 from workload import D, H, N, T, V, W, make_inputs, make_model  # noqa: E402
 
-SECTIONS = {}  # function name in rl -> section label
 TIMES = collections.defaultdict(float)
 
 
@@ -60,31 +60,32 @@ def timed(label, fn):
 
 
 def patch(cell):
-    for name, label in ((f"{cell}_core_forward", f"{cell.upper()} step cores, forward (h @ Wh and gates, per step)"),
-                        (f"{cell}_core_backward", f"{cell.upper()} step cores, backward (gates, per step)"),
-                        ("word_embedding_forward", "word embedding forward"),
-                        ("word_embedding_backward", "word embedding backward"),
-                        ("temporal_affine_forward", "vocabulary scores (matmul)"),
-                        ("temporal_softmax_loss", "softmax loss"),
-                        ("temporal_affine_backward", "vocabulary backward (2 matmuls)"),
-                        (f"{cell}_packed_forward", "sequence forward total"),
-                        (f"{cell}_packed_backward", "sequence backward total")):
-        setattr(rl, name, timed(label, getattr(rl, name)))
+    for module, name, label in (
+            (kr, f"{cell}_core_forward", f"{cell.upper()} step cores, forward (h @ Wh and gates, per step)"),
+            (kr, f"{cell}_core_backward", f"{cell.upper()} step cores, backward (gates, per step)"),
+            (kw, "word_embedding_forward", "word embedding forward"),
+            (kw, "word_embedding_backward", "word embedding backward"),
+            (kw, "_vocab_scores", "vocabulary scores (matmul)"),
+            (kw, "_softmax_loss", "softmax loss"),
+            (kw, "_vocab_backward", "vocabulary backward (2 matmuls)"),
+            (kr, f"{cell}_packed_forward", "sequence forward total"),
+            (kr, f"{cell}_packed_backward", "sequence backward total")):
+        setattr(module, name, timed(label, getattr(module, name)))
 
 
 def profile(cell):
     import capmodel.classifiers.rnn as crnn
 
-    saved = {k: getattr(rl, k) for k in dir(rl) if not k.startswith("__")}
+    saved = {(m, k): getattr(m, k) for m in (kr, kw) for k in dir(m) if not k.startswith("__")}
     saved_cells = dict(crnn.CELLS)
     patch(cell)
-    crnn.CELLS[cell] = dataclasses.replace(crnn.CELLS[cell], packed_forward=getattr(rl, f"{cell}_packed_forward"),
-                                           packed_backward=getattr(rl, f"{cell}_packed_backward"))
+    crnn.CELLS[cell] = dataclasses.replace(crnn.CELLS[cell], packed_forward=getattr(kr, f"{cell}_packed_forward"),
+                                           packed_backward=getattr(kr, f"{cell}_packed_backward"))
     try:
         return _profile(cell)
     finally:
-        for k, v in saved.items():
-            setattr(rl, k, v)
+        for (m, k), v in saved.items():
+            setattr(m, k, v)
         crnn.CELLS.update(saved_cells)
 
 

@@ -27,6 +27,8 @@ from capmodel import transformer_layers as tl
 from capmodel.classifiers.rnn import CaptioningRNN
 from capmodel.classifiers.transformer import CaptioningTransformer
 from capmodel.gradient_check import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
+from capmodel.kernels import recurrent as kr
+from capmodel.kernels import words as kw
 
 # Max relative error is dominated by near-zero entries; typical values are 1e-8 and a
 # wrong gradient gives ~1e-1 (see tests/test_rnn_layers.py).
@@ -103,8 +105,8 @@ def _shared_layers(rng):
     yield "temporal_softmax_loss", "", {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
     wrng = _spawned(rng)
     scores, y, w = wrng.standard_normal((N * T, V)), wrng.integers(V, size=N * T), wrng.standard_normal(N * T)
-    _, dx = rl.weighted_softmax_loss(scores, y, w)
-    num = eval_numerical_gradient(lambda s: rl.weighted_softmax_loss(s, y, w)[0], scores, verbose=False)
+    _, dx = kw.weighted_softmax_loss(scores, y, w)
+    num = eval_numerical_gradient(lambda s: kw.weighted_softmax_loss(s, y, w)[0], scores, verbose=False)
     yield "weighted_softmax_loss", "", {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
 
 
@@ -121,7 +123,8 @@ def _spawned(rng):
 
 
 def _rnn_family(rng):
-    """Every cell's step, sequence and packed functions and CaptioningRNN's loss."""
+    """Every cell's step and sequence functions (capmodel.rnn_layers), its packed functions
+    (capmodel.kernels.recurrent, which the model trains with) and CaptioningRNN's loss."""
     N, T, D, H = 3, 5, 4, 5
     for cell, (names, k) in RNN_STEP_INPUTS.items():
         shapes = {"x": (N, D), "prev_h": (N, H), "prev_c": (N, H), "Wx": (D, k * H), "Wh": (H, k * H),
@@ -137,8 +140,8 @@ def _rnn_family(rng):
         sizes, prng = (3, 2, 2, 1), _spawned(rng)
         packed = [(sum(sizes), D), (4, H)] + seq[2:]
         yield f"{cell}_packed", cell, check_array_function(
-            functools.partial(getattr(rl, f"{cell}_packed_forward"), sizes=sizes),
-            getattr(rl, f"{cell}_packed_backward"), [prng.standard_normal(s) for s in packed],
+            functools.partial(getattr(kr, f"{cell}_packed_forward"), sizes=sizes),
+            getattr(kr, f"{cell}_packed_backward"), [prng.standard_normal(s) for s in packed],
             ("x", "h0", "Wx", "Wh", "b"), prng), LAYER_TOLERANCE
     for cell in RNN_STEP_INPUTS:
         model = CaptioningRNN(VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,

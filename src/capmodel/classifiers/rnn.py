@@ -11,23 +11,24 @@ from typing import Callable
 import numpy as np
 
 from capmodel import decoding
-from capmodel import rnn_layers as rl
-from capmodel.kernels.buffers import Buffers
 from capmodel.classifiers.inputs import check_captions, check_features, check_weights
+from capmodel.kernels import recurrent as kr
+from capmodel.kernels import words as kw
+from capmodel.kernels.buffers import Buffers
 from capmodel.layers import dropout_mask
 from capmodel.vocab import END, NULL, START
 
 
 def _rnn_decode(xa, state, Wh):
-    return (rl.rnn_core_forward(xa, state[0], Wh),)
+    return (kr.rnn_core_forward(xa, state[0], Wh),)
 
 
 def _lstm_decode(xa, state, Wh):
-    return rl.lstm_core_forward(xa, state[0], state[1], Wh)[:2]
+    return kr.lstm_core_forward(xa, state[0], state[1], Wh)[:2]
 
 
 def _gru_decode(xa, state, Wh):
-    return rl.gru_core_forward(xa, state[0], Wh)[:1]
+    return kr.gru_core_forward(xa, state[0], Wh)[:1]
 
 
 @dataclass(frozen=True)
@@ -48,17 +49,17 @@ class Cell:
 
 
 CELLS = {
-    "rnn": Cell(packed_forward=rl.rnn_packed_forward, packed_backward=rl.rnn_packed_backward, gates=1, state_size=1,
+    "rnn": Cell(packed_forward=kr.rnn_packed_forward, packed_backward=kr.rnn_packed_backward, gates=1, state_size=1,
                 decode=_rnn_decode),
-    "lstm": Cell(packed_forward=rl.lstm_packed_forward, packed_backward=rl.lstm_packed_backward, gates=4,
+    "lstm": Cell(packed_forward=kr.lstm_packed_forward, packed_backward=kr.lstm_packed_backward, gates=4,
                  state_size=2, decode=_lstm_decode),
-    "gru": Cell(packed_forward=rl.gru_packed_forward, packed_backward=rl.gru_packed_backward, gates=3, state_size=1,
+    "gru": Cell(packed_forward=kr.gru_packed_forward, packed_backward=kr.gru_packed_backward, gates=3, state_size=1,
                 decode=_gru_decode),
 }
 
 
 class _Packing:
-    """The packed order of a minibatch (see rnn_layers._Steps): the work of the loss.
+    """The packed order of a minibatch (see capmodel.kernels.recurrent._Steps): the work of the loss.
 
     A caption's last scored position (its last non-<NULL> target) ends its sequence:
     the states after it change neither the loss nor a gradient, so they are never
@@ -236,7 +237,7 @@ class CaptioningRNN:
         words_out = packing.gather(captions_out)
 
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
-        x, embed_cache = rl.word_embedding_forward(words_in, p["W_embed"])  # (P, W)
+        x, embed_cache = kw.word_embedding_forward(words_in, p["W_embed"])  # (P, W)
         # Masks are drawn for every (N, T) position, so a seed gives the same masks
         # whatever the captions' lengths.
         x_mask = dropout_mask((N, T, self.wordvec_dim), dropout, rng, self.dtype)
@@ -252,14 +253,14 @@ class CaptioningRNN:
         keep = np.flatnonzero(words_out != self._null)  # (M,)
         grads = {}
         row_weights = None if weights is None else packing.gather(np.broadcast_to(weights, (T, N)))
-        loss, dh, grads["W_vocab"], grads["b_vocab"] = rl.kept_rows_softmax_loss(
+        loss, dh, grads["W_vocab"], grads["b_vocab"] = kw.kept_rows_softmax_loss(
             h, words_out, keep, p["W_vocab"], p["b_vocab"], N, row_weights)
         if h_mask is not None:
             dh *= h_mask
         dx, dh0_running, grads["Wx"], grads["Wh"], grads["b"] = cell.packed_backward(dh, cell_cache)
         if x_mask is not None:
             dx = dx * x_mask
-        grads["W_embed"] = rl.word_embedding_backward(dx, embed_cache)
+        grads["W_embed"] = kw.word_embedding_backward(dx, embed_cache)
         dh0 = np.zeros_like(h0)
         dh0[packing.order] = dh0_running
         grads["W_proj"] = features.T @ dh0

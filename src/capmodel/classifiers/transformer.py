@@ -16,9 +16,9 @@ Parameter keys (shapes in brackets):
 import numpy as np
 
 from capmodel import decoding
-from capmodel import rnn_layers as rl
 from capmodel import transformer_layers as tl
 from capmodel.classifiers.inputs import check_captions, check_features, check_weights
+from capmodel.kernels import words as kw
 from capmodel.layers import dropout_mask
 from capmodel.setting import Setting
 from capmodel.vocab import NULL
@@ -202,7 +202,7 @@ class CaptioningTransformer:
         captions_out = captions[:, 1:]
         N, T = captions_in.shape
         memory = (features @ p["W_proj"] + p["b_proj"])[:, None]  # (N, 1, W)
-        x, embed_cache = rl.word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
+        x, embed_cache = kw.word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
         x, _ = tl.positional_encoding_forward(x, self.pe)
         x_mask = dropout_mask(x.shape, drop, rng, self.dtype)
         if x_mask is not None:
@@ -217,7 +217,7 @@ class CaptioningTransformer:
         W = self.wordvec_dim
         keep = np.flatnonzero(captions_out.reshape(N * T) != self._null)  # (K,)
         grads = {}
-        loss, dx, grads["W_vocab"], grads["b_vocab"] = rl.kept_rows_softmax_loss(
+        loss, dx, grads["W_vocab"], grads["b_vocab"] = kw.kept_rows_softmax_loss(
             x.reshape(N * T, W), captions_out.reshape(N * T), keep, p["W_vocab"], p["b_vocab"], N,
             None if weights is None else np.repeat(weights, T))
         dx = dx.reshape(N, T, W)
@@ -229,7 +229,7 @@ class CaptioningTransformer:
         if x_mask is not None:
             dx *= x_mask
         dx = tl.positional_encoding_backward(dx, None)
-        grads["W_embed"] = rl.word_embedding_backward(dx, embed_cache)
+        grads["W_embed"] = kw.word_embedding_backward(dx, embed_cache)
         dmemory = dmemory[:, 0]  # (N, W)
         grads["W_proj"] = features.T @ dmemory
         grads["b_proj"] = dmemory.sum(axis=0)
