@@ -150,7 +150,8 @@ def test_bad_weights_files_fail_with_one_line_naming_file_and_keys(resnet50_file
     with pytest.raises(registry.EncoderError, match=r"--weights .*wrong.pt: not torchvision resnet50 weights: "
                        r"missing keys layer1.0.conv1.weight; unexpected keys head.weight"):
         registry.get_encoder("resnet50", weights=tmp_path / "wrong.pt")
-    with pytest.raises(registry.EncoderError, match=r"resnet101 weights: missing keys layer3.10.bn1.bias, .* \(and 301 more\)$"):
+    with pytest.raises(registry.EncoderError,
+                       match=r"resnet101 weights: missing keys layer3.10.bn1.bias, .* \(and 301 more\)$"):
         registry.get_encoder("resnet101", weights=resnet50_file)
     (tmp_path / "junk.pt").write_bytes(b"not a weights file")
     with pytest.raises(registry.EncoderError, match="junk.pt: torch's safe loader .* cannot read it"):

@@ -234,7 +234,8 @@ def build_parser():
     ff.add_argument("--min-count", type=_positive_int, default=folder.DEFAULT_MIN_COUNT,
                     help="rarer training words become <UNK> (default: %(default)s)")
     ff.add_argument("--image-size", type=_positive_int, default=None,
-                    help=f"side the images are resized to for the randconv encoder (default: {folder.DEFAULT_IMAGE_SIZE})")
+                    help="side the images are resized to for the randconv encoder "
+                         f"(default: {folder.DEFAULT_IMAGE_SIZE})")
     ff.add_argument("--encoder", choices=registry.NAMES, default=registry.DEFAULT,
                     help="image encoder: capmodel's fixed random-conv network, or a pretrained CNN (needs the "
                          "'encoders' extra, PyTorch)")

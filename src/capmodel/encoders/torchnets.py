@@ -114,7 +114,8 @@ def check_state_dict(state_dict, arch, where):
 
     def shown(keys):
         keys = sorted(keys)
-        return ", ".join(keys[:SHOWN_KEYS]) + (f" (and {len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
+        more = f" (and {len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+        return ", ".join(keys[:SHOWN_KEYS]) + more
 
     missing, unexpected = set(expected) - set(state_dict), set(state_dict) - set(expected)
     if missing or unexpected:
