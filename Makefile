@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing capmodel and its dependencies into $(VENV) (about a minute, first time only)"
 	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[metrics,workflow,test]'
+	@# torchvision (the release matching the pinned torch) only for tests/test_encoders.py, which checks
+	@# capmodel.encoders against torchvision's own models and transforms. --no-deps keeps the CPU torch:
+	@# 24 MB, about a second; its compiled ops do not load with the CPU torch, and the tests do not need them.
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off --no-deps torchvision==0.28.0
 	rm -f $(VENV)/.installed-*
 	touch $@
 

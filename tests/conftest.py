@@ -39,3 +39,32 @@ def workflow_run(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     (work / "snakemake-output.txt").write_text(r.stdout + r.stderr)
     return work
+
+
+@pytest.fixture(scope="session")
+def torchvision():
+    """torchvision's own models and transforms, to check capmodel.encoders against.
+
+    The registry's torchvision wheel is a CUDA build whose compiled ops do not load with the
+    CPU torch; installed without dependencies (`make venv` does), its pure-Python model
+    definitions and transforms work once the two operators its import registers fake
+    kernels for (torchvision::nms, torchvision::qnms) are declared. Skips without torch or
+    torchvision."""
+    import importlib
+
+    torch = pytest.importorskip("torch")
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed (make venv installs it with --no-deps)")
+    try:
+        return importlib.import_module("torchvision")
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]  # the failed import left half-initialised modules
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+    module = importlib.import_module("torchvision")
+    module._capmodel_test_ops = lib  # keep the definitions alive as long as the module
+    return module

@@ -141,6 +141,34 @@ def test_models_and_layers_import_light(module):
     assert out.strip() == ""
 
 
+TORCH_MODULES = ("capmodel.encoders.torchnets",)  # the optional `encoders` extra
+
+
+def test_only_the_torch_encoders_import_torch():
+    """The NumPy library never imports torch; capmodel.encoders.torchnets (imported by the
+    registry only when a pretrained CNN is asked for) is the one module that does."""
+    bad = []
+    for path in (SRC / "capmodel").rglob("*.py"):
+        name = _module_name(path, SRC)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] in ("torch", "torchvision") for n in names) and name not in TORCH_MODULES:
+                bad.append(f"{name} imports {', '.join(names)} (line {node.lineno})")
+    assert not bad, "\n".join(bad)
+
+
+def test_importing_the_encoders_does_not_import_torch():
+    """Until a pretrained CNN is made, the encoders, the data sets and the CLI run without torch."""
+    code = ("import sys, capmodel.encoders, capmodel.encoders.registry, capmodel.encoders.imagenet\n"
+            "import capmodel.datasets.folder, capmodel.app.captioner, capmodel.app.cli\n"
+            "capmodel.app.cli.build_parser()\n"
+            "capmodel.encoders.registry.get_encoder('randconv')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_no_unused_imports_or_variables():
     """Pyflakes' checks (through ruff): unused imports, redefined names, unused variables,
     in the package, the tests, the benchmarks and the report notebooks."""

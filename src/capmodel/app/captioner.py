@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from capmodel import checkpoints
+from capmodel.encoders import registry
 from capmodel.safety.atomic import write_text
 from capmodel.coco_utils import decode_captions
 from capmodel.datasets import features as feat
@@ -81,8 +82,9 @@ def load_features(path, num_images):
     return x
 
 
-def compute_features(image_paths, data_dir, pca, model):
-    """Features of image files with the extractor recorded in data_dir, as the model was trained."""
+def compute_features(image_paths, data_dir, pca, model, weights=None):
+    """Features of image files with the encoder recorded in data_dir, as the model was trained
+    (weights: the pretrained CNN's weights file, when the data set's encoder is one)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ValueError(f"the model's data set {data_dir} does not exist; pass --data with the data set "
@@ -99,12 +101,13 @@ def compute_features(image_paths, data_dir, pca, model):
     if vocab_path.is_file() and json.loads(vocab_path.read_text()).get("word_to_idx") != model.word_to_idx:
         raise ValueError(f"the vocabulary of {data_dir} differs from the model's; pass --data with the data set "
                          "the model was trained on")
-    images = folder.read_images(image_paths, record["image_size"])
-    return feat.compute(images, record, pca=pca)
+    encoder = registry.get_encoder_for_record(record, weights, where=f"data set {data_dir}")
+    folder.check_pictures(image_paths)  # one error naming every picture that cannot be read
+    return feat.project(folder.encode_files(image_paths, encoder), record, pca=pca)
 
 
 def caption_files(model_path, paths, data_dir=None, features_file=None, method="greedy", beam_size=3,
-                  max_length=16, batch_size=500):
+                  max_length=16, batch_size=500, weights=None):
     """Caption image files with a trained model.
 
     Inputs:
@@ -113,6 +116,7 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
     - data_dir: Data set whose extractor record to use (default: the model's data_dir)
     - features_file: Precomputed features (N, D) instead, one row per image in order
     - method, beam_size, max_length: Decoding (see capmodel.decoding)
+    - weights: Weights file of the data set's pretrained CNN encoder (see capmodel.encoders)
 
     Returns a list of {'image': path, 'caption': text} in the order of the images.
     """
@@ -129,7 +133,7 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
         data_dir = data_dir or meta.get("data_dir")
         if not data_dir:
             raise ValueError(f"{base.with_suffix('.json')} names no data set; pass --data or --features")
-        x = compute_features(images, data_dir, pca, model)
+        x = compute_features(images, data_dir, pca, model, weights=weights)
         where = f"features computed with the extractor of {data_dir}"
     if x.shape[1] != model.input_dim:
         raise ValueError(f"{where} have width {x.shape[1]}, but the model expects width {model.input_dim} "

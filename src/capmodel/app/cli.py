@@ -56,6 +56,10 @@ def _positive_int(text):
     return S.Setting("value", int, None, "", minimum=1).parse(text)
 
 
+def _pca_width(text):
+    return None if text.strip().lower() == "none" else _positive_int(text)
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -94,7 +98,8 @@ def cmd_data_from_folder(args):
     from capmodel.datasets import folder
 
     stats = folder.make_dataset(args.images_dir, args.captions, args.out_dir, val_fraction=args.val_fraction,
-                                seed=args.seed, min_count=args.min_count, image_size=args.image_size)
+                                seed=args.seed, min_count=args.min_count, image_size=args.image_size,
+                                encoder=args.encoder, weights=args.weights, pca=args.pca)
     print(json.dumps(stats))
     return 0
 
@@ -145,7 +150,8 @@ def cmd_caption(args):
     from capmodel.app import captioner
 
     rows = captioner.caption_files(args.model, args.images, data_dir=args.data, features_file=args.features,
-                                   method=args.method, beam_size=args.beam_size, max_length=args.max_length)
+                                   method=args.method, beam_size=args.beam_size, max_length=args.max_length,
+                                   weights=args.weights)
     if args.out:
         captioner.write_captions_csv(args.out, rows)
     if args.html:
@@ -215,7 +221,9 @@ def build_parser():
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_data_fetch)
 
+    from capmodel.encoders import registry
     from capmodel.datasets import folder
+    from capmodel.datasets import format as fmt
 
     ff = dsub.add_parser("from-folder", help="make a dataset from a folder of images and a captions CSV/JSON")
     ff.add_argument("images_dir", help="folder of PNG/JPEG images (subfolders included)")
@@ -226,8 +234,17 @@ def build_parser():
     ff.add_argument("--seed", type=int, default=0, help="seed of that split (default: %(default)s)")
     ff.add_argument("--min-count", type=_positive_int, default=folder.DEFAULT_MIN_COUNT,
                     help="rarer training words become <UNK> (default: %(default)s)")
-    ff.add_argument("--image-size", type=_positive_int, default=folder.DEFAULT_IMAGE_SIZE,
-                    help="side the images are resized to for the features (default: %(default)s)")
+    ff.add_argument("--image-size", type=_positive_int, default=None,
+                    help="side the images are resized to for the randconv encoder "
+                         f"(default: {folder.DEFAULT_IMAGE_SIZE})")
+    ff.add_argument("--encoder", choices=registry.NAMES, default=registry.DEFAULT,
+                    help="image encoder: capmodel's fixed random-conv network, or a pretrained CNN (needs the "
+                         "'encoders' extra, PyTorch)")
+    ff.add_argument("--weights", type=Path, default=None,
+                    help="pretrained CNN's weights: a state_dict file saved by torchvision (default: torchvision's "
+                         "download, through the torch.hub cache)")
+    ff.add_argument("--pca", type=_pca_width, default=fmt.PCA_DIM, metavar="K|none",
+                    help="width of the PCA fitted on the train features, or 'none' for the features as they are")
     ff.set_defaults(func=cmd_data_from_folder)
 
     g = sub.add_parser("gradcheck", help="numeric gradient checks of every layer and the model loss")
@@ -271,6 +288,8 @@ def build_parser():
     cp.add_argument("--data", help="data set whose recorded feature extractor to use (default: the model's)")
     cp.add_argument("--features", help="precomputed features instead: .npy (N, D) or HDF5 with a 'features' "
                                        "dataset, one row per image in the order given")
+    cp.add_argument("--weights", type=Path, default=None,
+                    help="weights file of the data set's pretrained CNN encoder (the one given to from-folder)")
     cp.add_argument("--out", help="write a CSV (image, caption) instead of printing image<TAB>caption lines")
     cp.add_argument("--html", help="also write a self-contained HTML gallery of the images and captions")
     cp.add_argument("--method", choices=captioner.METHODS, default="greedy", help="decoder (default: %(default)s)")

@@ -1,18 +1,10 @@
-"""A fixed, deterministic image feature extractor, and PCA, for the embedded dataset.
+"""The feature extractor record of a dataset, and PCA.
 
-No pretrained weights can be fetched here, so features come from a small random
-convolutional network whose filters are drawn from a fixed seed (the same on every
-machine and for every dataset): conv 5x5/2 (24 filters) -> ReLU -> conv 3x3/2 (128
-filters) -> ReLU. The feature concatenates a 4x4 average-pooling grid of the second layer
-(2048, keeps position) with global max and mean pooling of the second layer and global
-max pooling of the first (280, translation invariant: colour and shape wherever the
-object is), 2328-d in all. Like CS231n, a 512-d PCA fitted on train is applied to val.
+Features come from an image encoder (capmodel.encoders): by default capmodel's fixed
+random-conv network (capmodel.encoders.randconv, 2328-d), or a pretrained CNN. Like
+CS231n, a 512-d PCA fitted on train is applied to val.
 
-A linear probe on single-object images reads colour, size and position back from these
-features, shape less well (benchmarks/probe_features.py prints the figures; the README
-quotes them).
-
-A dataset made by capmodel records this extractor beside its files (RECORD_FILE, a JSON
+A dataset made by capmodel records its encoder beside its files (RECORD_FILE, a JSON
 object, plus PCA_FILE, an HDF5 file with the fitted PCA `mean` (F,) and `components`
 (F, K)), so that features of new images can be computed later exactly as the dataset's
 were (see write_record / read_record). Datasets without the record, such as CS231n's
@@ -28,51 +20,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from capmodel.encoders import randconv
 from capmodel.safety.atomic import sha256_of
-
-FILTER_SEED = 20141231  # fixed: the same extractor for every dataset and machine
-CONV1, CONV2, GRID = 24, 128, 4
-
-
-def _filters():
-    rng = np.random.default_rng(FILTER_SEED)
-    w1 = rng.standard_normal((5 * 5 * 3, CONV1)).astype(np.float32) / np.sqrt(5 * 5 * 3)
-    w1 -= w1.mean(axis=0)  # zero-mean filters respond to edges and colour contrasts
-    b1 = rng.uniform(-0.05, 0.05, CONV1).astype(np.float32)
-    w2 = rng.standard_normal((3 * 3 * CONV1, CONV2)).astype(np.float32) / np.sqrt(3 * 3 * CONV1)
-    b2 = rng.uniform(-0.05, 0.05, CONV2).astype(np.float32)
-    return w1, b1, w2, b2
-
-
-def _im2col(x, k, stride, pad):
-    """(N, S, S, C) -> (N, S', S', k*k*C) patches, with zero padding."""
-    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    N, S, _, C = x.shape
-    out = (S - k) // stride + 1
-    cols = np.empty((N, out, out, k, k, C), dtype=x.dtype)
-    for i in range(k):
-        for j in range(k):
-            cols[:, :, :, i, j, :] = x[:, i : i + stride * out : stride, j : j + stride * out : stride, :]
-    return cols.reshape(N, out, out, k * k * C)
 
 
 def extract(images, batch_size=256):
-    """Features of uint8 images (N, 64, 64, 3) -> float32 (N, 2328)."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"images must have shape (N, S, S, 3), got {images.shape}")
-    w1, b1, w2, b2 = _filters()
-    feats = []
-    for s in range(0, len(images), batch_size):
-        x = images[s : s + batch_size].astype(np.float32) / 255.0 - 0.5
-        h1 = np.maximum(_im2col(x, 5, 2, 2) @ w1 + b1, 0)  # (n, S/2, S/2, CONV1)
-        h = np.maximum(_im2col(h1, 3, 2, 1) @ w2 + b2, 0)  # (n, S/4, S/4, CONV2)
-        n, side = h.shape[0], h.shape[1]
-        cell = side // GRID
-        grid = h[:, : cell * GRID, : cell * GRID].reshape(n, GRID, cell, GRID, cell, CONV2).mean(axis=(2, 4))
-        feats.append(np.concatenate([grid.reshape(n, -1), h.max(axis=(1, 2)), h.mean(axis=(1, 2)),
-                                     h1.max(axis=(1, 2))], axis=1))
-    return np.concatenate(feats).astype(np.float32)
+    """Features of uint8 images (N, S, S, 3) by the default encoder -> float32 (N, 2328)."""
+    return randconv.extract(images, batch_size=batch_size)
 
 
 def fit_pca(features, dim=512):
@@ -110,42 +64,50 @@ def pca_project(features, mean, components, dim):
 
 # ---------------------------------------------------------------- the record
 
-EXTRACTOR_NAME = "capmodel-randconv-v1"  # this module's extract(); change the name if extract() changes
-PREPROCESS = "rgb-center-crop-bilinear"  # how an image file becomes (S, S, 3): capmodel.datasets.folder
+EXTRACTOR_NAME = randconv.EXTRACTOR_NAME  # extract()'s identity
+PREPROCESS = randconv.PREPROCESS  # how an image file becomes (S, S, 3): capmodel.datasets.folder
 RECORD_FILE = "feature_extractor.json"
 PCA_FILE = "feature_extractor_pca.h5"
 
 
-def write_record(out_dir, image_size, mean, components, pca_dim, created_by):
+def write_record(out_dir, image_size, mean, components, pca_dim, created_by, encoder=None):
     """Record the extractor and the fitted PCA in a dataset directory (RECORD_FILE + PCA_FILE).
 
     Inputs:
     - out_dir: The dataset directory (usually write_dataset's temporary one)
     - image_size: Side S the images were resized to before extract()
-    - mean, components: The PCA fitted on the train features, (F,) and (F, K)
+    - mean, components: The PCA fitted on the train features, (F,) and (F, K); both None
+      for no PCA (`--pca none`: the PCA feature files hold the features themselves)
     - pca_dim: Width P of the dataset's PCA features (K columns, then zeros)
     - created_by: The capmodel command that made the dataset (ownership itself is
       capmodel.safety.ownership's marker)
+    - encoder: The capmodel.encoders encoder that computed the features (None: randconv
+      at image_size); its record_fields() are recorded
     """
     out_dir = Path(out_dir)
-    with h5py.File(out_dir / PCA_FILE, "w", track_order=False, libver="earliest") as f:
-        f.create_dataset("mean", data=np.asarray(mean, dtype=np.float64), track_times=False)
-        f.create_dataset("components", data=np.asarray(components, dtype=np.float64), track_times=False)
-    record = {
-        "extractor": EXTRACTOR_NAME, "preprocess": PREPROCESS, "image_size": int(image_size),
-        "feature_dim": int(components.shape[0]), "pca_components": int(components.shape[1]),
-        "pca_dim": int(pca_dim), "pca_file": PCA_FILE, "pca_sha256": sha256_of(out_dir / PCA_FILE),
-        "created_by": created_by,
-    }
+    fields = (encoder.record_fields() if encoder is not None else
+              {"extractor": EXTRACTOR_NAME, "preprocess": PREPROCESS, "image_size": int(image_size)})
+    if mean is None:
+        feature_dim = encoder.feature_dim if encoder is not None else randconv.FEATURE_DIM
+        pca = {"feature_dim": int(feature_dim), "pca_components": 0, "pca_dim": int(pca_dim), "pca_file": None,
+               "pca_sha256": None}
+    else:
+        with h5py.File(out_dir / PCA_FILE, "w", track_order=False, libver="earliest") as f:
+            f.create_dataset("mean", data=np.asarray(mean, dtype=np.float64), track_times=False)
+            f.create_dataset("components", data=np.asarray(components, dtype=np.float64), track_times=False)
+        pca = {"feature_dim": int(components.shape[0]), "pca_components": int(components.shape[1]),
+               "pca_dim": int(pca_dim), "pca_file": PCA_FILE, "pca_sha256": sha256_of(out_dir / PCA_FILE)}
+    record = {**fields, **pca, "created_by": created_by}
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def read_record(data_dir):
     """The extractor record of a dataset directory, with its PCA arrays; None if there is none.
 
-    Returns a dict with the JSON fields plus 'mean' (F,) and 'components' (F, K).
-    Raises ValueError naming the file when the record is malformed, its PCA file is
-    missing or altered, or it names an extractor this version of capmodel does not have.
+    Returns a dict with the JSON fields plus 'mean' (F,) and 'components' (F, K) (both
+    None for a dataset made without PCA). Raises ValueError naming the file when the
+    record is malformed or its PCA file is missing or altered; whether capmodel has the
+    extractor is capmodel.encoders.get_encoder_for_record's check.
     """
     path = Path(data_dir) / RECORD_FILE
     if not path.is_file():
@@ -158,9 +120,9 @@ def read_record(data_dir):
     missing = [k for k in keys if not isinstance(record, dict) or k not in record]
     if missing:
         raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
-    if (record["extractor"], record["preprocess"]) != (EXTRACTOR_NAME, PREPROCESS):
-        raise ValueError(f"{path}: extractor {record['extractor']} with preprocessing {record['preprocess']} "
-                         f"is not the one this capmodel computes ({EXTRACTOR_NAME}, {PREPROCESS})")
+    if record["pca_file"] is None:
+        record["mean"] = record["components"] = None
+        return record
     pca_path = Path(data_dir) / record["pca_file"]
     if not pca_path.is_file():
         raise ValueError(f"{pca_path}: missing file (the PCA that {path} refers to)")
@@ -172,11 +134,16 @@ def read_record(data_dir):
 
 
 def compute(images, record, pca=True):
-    """Features of uint8 images (N, S, S, 3) as the record's dataset has them.
+    """Features of uint8 images (N, S, S, 3) as the record's (randconv) dataset has them.
 
     Returns float32 (N, P) PCA features if pca, else the (N, F) fc7 features.
     """
-    fc7 = extract(images)
-    if not pca:
+    return project(extract(images), record, pca)
+
+
+def project(fc7, record, pca=True):
+    """The record's PCA applied to (N, F) features, as its dataset's PCA files have them
+    (unchanged for a dataset made without PCA, or when pca is False)."""
+    if not pca or record["mean"] is None:
         return fc7
     return pca_project(fc7, record["mean"], record["components"], record["pca_dim"])

@@ -27,17 +27,18 @@ import sys
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from capmodel.datasets import features as feat
 from capmodel.datasets import format as fmt
-from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb
+from capmodel import image_utils
+from capmodel.encoders import randconv, registry
+from capmodel.image_utils import IMAGE_SUFFIXES
 from capmodel.vocab import SPECIAL_TOKENS, build_vocab, encode_captions, tokenize
 
-DEFAULT_IMAGE_SIZE = 64  # the shapes images' side; the extractor needs S >= 16
+DEFAULT_IMAGE_SIZE = randconv.DEFAULT_IMAGE_SIZE  # the shapes images' side; the extractor needs S >= 16
 DEFAULT_VAL_FRACTION = 0.2
 DEFAULT_MIN_COUNT = 1  # small caption sets: keep every word; raise it for thousands of captions
-MIN_IMAGE_SIZE = 16
+MIN_IMAGE_SIZE = randconv.MIN_IMAGE_SIZE
 CREATED_BY = "capmodel data from-folder"
 CSV_COLUMNS = ("image", "caption", "split")
 
@@ -66,6 +67,15 @@ def list_images(images_dir):
     return found
 
 
+def open_rgb(path):
+    """A picture as an RGB PIL image (image_utils.open_rgb: EXIF orientation, 16 to 8 bits,
+    transparency onto white); FolderError naming the file when it cannot be decoded."""
+    try:
+        return image_utils.open_rgb(path)
+    except ValueError as e:
+        raise FolderError(str(e)) from e
+
+
 def read_image(path, side):
     """Read an image file as uint8 (side, side, 3): RGB, centre-cropped to a square, resized bilinearly.
 
@@ -73,33 +83,41 @@ def read_image(path, side):
     image_utils.open_rgb (EXIF orientation, 16 to 8 bits, transparency onto white). Raises
     FolderError naming the file when it cannot be decoded.
     """
-    try:
-        rgb = open_rgb(path)
-    except ValueError as e:
-        raise FolderError(str(e)) from e
-    w, h = rgb.size
-    s = min(w, h)
-    rgb = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    if s != side:
-        rgb = rgb.resize((side, side), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    return randconv.square_resize(open_rgb(path), side)
 
 
-def read_images(paths, side):
-    """read_image for each path -> uint8 (N, side, side, 3).
-
-    Raises one FolderError naming every file that cannot be decoded, so that one run
-    reports all of them.
-    """
-    images, bad = [], []
+def _each(paths, read):
+    """[read(p) for p in paths], or one FolderError naming every file read() refused, so that
+    one run reports all of them."""
+    out, bad = [], []
     for p in paths:
         try:
-            images.append(read_image(p, side))
+            out.append(read(p))
         except FolderError as e:
             bad.append(str(e))
     if bad:
         raise FolderError(f"{len(bad)} of {len(paths)} image(s) cannot be read: " + "; ".join(bad))
+    return out
+
+
+def read_images(paths, side):
+    """read_image for each path -> uint8 (N, side, side, 3); one FolderError naming every
+    file that cannot be decoded."""
+    images = _each(paths, lambda p: read_image(p, side))
     return np.stack(images) if images else np.zeros((0, side, side, 3), np.uint8)
+
+
+def check_pictures(paths):
+    """Decode every picture once, keeping none; one FolderError naming every one that fails."""
+    def decodes(p):
+        open_rgb(p)
+
+    _each(paths, decodes)
+
+
+def encode_files(paths, encoder):
+    """Features of image files by a capmodel.encoders encoder -> float32 (N, F), decoding one batch at a time."""
+    return encoder.encode(open_rgb(p) for p in paths)
 
 
 # ---------------------------------------------------------------- captions
@@ -232,7 +250,8 @@ def assign_splits(rows, val_fraction=DEFAULT_VAL_FRACTION, seed=0):
 
 
 def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FRACTION, seed=0,
-                 min_count=DEFAULT_MIN_COUNT, image_size=DEFAULT_IMAGE_SIZE):
+                 min_count=DEFAULT_MIN_COUNT, image_size=None, encoder=registry.DEFAULT, weights=None,
+                 pca=fmt.PCA_DIM):
     """Build a CS231n-format dataset in out_dir from a folder of images and a captions file.
 
     Inputs:
@@ -242,13 +261,24 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
       capmodel made (capmodel.safety.ownership; it is replaced once the new one is complete)
     - val_fraction, seed: Share of the images that go to val when no split is given
     - min_count: Train words seen fewer times become <UNK>
-    - image_size: Side S the images are resized to before feature extraction
+    - image_size: Side S the images are resized to for the randconv encoder (default 64)
+    - encoder, weights: The capmodel.encoders encoder and, for a pretrained CNN, its
+      weights file (None: torchvision's download)
+    - pca: Width of the PCA fitted on the train features (CS231n: 512), or None for no
+      PCA (the PCA feature files then hold the features themselves)
 
     Returns a dict of counts (images and captions per split, vocabulary size) and the
     names of images that had no caption (left out, with one warning on stderr).
     """
+    if image_size is not None and registry.is_pretrained(encoder):
+        raise FolderError(f"--image-size applies to the randconv encoder only; {encoder} uses torchvision's "
+                          "preprocessing for its weights")
+    image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     if image_size < MIN_IMAGE_SIZE:
         raise FolderError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
+    if pca is not None and pca < 1:
+        raise FolderError(f"--pca must be a positive number of components or 'none', got {pca}")
+    registry.check_encoder(encoder, weights)
     fmt.check_writable_dataset_dir(out_dir)
     out_dir = Path(out_dir).resolve()
     images = list_images(images_dir)
@@ -277,19 +307,24 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
         raise FolderError(f"no train word occurs at least {min_count} times; lower --min-count")
 
     # Every picture is decoded before any feature is computed, so one error names all bad ones.
-    pictures = read_images([images[n] for s in fmt.SPLITS for n in names[s]], image_size)  # (N, S, S, 3)
-    first = dict(zip(fmt.SPLITS, np.cumsum([0, *(len(names[s]) for s in fmt.SPLITS)])))
+    check_pictures([images[n] for s in fmt.SPLITS for n in names[s]])
+    model = registry.get_encoder(encoder, weights, image_size=image_size)
     captions, image_idxs, fc7, urls = {}, {}, {}, {}
     for s in fmt.SPLITS:
         caps = list(texts[s].values())
         captions[s] = encode_captions([c for cs in caps for c in cs], word_to_idx)
         image_idxs[s] = np.repeat(np.arange(len(caps), dtype=np.int32), [len(cs) for cs in caps])
-        fc7[s] = feat.extract(pictures[first[s] : first[s] + len(names[s])])
+        fc7[s] = encode_files([images[n] for n in names[s]], model)
         urls[s] = [images[n].resolve().as_uri() for n in names[s]]
-    mean, comps = feat.fit_pca(fc7["train"], dim=min(fmt.PCA_DIM, len(fc7["train"])))
-    pca = {s: feat.pca_project(fc7[s], mean, comps, fmt.PCA_DIM) for s in fmt.SPLITS}
-    fmt.write_dataset(out_dir, captions, image_idxs, fc7, pca, urls, idx_to_word,
-                      extra=lambda tmp: feat.write_record(tmp, image_size, mean, comps, fmt.PCA_DIM, CREATED_BY))
+    if pca is None:
+        mean = comps = None
+        projected, pca_dim = fc7, model.feature_dim
+    else:
+        mean, comps = feat.fit_pca(fc7["train"], dim=min(pca, len(fc7["train"]), model.feature_dim))
+        projected, pca_dim = {s: feat.pca_project(fc7[s], mean, comps, pca) for s in fmt.SPLITS}, pca
+    fmt.write_dataset(out_dir, captions, image_idxs, fc7, projected, urls, idx_to_word,
+                      extra=lambda tmp: feat.write_record(tmp, image_size, mean, comps, pca_dim, CREATED_BY,
+                                                          encoder=model))
     return {
         "out_dir": str(out_dir), "train_images": len(names["train"]), "val_images": len(names["val"]),
         "train_captions": len(captions["train"]), "val_captions": len(captions["val"]),
