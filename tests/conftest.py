@@ -27,6 +27,20 @@ def shapes_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gradcheck_table(tmp_path_factory):
+    """The rows of one `capmodel gradcheck` run (the whole gradient-check suite), as written
+    to its CSV table; tests/test_gradcheck_suite.py and tests/test_cli.py read them."""
+    import csv
+
+    from capmodel.app.cli import main
+
+    out = tmp_path_factory.mktemp("gradcheck") / "g.csv"
+    assert main(["gradcheck", "--out", str(out)]) == 0
+    with open(out) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
 def workflow_run(tmp_path_factory):
     """One run of the whole workflow on the .test config (tests/test_workflow.py and
     tests/test_reports.py read it); Snakemake's output is kept in snakemake-output.txt."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,6 +20,7 @@ def run(script, *args):
     return done.stdout
 
 
+@pytest.mark.slow
 def test_fair_benchmark_checks_both_frameworks_and_writes_its_table(tmp_path):
     out = tmp_path / "latest.md"
     run("bench_fair.py", "--rounds", "1", "--warmup", "0", "--gap", "0", "--quiet-wait", "0",
@@ -30,6 +33,7 @@ def test_fair_benchmark_checks_both_frameworks_and_writes_its_table(tmp_path):
     assert set(rows) == {"case", "LSTM train step float32", "GRU greedy sample float32"}
 
 
+@pytest.mark.slow
 def test_profile_accounts_for_the_whole_step(tmp_path):
     out = tmp_path / "profile.md"
     run("profile_step.py", "--rounds", "1", "--out", str(out))
@@ -62,6 +66,7 @@ def test_readme_and_docs_show_the_latest_results(tmp_path):
         assert f"| {label} | {fair[case][1].split()[0]} ms | {fair[case][2].split()[0]} ms | {fair[case][3]} |" in readme
 
 
+@pytest.mark.slow
 def test_buffer_benchmark_compares_both_variants(tmp_path):
     out = tmp_path / "buffers.md"
     run("bench_buffers.py", "--rounds", "1", "--warmup", "1", "--repeats", "1", "--out", str(out))

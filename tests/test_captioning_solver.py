@@ -27,6 +27,7 @@ class Recorder:
         return np.zeros((len(features), max_length), dtype=int)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell_type, lr_decay, limit", [("rnn", 0.95, 0.1), ("lstm", 0.995, 0.5), ("gru", 0.995, 0.5)])
 def test_overfits_50_examples_and_samples_them_back(cell_type, lr_decay, limit):
     """The course's check: 50 captions, H=512, W=256, Adam 5e-3, 50 epochs of batch 25."""

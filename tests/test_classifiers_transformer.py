@@ -300,6 +300,7 @@ def test_from_description_rejects_other_models(change, message):
 # ---------------------------------------------------------------- overfitting
 
 
+@pytest.mark.slow
 def test_overfits_50_examples_and_samples_them_back():
     """CS231n's check: 50 captions, Adam, 100 epochs of batch 25 (W=128 here for speed)."""
     data = random_data(num_images=50, captions_per_image=1, D=64, num_words=30, seed=1)

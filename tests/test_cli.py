@@ -82,13 +82,9 @@ def test_bad_input_one_clear_error(shapes_dir, tmp_path, args, message):
     assert not (tmp_path / "o").exists() and not (tmp_path / "m.json").exists() and not (tmp_path / "s.csv").exists()
 
 
-def test_gradcheck_writes_table(tmp_path):
-    r = run("gradcheck", "--out", tmp_path / "g.csv")
-    assert r.returncode == 0
-    with open(tmp_path / "g.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert set(rows[0]) == {"layer", "cell", "param", "measure", "error", "tolerance", "ok"}
-    assert all(r["ok"] == "True" for r in rows)
+def test_gradcheck_writes_table(gradcheck_table):
+    assert set(gradcheck_table[0]) == {"layer", "cell", "param", "measure", "error", "tolerance", "ok"}
+    assert all(r["ok"] == "True" for r in gradcheck_table)
 
 
 def test_sampling_with_another_vocabulary_is_refused(shapes_dir, tmp_path):

@@ -47,12 +47,14 @@ def executed(tmp_path_factory):
     return tmp, json.loads((tmp / "results.json").read_text()), nbformat.read(tmp / "out.ipynb", as_version=4)
 
 
+@pytest.mark.slow
 def test_notebook_makes_the_missing_dataset(executed):
     tmp, _, _ = executed
     assert (tmp / "shapes" / "coco2014_captions.h5").is_file()
     assert len(list((tmp / "shapes" / "images" / "train").glob("*.png"))) == 40
 
 
+@pytest.mark.slow
 def test_layer_checks_match_cs231n_and_numeric_gradients(executed):
     _, r, _ = executed
     for name in ("rnn_step_forward", "rnn_forward", "word_embedding_forward", "lstm_step_forward", "lstm_forward"):
@@ -67,6 +69,7 @@ def test_layer_checks_match_cs231n_and_numeric_gradients(executed):
         assert abs(got - expected) < 0.05 * expected
 
 
+@pytest.mark.slow
 def test_overfit_and_captions(executed):
     _, r, nb = executed
     assert r["overfit_initial_loss"] > 40 and r["overfit_final_loss"] < 1.0

@@ -11,7 +11,7 @@ import pytest
 
 from capmodel import metrics
 
-JAVA = [True, False] if shutil.which("java") else [False]
+JAVA = [pytest.param(True, marks=pytest.mark.slow, id="True"), False] if shutil.which("java") else [False]  # JVMs: seconds
 
 
 @pytest.mark.parametrize("use_java", JAVA)

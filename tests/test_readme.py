@@ -4,6 +4,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from capmodel.app.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -16,6 +18,7 @@ def _blocks(language):
                                             text, re.S)]
 
 
+@pytest.mark.slow
 def test_library_example_runs_and_captions(tmp_path, monkeypatch, capsys):
     (code,) = _blocks("python")
     monkeypatch.chdir(tmp_path)

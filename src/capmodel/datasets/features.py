@@ -30,15 +30,28 @@ def extract(images, batch_size=256):
 
 
 def fit_pca(features, dim=512):
-    """Fit a PCA on (N, F) features; returns (mean (F,), components (F, dim)).
+    """Fit a PCA on (N, F) features; returns (mean (F,), components (F, K)).
 
-    Component signs are fixed (largest entry positive) so the result is deterministic.
+    K is dim, or N if there are fewer images. With fewer images than features, the
+    components past the directions the train features vary in (at most N - 1) are zero
+    columns: the covariance's eigenvectors there would be an arbitrary basis of its null
+    space. Component signs are fixed (largest entry positive) so the result is deterministic.
     """
     x = features.astype(np.float64)
     mean = x.mean(axis=0)
-    cov = (x - mean).T @ (x - mean) / max(len(x) - 1, 1)
-    vals, vecs = np.linalg.eigh(cov)
-    comps = vecs[:, ::-1][:, :dim]
+    if len(x) >= x.shape[1]:
+        cov = (x - mean).T @ (x - mean) / max(len(x) - 1, 1)
+        vals, vecs = np.linalg.eigh(cov)
+        comps = vecs[:, ::-1][:, :dim]
+    else:
+        # The same components from the (N, N) Gram matrix: eigh of the (F, F) covariance
+        # takes seconds for F = 2328, whatever N.
+        xc = x - mean  # (N, F)
+        vals, u = np.linalg.eigh(xc @ xc.T)  # (N,), (N, N)
+        vals, u = vals[::-1][:dim], u[:, ::-1][:, :dim]
+        varies = vals > vals[0] * max(x.shape) * np.finfo(np.float64).eps
+        comps = np.zeros((x.shape[1], len(vals)))
+        comps[:, varies] = xc.T @ u[:, varies] / np.sqrt(vals[varies])
     signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(comps.shape[1])])
     return mean, comps * signs
 
