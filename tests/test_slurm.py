@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-MODELS = ("tiny_rnn", "tiny_lstm", "tiny_transformer")  # of the .test config
+MODELS = ("tiny_rnn", "tiny_lstm", "tiny_lstm+scst", "tiny_transformer")  # of the .test config
 HARD_TIMEOUT = 900  # seconds; a hung Snakemake ignores SIGTERM, so it is killed with SIGKILL
 
 
@@ -113,7 +113,7 @@ def test_training_jobs_get_their_threads_and_blas_uses_them(runs, cluster):
         assert "BLAS threads: 2" in (remote / "logs" / "train" / f"{model}.log").read_text()
     _, state = cluster
     if state is not None:
-        train_ids = set(re.findall(r"SLURM jobid (\d+) \(log: \S*rule_train_model", log))
+        train_ids = set(re.findall(r"SLURM jobid (\d+) \(log: \S*rule_(?:train|finetune)_model", log))
         cpus = dict(re.findall(r"Allocate JobId=(\d+) \S+ #CPUs=(\d+)", (state / "slurmctld.log").read_text()))
         assert len(train_ids) == len(MODELS) and {cpus[j] for j in train_ids} == {"2"}
         others = set(re.findall(r"SLURM jobid (\d+)", log)) - train_ids

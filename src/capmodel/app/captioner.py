@@ -1,10 +1,11 @@
 """Caption image files with a trained model: `capmodel caption`.
 
 The model's features must be computed as its training set's were. A dataset made by
-capmodel (`data shapes`, `data from-folder`) records its feature extractor and PCA
-(capmodel.datasets.features.read_record); the model's data set is the one model.json
-names (`data_dir`), or another one given explicitly. Datasets without the record, such as
-CS231n's COCO files (VGG-16 fc7 features; no pretrained weights can be fetched here), have
+capmodel (`data shapes`, `data from-folder`) records its encoder (capmodel.encoders: the
+random-conv one or a pretrained CNN, whose weights file is checked against the recorded
+SHA-256) and PCA (capmodel.datasets.features.read_record); the model's data set is the one
+model.json names (`data_dir`), or another one given explicitly. Datasets without the
+record, such as CS231n's COCO files (VGG-16 fc7 features after an unpublished PCA), have
 features capmodel cannot compute: then precomputed features, one row per image, are the
 way in. PCA or fc7 features are used as the model was trained (settings.pca_features).
 
