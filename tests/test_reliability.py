@@ -74,7 +74,7 @@ def _all_null(c):
 @pytest.mark.parametrize("name, key, fn, message", [
     (fmt.features_file("val", True), "features", _nan_row, "val2014_vgg16_fc7_pca.h5: 1 rows of 'features' hold NaN or Inf (first: row 3)"),
     (fmt.features_file("train", False), "features", lambda f: f[:, :0], "train2014_vgg16_fc7.h5: 'features' has no columns"),
-    (fmt.features_file("val", True), "features", lambda f: f[:, :100], "train and val features differ in width: train2014_vgg16_fc7_pca.h5 has 512, val2014_vgg16_fc7_pca.h5 has 100"),
+    (fmt.features_file("val", True), "features", lambda f: f[:, :100], "the splits' features differ in width: train2014_vgg16_fc7_pca.h5 has 512, val2014_vgg16_fc7_pca.h5 has 100"),
     (fmt.CAPTIONS_FILE, "train_captions", _no_start, "train_captions: 1 captions do not start with <START> (first: row 5)"),
     (fmt.CAPTIONS_FILE, "val_captions", _all_null, "val_captions: 2 captions hold no word (first: row 2)"),
 ])

@@ -21,7 +21,9 @@ def load_coco_data(base_dir=None, max_train=None, pca_features=True, rng=None):
     - rng: Generator or seed for the subsampling (default: the global NumPy state, as CS231n)
 
     Returns a dict with train_captions, train_image_idxs, val_captions, val_image_idxs,
-    train_features, val_features, idx_to_word, word_to_idx, train_urls, val_urls.
+    train_features, val_features, idx_to_word, word_to_idx, train_urls, val_urls; for a
+    data set with a test split, the same test_ keys; with stored reference captions,
+    <split>_references (lists of strings per image; see capmodel.datasets.format).
     Raises capmodel.datasets.format.DatasetError naming every problem found.
     """
     if base_dir is None:
@@ -75,7 +77,7 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     Inputs:
     - data: Dict from load_coco_data
     - batch_size: Number N of captions
-    - split: 'train' or 'val'
+    - split: 'train', 'val' or, if the data set has one, 'test'
     - rng: np.random.Generator (default: the global NumPy state, as CS231n)
 
     Returns a tuple of:
@@ -83,8 +85,10 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     - image_features: (N, D)
     - urls: (N,) strings
     """
-    if split not in fmt.SPLITS:
-        raise ValueError(f'split must be one of {fmt.SPLITS}, got "{split}"')
+    if split not in fmt.ALL_SPLITS:
+        raise ValueError(f'split must be one of {fmt.ALL_SPLITS}, got "{split}"')
+    if f"{split}_captions" not in data:
+        raise ValueError(f"the data set has no {split} split")
     split_size = data[f"{split}_captions"].shape[0]
     if rng is None:
         mask = np.random.choice(split_size, batch_size)

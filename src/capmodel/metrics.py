@@ -157,9 +157,16 @@ def evaluate_captions(references, candidates, use_java=None, metrics=METRIC_NAME
 
 
 def references_by_image(data, split, num_images=None):
-    """{image index: [reference strings]} for the first num_images images of a split."""
+    """{image index: [reference strings]} for the first num_images images of a split: the
+    data set's stored references (<split>_references, the words people wrote) when it has
+    them, else its captions decoded through the vocabulary."""
+    if f"{split}_captions" not in data:
+        raise ValueError(f"the data set has no {split} split")
     image_idxs = data[f"{split}_image_idxs"]
     ids = np.unique(image_idxs)[:num_images] if num_images else np.unique(image_idxs)
+    stored = data.get(f"{split}_references")
+    if stored is not None:
+        return {int(i): list(stored[int(i)]) for i in ids}
     rows = np.flatnonzero(np.isin(image_idxs, ids))  # decode only the captions of those images
     texts = decode_captions(data[f"{split}_captions"][rows], data["idx_to_word"], strip_special=True)
     refs = {int(i): [] for i in ids}

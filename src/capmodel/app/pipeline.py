@@ -19,6 +19,7 @@ from capmodel.app.tables import read_csv, write_csv
 from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS, CaptioningSolver
 from capmodel.cider import CiderD
 from capmodel.coco_utils import decode_captions, load_coco_data
+from capmodel.datasets import format as fmt
 from capmodel.progress import clock, track
 from capmodel.safety import ownership
 from capmodel.safety.atomic import check_writable, sha256_of, write_json, write_text
@@ -222,6 +223,7 @@ def sample(model, data_dir, out_csv, settings=None, batch_size=500):
     record = S.decode_record(settings or {})
     base = checkpoints.model_base(model)
     _check_samples_outputs(out_csv, inputs=(base.with_suffix(".npz"), base.with_suffix(".json")))
+    fmt.check_split(data_dir, record["split"])
     model, meta = checkpoints.load_model(base)
     pca = meta.get("settings", {}).get("pca_features", True)
     data = load_coco_data(data_dir, pca_features=pca)
@@ -253,6 +255,7 @@ def sample(model, data_dir, out_csv, settings=None, batch_size=500):
 def baseline(data_dir, out_csv, split="val", num_images=None):
     """The most-frequent-training-caption baseline, written like sample()'s output."""
     _check_samples_outputs(out_csv)
+    fmt.check_split(data_dir, split)
     data = load_coco_data(data_dir)
     caption = metrics.most_frequent_caption(data)
     refs = metrics.references_by_image(data, split, num_images)
@@ -358,9 +361,9 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
     cols = ["model", "cell_type", "objective", "hidden_dim", "params", "iterations", "train_seconds", "best_epoch",
             "val_loss", "decoding", *metrics.METRIC_NAMES]
     cols = [c for c in cols if any(c in r for r in rows)]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
-    write_csv(out_csv, [{c: fmt(r.get(c, "")) for c in cols} for r in rows], cols)
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    write_csv(out_csv, [{c: cell(r.get(c, "")) for c in cols} for r in rows], cols)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     write_text(out_md, "\n".join(lines) + "\n")
     return rows

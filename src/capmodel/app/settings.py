@@ -12,7 +12,7 @@ import argparse
 from dataclasses import replace
 
 from capmodel import models
-from capmodel.datasets.format import SPLITS
+from capmodel.datasets.format import ALL_SPLITS
 from capmodel.decoding import METHODS as DECODING_METHODS
 from capmodel.optim import RULES
 from capmodel.scst import BASELINES as SCST_BASELINES
@@ -78,7 +78,8 @@ SCST_VAL_METRIC = "cider"
 
 # How captions are decoded and which images (capmodel sample, config `sample:`).
 DECODE = (
-    Setting("split", str, "val", "split to caption and evaluate", choices=SPLITS),
+    Setting("split", str, "val", "split to caption and evaluate (test: data sets that have one, such as "
+            "Karpathy's splits)", choices=ALL_SPLITS),
     Setting("method", str, "beam", "decoder", choices=DECODING_METHODS),
     Setting("beam_size", int, 3, "beam width (method beam)", minimum=1),
     Setting("length_norm", float, 0.0, "rank beams by logp / length ** length_norm (method beam)", minimum=0),

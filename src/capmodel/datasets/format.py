@@ -9,6 +9,14 @@ A dataset directory holds:
   <START>=1, <END>=2, <UNK>=3
 - train2014_urls.txt / val2014_urls.txt: one image URL per line, Ni lines
 
+Beyond CS231n (capmodel's own data sets; the loader reads them when present):
+- an optional `test` split: test_captions / test_image_idxs in the captions file, and
+  test2014_vgg16_fc7(_pca).h5 and test2014_urls.txt (Karpathy's splits have one);
+- references.json: {"val": [[caption, ...] per image], "test": ...}, each split's reference
+  captions as words (capmodel.vocab.tokenize joined by spaces), neither truncated nor
+  mapped through the training vocabulary, so scores compare against the words people
+  wrote rather than <UNK>s. Without it, references are decoded from the captions file.
+
 The writer, the loader (capmodel.coco_utils), the validator and every generator use the
 names and checks below.
 """
@@ -26,9 +34,12 @@ from capmodel.safety import ownership
 from capmodel.safety.atomic import check_writable, make_shareable
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # every data set has these
+OPTIONAL_SPLITS = ("test",)  # capmodel's data sets may have these too
+ALL_SPLITS = SPLITS + OPTIONAL_SPLITS
 CAPTIONS_FILE = "coco2014_captions.h5"
 VOCAB_FILE = "coco2014_vocab.json"
+REFERENCES_FILE = "references.json"
 FEATURES_KEY = "features"
 PCA_DIM = 512
 
@@ -51,7 +62,23 @@ def required_files():
     return names
 
 
-def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, idx_to_word, extra=None):
+def splits_of(base_dir):
+    """The splits of a dataset directory: train, val, and each optional split whose URL
+    file is there."""
+    base = Path(base_dir)
+    return SPLITS + tuple(s for s in OPTIONAL_SPLITS if (base / urls_file(s)).exists())
+
+
+def check_split(base_dir, split):
+    """Raise DatasetError unless the dataset at base_dir has the split."""
+    if split not in splits_of(base_dir):
+        known = ", ".join(ALL_SPLITS)
+        raise DatasetError(f"dataset {base_dir} has no {split} split ({urls_file(split)} is missing)"
+                           if split in ALL_SPLITS else f"unknown split '{split}'; use one of {known}")
+
+
+def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, idx_to_word, extra=None,
+                  references=None):
     """Write a complete dataset directory atomically.
 
     Everything is written into a temporary sibling directory that is renamed onto
@@ -59,13 +86,21 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     new directory carries capmodel's ownership marker; an existing out_dir is replaced
     only if it is empty or a dataset capmodel made (see capmodel.safety.ownership).
 
-    Inputs (dicts keyed by 'train' and 'val'):
+    Inputs (dicts keyed by 'train', 'val' and optionally 'test', the splits written):
     - captions: int32 arrays (Nc, 17); image_idxs: int32 arrays (Nc,)
-    - features: float32 (Ni, F); pca_features: float32 (Ni, 512); urls: lists of Ni str
+    - features: float32 (Ni, F); pca_features: float32 (Ni, 512); urls: lists of Ni str.
+      A features entry may instead be a function that writes the split's file at the path
+      it is given (write_features), for features streamed from disk.
     - idx_to_word: list of words, starting with the special tokens
     - extra: optional function called with the temporary directory to add more files
       (the shapes dataset's images) before the rename
+    - references: optional dict split -> list of Ni lists of reference strings
+      (REFERENCES_FILE), for the splits that are scored
     """
+    splits = tuple(captions)
+    if set(SPLITS) - set(splits) or set(splits) - set(ALL_SPLITS):
+        raise ValueError(f"write_dataset: the splits must be {', '.join(SPLITS)} and optionally "
+                         f"{', '.join(OPTIONAL_SPLITS)}, got {', '.join(splits)}")
     out_dir = Path(out_dir)
     check_writable_dataset_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -77,12 +112,18 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     try:
         _write_h5(tmp / CAPTIONS_FILE, {
             f"{s}_{k}": np.asarray(v[s], dtype=np.int32)
-            for s in SPLITS for k, v in (("captions", captions), ("image_idxs", image_idxs))
+            for s in splits for k, v in (("captions", captions), ("image_idxs", image_idxs))
         })
-        for s in SPLITS:
-            _write_h5(tmp / features_file(s, False), {FEATURES_KEY: np.asarray(features[s], dtype=np.float32)})
-            _write_h5(tmp / features_file(s, True), {FEATURES_KEY: np.asarray(pca_features[s], dtype=np.float32)})
+        for s in splits:
+            for pca, given in ((False, features[s]), (True, pca_features[s])):
+                if callable(given):
+                    given(tmp / features_file(s, pca))
+                else:
+                    _write_h5(tmp / features_file(s, pca), {FEATURES_KEY: np.asarray(given, dtype=np.float32)})
             (tmp / urls_file(s)).write_text("".join(u + "\n" for u in urls[s]))
+        if references:
+            (tmp / REFERENCES_FILE).write_text(json.dumps(
+                {s: [list(r) for r in references[s]] for s in ALL_SPLITS if s in references}, ensure_ascii=False))
         vocab = {"idx_to_word": list(idx_to_word), "word_to_idx": {w: i for i, w in enumerate(idx_to_word)}}
         (tmp / VOCAB_FILE).write_text(json.dumps(vocab))
         if extra is not None:
@@ -138,14 +179,29 @@ def _write_h5(path, datasets):
             f.create_dataset(name, data=value, track_times=False)
 
 
+def write_features(path, num_rows, width, chunks):
+    """Write a features file (FEATURES_KEY, float32 (num_rows, width)) from an iterable of
+    row blocks, holding one block in memory at a time; the bytes equal those of
+    _write_h5 with the whole array."""
+    with h5py.File(path, "w", track_order=False, libver="earliest") as f:
+        d = f.create_dataset(FEATURES_KEY, shape=(num_rows, width), dtype=np.float32, track_times=False)
+        at = 0
+        for block in chunks:
+            d[at : at + len(block)] = block
+            at += len(block)
+        if at != num_rows:
+            raise ValueError(f"write_features: {path} got {at} rows, expected {num_rows}")
+
+
 def _gather(base_dir, kinds):
     """Read what can be read of a dataset; return (data, problems), one message per problem."""
     base = Path(base_dir)
     if not base.is_dir():
         what = "is a file, not a dataset directory" if base.exists() else "dataset directory does not exist"
         return {}, [f"{base}: {what}"]
-    readers = [lambda: _read_captions(base), lambda: _read_vocab(base)]
-    for split in SPLITS:
+    splits = splits_of(base)
+    readers = [lambda: _read_captions(base, splits), lambda: _read_vocab(base), lambda: _read_references(base, splits)]
+    for split in splits:
         readers.append(lambda s=split: {f"{s}_urls": _read_urls(base, s)})
         for pca in kinds:
             key = f"{split}_features" + ("_pca" if pca and len(kinds) > 1 else "")
@@ -187,7 +243,7 @@ def problems_in_data(data, where="data"):
     caps = data.get("train_captions")
     if caps is not None and caps.shape[0] == 0:
         found.append(f"{where}/{CAPTIONS_FILE}: the train split has no captions")
-    for split in SPLITS:
+    for split in [s for s in ALL_SPLITS if f"{s}_urls" in data or f"{s}_captions" in data]:
         caps, idxs = data.get(f"{split}_captions"), data.get(f"{split}_image_idxs")
         if caps is not None and caps.size and "word_to_idx" in data:
             found += _caption_problems(caps, data["word_to_idx"], f"{where}/{CAPTIONS_FILE}: {split}_captions")
@@ -195,7 +251,7 @@ def problems_in_data(data, where="data"):
             found.append(f"{where}/{CAPTIONS_FILE}: {split}_captions has word ids in "
                          f"[{caps.min()}, {caps.max()}], outside the vocabulary [0, {V})")
         sizes = {}
-        for key in (f"{split}_features", f"{split}_features_pca", f"{split}_urls"):
+        for key in (f"{split}_features", f"{split}_features_pca", f"{split}_urls", f"{split}_references"):
             if data.get(key) is not None:
                 sizes[key] = len(data[key])
         if len(set(sizes.values())) > 1:
@@ -217,11 +273,11 @@ def _feature_keys(data):
 
 
 def _feature_problems(data, where):
-    """Empty or non-finite features, and train/val widths that differ."""
+    """Empty or non-finite features, and split widths that differ."""
     found = []
     for suffix, pca in _feature_keys(data):
         widths = {}
-        for split in SPLITS:
+        for split in ALL_SPLITS:
             f = data.get(split + suffix)
             if f is None:
                 continue
@@ -235,7 +291,7 @@ def _feature_problems(data, where):
                 rows = np.flatnonzero(~finite)
                 found.append(f"{name}: {len(rows)} rows of '{FEATURES_KEY}' hold NaN or Inf (first: row {rows[0]})")
         if len(set(widths.values())) > 1:
-            found.append(f"{where}: train and val features differ in width: "
+            found.append(f"{where}: the splits' features differ in width: "
                          + ", ".join(f"{features_file(s, pca)} has {w}" for s, w in widths.items()))
     return found
 
@@ -267,11 +323,11 @@ def _open_h5(path):
         raise DatasetError(f"{path}: not a readable HDF5 file ({e})")
 
 
-def _read_captions(base):
+def _read_captions(base, splits=SPLITS):
     path = base / CAPTIONS_FILE
     out = {}
     with _open_h5(path) as f:
-        for split in SPLITS:
+        for split in splits:
             caps_key, idx_key = f"{split}_captions", f"{split}_image_idxs"
             for key in (caps_key, idx_key):
                 if key not in f:
@@ -322,6 +378,29 @@ def _read_vocab(base):
     return {"idx_to_word": vocab["idx_to_word"], "word_to_idx": vocab["word_to_idx"]}
 
 
+def _read_references(base, splits):
+    """{split_references: [[str, ...] per image]} from REFERENCES_FILE, if the dataset has one."""
+    path = base / REFERENCES_FILE
+    if not path.exists():
+        return {}
+    try:
+        refs = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})")
+    if not isinstance(refs, dict):
+        raise DatasetError(f"{path}: must be a JSON object split -> list of reference lists")
+    out = {}
+    for split, per_image in refs.items():
+        if split not in splits:
+            raise DatasetError(f"{path}: split '{split}' is not a split of this dataset ({', '.join(splits)})")
+        if not isinstance(per_image, list) or not all(
+                isinstance(r, list) and r and all(isinstance(c, str) and c.strip() for c in r) for r in per_image):
+            raise DatasetError(f"{path}: '{split}' must be a list of non-empty lists of non-empty strings, "
+                               "one list per image")
+        out[f"{split}_references"] = per_image
+    return out
+
+
 def _read_urls(base, split):
     path = base / urls_file(split)
     if not path.exists():
@@ -332,8 +411,8 @@ def _read_urls(base, split):
 def sizes(base_dir):
     """How large a dataset is, read without loading its captions or features (for reports).
 
-    Returns a dict with train_images and val_images (lines of the URL files),
-    train_captions and val_captions, and vocab_size (words, special tokens included).
+    Returns a dict with <split>_images (lines of the URL files) and <split>_captions for
+    each split (splits_of), and vocab_size (words, special tokens included).
     Raises DatasetError naming the file when one is missing or malformed; problems()
     checks the rest.
     """
@@ -341,7 +420,7 @@ def sizes(base_dir):
     out = {}
     path = base / CAPTIONS_FILE
     with _open_h5(path) as f:
-        for split in SPLITS:
+        for split in splits_of(base):
             key = f"{split}_captions"
             if key not in f:
                 raise DatasetError(f"{path}: missing dataset '{key}'")
