@@ -90,7 +90,7 @@ def test_json_with_val_fraction_leaves_out_uncaptioned_images_with_one_warning(t
     code, out, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.json",
                              tmp_path / "data", "--val-fraction", "0.25", "--seed", "7", "--image-size", "32")
     assert code == 0
-    assert err.count("\n") == 1 and "1 image(s)" in err and "extra.png" in err
+    assert err.count("warning") == 1 and "1 image(s)" in err and "extra.png" in err
     stats = json.loads(out)
     assert (stats["train_images"], stats["val_images"]) == (10, 3)  # round(0.25 * 13)
     assert stats["train_captions"] + stats["val_captions"] == 19 and stats["images_without_captions"] == ["extra.png"]
@@ -169,7 +169,7 @@ def _setup(tmp, case):
     elif case == "no words":
         rows.append((rows[2][0], "!!!", "train"))
     elif case == "unknown split":
-        rows.append((rows[1][0], "a thing", "test"))
+        rows.append((rows[1][0], "a thing", "testing"))
     elif case == "split disagrees":
         rows.append((rows[0][0], "a thing", "train"))
     elif case == "no val":
@@ -208,7 +208,7 @@ def _setup(tmp, case):
     ("not a picture file", "image 'drawing.svg' is not a picture file (.png, .jpg"),
     ("empty caption", "{tmp}/captions.csv line 5: empty caption for image 'blue_circle_0.png'"),
     ("no words", "line 14: empty caption for image 'blue_square_0.png' (it has no words)"),
-    ("unknown split", "line 14: unknown split 'test'; use one of train, val"),
+    ("unknown split", "line 14: unknown split 'testing'; use one of train, val, test"),
     ("split disagrees", "line 14: image 'blue_circle_0.png' is in split 'train' here but 'val' in an earlier row"),
     ("no val", "no image is in split 'val'"),
     ("unknown column", "{tmp}/captions.csv line 1: unknown column(s) 'spilt'; the header must be image,caption"),
@@ -278,3 +278,45 @@ def test_transparent_pictures_are_read_on_white(tmp_path):
     Image.fromarray(rgba).save(tmp_path / "logo.png")
     out = folder.read_image(tmp_path / "logo.png", 32)
     assert out[0, 0].tolist() == [255, 255, 255] and out[16, 16].tolist() == [50, 80, 230]
+
+
+def test_split_names_are_case_insensitive_and_test_is_a_split(tmp_path):
+    caps = make_photos(tmp_path / "photos")
+    splits = ["Train", "VAL", "train", "Test"]
+    rows = [(n, c, splits[i % 4]) for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    write_csv(tmp_path / "captions.csv", rows)
+    stats = folder.make_dataset(tmp_path / "photos", tmp_path / "captions.csv", tmp_path / "data", progress=False)
+    assert (stats["train_images"], stats["val_images"], stats["test_images"]) == (6, 3, 3)
+
+
+def test_a_hidden_file_named_in_the_captions_gets_a_message_that_says_so(tmp_path, capsys):
+    make_photos(tmp_path / "photos")
+    Image.fromarray(draw("red", "circle", 40)).save(tmp_path / "photos" / ".secret.png")
+    write_csv(tmp_path / "captions.csv", [("red_circle_0.png", "a red circle", "train"),
+                                         ("green_square_0.png", "a green square", "val"),
+                                         (".secret.png", "a hidden circle", "train")])
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "data")
+    assert code == 2 and err.count("\n") == 1
+    assert "image '.secret.png' is a hidden file" in err and "rename it" in err
+
+
+def test_a_symlink_and_its_target_go_to_one_split(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=4)  # 24 pictures
+    names = list(caps)
+    for n in names[:12]:  # 12 links, each to another picture
+        (tmp_path / "photos" / f"link_{n}").symlink_to(tmp_path / "photos" / names[12 + names.index(n) % 12])
+    rows = [(n, cs[0]) for n, cs in caps.items()] + [(f"link_{n}", "a link") for n in names[:12]]
+    write_csv(tmp_path / "captions.csv", rows, header=("image", "caption"))
+    split_of = folder.assign_splits(folder.read_captions(tmp_path / "captions.csv"), 0.5, seed=3,
+                                    same={n: (tmp_path / "photos" / n).resolve() for n, _ in rows})
+    assert "val" in split_of.values() and "train" in split_of.values()
+    for n in names[:12]:
+        assert split_of[f"link_{n}"] == split_of[names[12 + names.index(n) % 12]]
+    # given splits that separate a link from its target are refused, naming both
+    write_csv(tmp_path / "given.csv", [(n, cs[0], "train") for n, cs in caps.items()]
+              + [(f"link_{names[0]}", "a link", "val")])
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "given.csv",
+                           tmp_path / "data")
+    assert code == 2 and f"'link_{names[0]}' (val)" in err and f"'{names[12]}' (train)" in err
+    assert "same picture file" in err and not (tmp_path / "data").exists()

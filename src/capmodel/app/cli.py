@@ -1,4 +1,4 @@
-"""The capmodel command line: data shapes|fetch|check|from-folder, gradcheck, train, sample,
+"""The capmodel command line: data shapes|fetch|check|from-folder|features, gradcheck, train, sample,
 caption, baseline, evaluate, summarize.
 
 Each command parses its flags and calls one library function; on bad input (argparse
@@ -99,7 +99,18 @@ def cmd_data_from_folder(args):
 
     stats = folder.make_dataset(args.images_dir, args.captions, args.out_dir, val_fraction=args.val_fraction,
                                 seed=args.seed, min_count=args.min_count, image_size=args.image_size,
-                                encoder=args.encoder, weights=args.weights, pca=args.pca)
+                                encoder=args.encoder, weights=args.weights, pca=args.pca,
+                                features_files=args.features, progress=not args.no_progress)
+    print(json.dumps(stats))
+    return 0
+
+
+def cmd_data_features(args):
+    from capmodel.datasets import extraction, folder
+
+    stats = folder.extract_features(args.images_dir, args.captions, args.out_file,
+                                    shard=extraction.parse_shard(args.shard), encoder=args.encoder,
+                                    weights=args.weights, image_size=args.image_size, progress=not args.no_progress)
     print(json.dumps(stats))
     return 0
 
@@ -194,6 +205,18 @@ def cmd_summarize(args):
 # -------------------------------------------------------------------- parser
 
 
+def _encoder_arguments(parser, registry, image_size):
+    """--encoder, --weights, --image-size: how a data set's features are computed."""
+    parser.add_argument("--encoder", choices=registry.NAMES, default=registry.DEFAULT,
+                        help="image encoder: capmodel's fixed random-conv network, or a pretrained CNN (needs the "
+                             "'encoders' extra, PyTorch)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="pretrained CNN's weights: a state_dict file saved by torchvision (default: "
+                             "torchvision's download, through the torch.hub cache)")
+    parser.add_argument("--image-size", type=_positive_int, default=None,
+                        help=f"side the images are resized to for the randconv encoder (default: {image_size})")
+
+
 def build_parser():
     p = _Parser(prog="capmodel", description="NumPy image captioning: data, training, evaluation.")
     p.add_argument("--version", action="version", version=f"capmodel {__version__}")
@@ -234,18 +257,25 @@ def build_parser():
     ff.add_argument("--seed", type=int, default=0, help="seed of that split (default: %(default)s)")
     ff.add_argument("--min-count", type=_positive_int, default=folder.DEFAULT_MIN_COUNT,
                     help="rarer training words become <UNK> (default: %(default)s)")
-    ff.add_argument("--image-size", type=_positive_int, default=None,
-                    help="side the images are resized to for the randconv encoder "
-                         f"(default: {folder.DEFAULT_IMAGE_SIZE})")
-    ff.add_argument("--encoder", choices=registry.NAMES, default=registry.DEFAULT,
-                    help="image encoder: capmodel's fixed random-conv network, or a pretrained CNN (needs the "
-                         "'encoders' extra, PyTorch)")
-    ff.add_argument("--weights", type=Path, default=None,
-                    help="pretrained CNN's weights: a state_dict file saved by torchvision (default: torchvision's "
-                         "download, through the torch.hub cache)")
+    _encoder_arguments(ff, registry, folder.DEFAULT_IMAGE_SIZE)
     ff.add_argument("--pca", type=_pca_width, default=fmt.PCA_DIM, metavar="K|none",
                     help="width of the PCA fitted on the train features, or 'none' for the features as they are")
+    ff.add_argument("--features", type=Path, nargs="+", metavar="FILE",
+                    help="features files of every shard, from 'capmodel data features' with the same pictures, "
+                         "captions and encoder (default: extract here)")
+    ff.add_argument("--no-progress", action="store_true", help="no progress lines for the extraction")
     ff.set_defaults(func=cmd_data_from_folder)
+
+    fe = dsub.add_parser("features", help="extract the features of one shard of a data set's pictures (for "
+                                          "from-folder --features; shards run as independent jobs)")
+    fe.add_argument("images_dir", help="folder of pictures, as for from-folder")
+    fe.add_argument("captions", help="captions file, as for from-folder (its pictures are extracted)")
+    fe.add_argument("out_file", type=Path, help="features file to write (.h5); a killed run continues where it stopped")
+    fe.add_argument("--shard", default="1/1", metavar="I/N",
+                    help="extract the I-th of N equal parts of the pictures (default: %(default)s, all)")
+    _encoder_arguments(fe, registry, folder.DEFAULT_IMAGE_SIZE)
+    fe.add_argument("--no-progress", action="store_true", help="no progress lines")
+    fe.set_defaults(func=cmd_data_features)
 
     g = sub.add_parser("gradcheck", help="numeric gradient checks of every layer and the model loss")
     g.add_argument("--out", required=True, help="CSV table to write (layer, cell, param, measure, error, tolerance, ok)")
@@ -300,7 +330,7 @@ def build_parser():
     b = sub.add_parser("baseline", help="the most-frequent-training-caption baseline, as a samples CSV")
     b.add_argument("--data", required=True, help="dataset directory")
     b.add_argument("--out", required=True, help="CSV to write")
-    b.add_argument("--split", choices=("train", "val"), default="val", help="which split")
+    b.add_argument("--split", choices=fmt.ALL_SPLITS, default="val", help="which split (default: %(default)s)")
     b.add_argument("--num-images", type=_positive_int, help="only the first N images")
     b.set_defaults(func=cmd_baseline)
 

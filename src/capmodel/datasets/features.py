@@ -37,15 +37,34 @@ def fit_pca(features, dim=512):
     columns: the covariance's eigenvectors there would be an arbitrary basis of its null
     space. Component signs are fixed (largest entry positive) so the result is deterministic.
     """
-    x = features.astype(np.float64)
-    mean = x.mean(axis=0)
-    if len(x) >= x.shape[1]:
-        cov = (x - mean).T @ (x - mean) / max(len(x) - 1, 1)
-        vals, vecs = np.linalg.eigh(cov)
+    return fit_pca_blocks(lambda: iter([features]), len(features), features.shape[1], dim)
+
+
+def fit_pca_blocks(blocks, num_rows, width, dim=512):
+    """fit_pca over features read a block of rows at a time, for more rows than memory holds.
+
+    Inputs:
+    - blocks: Function returning an iterator over the (N, F) features as row blocks; it is
+      called twice (mean, then covariance), or once when N < F
+    - num_rows, width: N and F
+    - dim: As fit_pca
+
+    Returns fit_pca's (mean, components); with one block, the same numbers as fit_pca.
+    """
+    if num_rows >= width:
+        mean = sum(b.astype(np.float64).sum(axis=0) for b in blocks()) / num_rows
+        cov = np.zeros((width, width))
+        for b in blocks():
+            # two equal operands, not xc.T @ xc: numpy would take BLAS's syrk, whose
+            # rounding differs from earlier capmodel releases' data sets
+            cov += (b.astype(np.float64) - mean).T @ (b.astype(np.float64) - mean)
+        vals, vecs = np.linalg.eigh(cov / max(num_rows - 1, 1))
         comps = vecs[:, ::-1][:, :dim]
     else:
         # The same components from the (N, N) Gram matrix: eigh of the (F, F) covariance
-        # takes seconds for F = 2328, whatever N.
+        # takes seconds for F = 2328, whatever N. N < F rows fit in memory.
+        x = np.concatenate(list(blocks())).astype(np.float64)
+        mean = x.mean(axis=0)
         xc = x - mean  # (N, F)
         vals, u = np.linalg.eigh(xc @ xc.T)  # (N,), (N, N)
         vals, u = vals[::-1][:dim], u[:, ::-1][:, :dim]

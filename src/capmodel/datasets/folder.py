@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from capmodel.datasets import extraction
 from capmodel.datasets import features as feat
 from capmodel.datasets import format as fmt
 from capmodel import image_utils
@@ -144,6 +145,8 @@ def read_captions(path):
         raise FolderError(f"captions file {path} has no captions")
     for r in rows:
         r["image"] = _normalise_name(r["image"])
+        if r["split"] is not None:
+            r["split"] = r["split"].lower()  # like the column names
         if not r["image"]:
             raise FolderError(f"{r['where']}: the image name is empty")
         if not isinstance(r["caption"], str) or not tokenize(r["caption"]):
@@ -182,11 +185,47 @@ def _read_csv(path):
     return rows
 
 
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+
+
+def is_karpathy(data):
+    """Whether parsed JSON is a Karpathy split file (dataset_coco.json, dataset_flickr8k.json, ...)."""
+    return isinstance(data, dict) and isinstance(data.get("images"), list) and all(
+        isinstance(i, dict) and "sentences" in i for i in data["images"][:1])
+
+
+def _read_karpathy(path, data):
+    """Rows of a Karpathy split file: images[].filepath/filename, split train/restval (both
+    train), val or test, sentences[].raw (or their tokens)."""
+    rows = []
+    for n, item in enumerate(data["images"]):
+        where = f"{path} images[{n}]"
+        if not isinstance(item, dict) or not isinstance(item.get("filename"), str) or not isinstance(
+                item.get("sentences"), list) or not item["sentences"]:
+            raise FolderError(f"{where}: expected an object with 'filename' and a non-empty list 'sentences'")
+        split = str(item.get("split", "")).strip().lower()
+        if split not in KARPATHY_SPLITS:
+            raise FolderError(f"{where}: unknown split '{item.get('split')}'; Karpathy's files use "
+                              f"{', '.join(KARPATHY_SPLITS)}")
+        image = f"{item['filepath']}/{item['filename']}" if item.get("filepath") else item["filename"]
+        for j, sentence in enumerate(item["sentences"]):
+            text = sentence.get("raw") if isinstance(sentence, dict) else None
+            if not isinstance(text, str) and isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
+                text = " ".join(map(str, sentence["tokens"]))
+            if not isinstance(text, str):
+                raise FolderError(f"{where} sentences[{j}]: expected 'raw' text or a list of 'tokens'")
+            rows.append({"image": image, "caption": text, "split": KARPATHY_SPLITS[split],
+                         "where": f"{where} sentences[{j}]"})
+    return rows
+
+
 def _read_json(path):
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise FolderError(f"captions file {path} is not valid JSON ({e})")
+    if is_karpathy(data):
+        return _read_karpathy(path, data)
     rows = []
     if isinstance(data, dict):
         for image, caps in data.items():
@@ -218,58 +257,80 @@ def _read_json(path):
 # ------------------------------------------------------------------- splits
 
 
-def assign_splits(rows, val_fraction=DEFAULT_VAL_FRACTION, seed=0):
-    """{image name: 'train' or 'val'} from the rows' splits, or a seeded val_fraction of the images."""
+def assign_splits(rows, val_fraction=DEFAULT_VAL_FRACTION, seed=0, same=None):
+    """{image name: split} from the rows' splits (train, val, test; every data set needs
+    train and val), or, when no row has one, a seeded val_fraction of the images in val.
+
+    same: optional {image name: identity of its file}; names of one file (a symlink and
+    its target) go to one split, so that val never holds a train picture.
+    """
     given = [r for r in rows if r["split"] is not None]
     if given and len(given) != len(rows):
         r = next(r for r in rows if r["split"] is None)
         raise FolderError(f"{r['where']}: no split, but other rows have one; give every row a split or none")
     images = sorted({r["image"] for r in rows})
+    groups = {}  # identity -> names, in the order of their first name
+    for name in images:
+        groups.setdefault((same or {}).get(name, name), []).append(name)
     if given:
         split = {}
         for r in rows:
-            if r["split"] not in fmt.SPLITS:
-                raise FolderError(f"{r['where']}: unknown split '{r['split']}'; use one of {', '.join(fmt.SPLITS)}")
+            if r["split"] not in fmt.ALL_SPLITS:
+                raise FolderError(f"{r['where']}: unknown split '{r['split']}'; use one of {', '.join(fmt.ALL_SPLITS)}")
             if split.setdefault(r["image"], r["split"]) != r["split"]:
                 raise FolderError(f"{r['where']}: image '{r['image']}' is in split '{r['split']}' here "
                                   f"but '{split[r['image']]}' in an earlier row")
         for s in fmt.SPLITS:
             if s not in split.values():
                 raise FolderError(f"no image is in split '{s}'; a dataset needs at least one train and one val image")
+        for names in groups.values():
+            if len({split[n] for n in names}) > 1:
+                shown = ", ".join(f"'{n}' ({split[n]})" for n in names)
+                raise FolderError(f"{shown} are the same picture file (a symbolic link and its target) in different "
+                                  "splits; put them in one split, or caption only one of them")
         return split
     if not 0 < val_fraction < 1:
         raise FolderError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if len(images) < 2:
-        raise FolderError(f"only {len(images)} captioned image; a dataset needs at least one train and one val image")
-    n_val = min(max(1, round(val_fraction * len(images))), len(images) - 1)
-    val = set(np.random.default_rng(seed).permutation(len(images))[:n_val].tolist())
-    return {name: "val" if i in val else "train" for i, name in enumerate(images)}
+    if len(groups) < 2:
+        raise FolderError(f"only {len(groups)} captioned picture; a dataset needs at least one train and one val image")
+    n_val = min(max(1, round(val_fraction * len(groups))), len(groups) - 1)
+    val = set(np.random.default_rng(seed).permutation(len(groups))[:n_val].tolist())
+    return {name: "val" if i in val else "train" for i, names in enumerate(groups.values()) for name in names}
 
 
 # ------------------------------------------------------------------ output
 
 
-def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FRACTION, seed=0,
-                 min_count=DEFAULT_MIN_COUNT, image_size=None, encoder=registry.DEFAULT, weights=None,
-                 pca=fmt.PCA_DIM):
-    """Build a CS231n-format dataset in out_dir from a folder of images and a captions file.
+def plan(images_dir, captions_file):
+    """What a data set of images_dir and captions_file is made of, checked before any picture
+    is decoded: (pictures {name: Path}, caption rows, names of the captioned pictures in
+    extraction order (sorted), names of the uncaptioned ones).
 
-    Inputs:
-    - images_dir: Folder of PNG/JPEG images
-    - captions_file: CSV (image,caption[,split]) or JSON, see the module docstring
-    - out_dir: Dataset directory to create; it must not exist, be empty, or be a dataset
-      capmodel made (capmodel.safety.ownership; it is replaced once the new one is complete)
-    - val_fraction, seed: Share of the images that go to val when no split is given
-    - min_count: Train words seen fewer times become <UNK>
-    - image_size: Side S the images are resized to for the randconv encoder (default 64)
-    - encoder, weights: The capmodel.encoders encoder and, for a pretrained CNN, its
-      weights file (None: torchvision's download)
-    - pca: Width of the PCA fitted on the train features (CS231n: 512), or None for no
-      PCA (the PCA feature files then hold the features themselves)
-
-    Returns a dict of counts (images and captions per split, vocabulary size) and the
-    names of images that had no caption (left out, with one warning on stderr).
+    Raises one FolderError naming every captions row whose picture is missing, hidden or
+    not a picture file.
     """
+    images = list_images(images_dir)
+    rows = read_captions(captions_file)
+    missing = {}  # image name -> the first row naming it; all of them in one error
+    for r in rows:
+        if r["image"] not in images and r["image"] not in missing:
+            path = Path(images_dir) / r["image"]
+            if any(part.startswith(".") for part in PurePosixPath(r["image"]).parts) and path.is_file():
+                what = "is a hidden file (a name part starts with '.'); capmodel skips hidden files: rename it"
+            elif path.is_file():
+                what = f"is not a picture file ({', '.join(IMAGE_SUFFIXES)})"
+            else:
+                what = f"is not in {images_dir}"
+            missing[r["image"]] = f"{r['where']}: image '{r['image']}' {what}"
+    if missing:
+        raise FolderError("; ".join(missing.values()))
+    captioned = {r["image"] for r in rows}
+    names = [n for n in images if n in captioned]
+    return images, rows, names, [n for n in images if n not in captioned]
+
+
+def _make_encoder(encoder, weights, image_size, pca):
+    """Check the encoder options and make the encoder (EncoderError/FolderError, one line)."""
     if image_size is not None and registry.is_pretrained(encoder):
         raise FolderError(f"--image-size applies to the randconv encoder only; {encoder} uses torchvision's "
                           "preprocessing for its weights")
@@ -279,54 +340,125 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     if pca is not None and pca < 1:
         raise FolderError(f"--pca must be a positive number of components or 'none', got {pca}")
     registry.check_encoder(encoder, weights)
+    return lambda: registry.get_encoder(encoder, weights, image_size=image_size)
+
+
+def extract_features(images_dir, captions_file, out_file, shard=(1, 1), encoder=registry.DEFAULT, weights=None,
+                     image_size=None, progress=True):
+    """One shard of the features of a data set's pictures: `capmodel data features`.
+
+    Inputs:
+    - images_dir, captions_file: As make_dataset (the captioned pictures are extracted)
+    - out_file: The features file to write (.h5; capmodel.datasets.extraction)
+    - shard: (I, N): the I-th of N contiguous parts of the pictures (1-based)
+    - encoder, weights, image_size: As make_dataset
+
+    Returns a dict: the file, the shard's rows and the number of pictures.
+    """
+    out_file = Path(out_file)
+    if out_file.suffix not in (".h5", ".hdf5"):
+        raise FolderError(f"features file {out_file} must end in .h5")
+    make = _make_encoder(encoder, weights, image_size, None)
+    extraction.check_replaceable(out_file)
+    images, _, names, _ = plan(images_dir, captions_file)
+    model = make()
+    start, stop = extraction.shard_range(len(names), *shard, model.batch_size)
+    extraction.extract_to_file(out_file, [images[n] for n in names], names, model, start, stop, progress=progress,
+                               check=check_pictures)
+    return {"features_file": str(out_file), "shard": f"{shard[0]}/{shard[1]}", "rows": [start, stop],
+            "pictures": stop - start, "total_pictures": len(names)}
+
+
+def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FRACTION, seed=0,
+                 min_count=DEFAULT_MIN_COUNT, image_size=None, encoder=registry.DEFAULT, weights=None,
+                 pca=fmt.PCA_DIM, features_files=None, progress=True):
+    """Build a CS231n-format dataset in out_dir from a folder of images and a captions file.
+
+    Inputs:
+    - images_dir: Folder of pictures (image_utils.IMAGE_SUFFIXES)
+    - captions_file: CSV (image,caption[,split]), JSON or a Karpathy split file, see the
+      module docstring
+    - out_dir: Dataset directory to create; it must not exist, be empty, or be a dataset
+      capmodel made (capmodel.safety.ownership; it is replaced once the new one is complete)
+    - val_fraction, seed: Share of the images that go to val when no split is given
+    - min_count: Train words seen fewer times become <UNK>
+    - image_size: Side S the images are resized to for the randconv encoder (default 64)
+    - encoder, weights: The capmodel.encoders encoder and, for a pretrained CNN, its
+      weights file (None: torchvision's download)
+    - pca: Width of the PCA fitted on the train features (CS231n: 512), or None for no
+      PCA (the PCA feature files then hold the features themselves)
+    - features_files: The features files of all shards (extract_features) to use instead
+      of extracting here; None extracts into a work file beside out_dir, continued if a
+      killed run left one, removed when the data set is complete
+    - progress: Show the extraction's progress and ETA on stderr
+
+    Returns a dict of counts (images and captions per split, vocabulary size) and the
+    names of images that had no caption (left out, with one warning on stderr).
+    """
+    make = _make_encoder(encoder, weights, image_size, pca)
     fmt.check_writable_dataset_dir(out_dir)
     out_dir = Path(out_dir).resolve()
-    images = list_images(images_dir)
-    rows = read_captions(captions_file)
-    missing = {}  # image name -> the first row naming it; all of them in one error
-    for r in rows:
-        if r["image"] not in images and r["image"] not in missing:
-            what = (f"is not a picture file ({', '.join(IMAGE_SUFFIXES)})"
-                    if (Path(images_dir) / r["image"]).is_file() else f"is not in {images_dir}")
-            missing[r["image"]] = f"{r['where']}: image '{r['image']}' {what}"
-    if missing:
-        raise FolderError("; ".join(missing.values()))
-    split_of = assign_splits(rows, val_fraction, seed)
-    uncaptioned = [name for name in images if name not in split_of]
+    images, rows, order, uncaptioned = plan(images_dir, captions_file)
+    split_of = assign_splits(rows, val_fraction, seed, same={n: images[n].resolve() for n in order})
     if uncaptioned:
         shown = ", ".join(uncaptioned[:5]) + (", ..." if len(uncaptioned) > 5 else "")
         print(f"warning: {len(uncaptioned)} image(s) in {images_dir} have no caption and are left out: {shown}",
               file=sys.stderr)
-    names = {s: [n for n in images if split_of.get(n) == s] for s in fmt.SPLITS}
-    texts = {s: {n: [] for n in names[s]} for s in fmt.SPLITS}
+    splits = [s for s in fmt.ALL_SPLITS if s in split_of.values()]
+    names = {s: [n for n in order if split_of[n] == s] for s in splits}
+    texts = {s: {n: [] for n in names[s]} for s in splits}
     for r in rows:
         texts[split_of[r["image"]]][r["image"]].append(r["caption"])
     train_text = [c for caps in texts["train"].values() for c in caps]
     word_to_idx, idx_to_word = build_vocab(train_text, min_count=min_count)
     if len(idx_to_word) == len(SPECIAL_TOKENS):
         raise FolderError(f"no train word occurs at least {min_count} times; lower --min-count")
+    if features_files is not None:
+        for f in features_files:
+            if not Path(f).is_file():
+                raise FolderError(f"features file {f} does not exist (make it with capmodel data features)")
 
-    # Every picture is decoded before any feature is computed, so one error names all bad ones.
-    check_pictures([images[n] for s in fmt.SPLITS for n in names[s]])
-    model = registry.get_encoder(encoder, weights, image_size=image_size)
-    captions, image_idxs, fc7, urls = {}, {}, {}, {}
-    for s in fmt.SPLITS:
+    model = make()
+    work = None
+    if features_files is None:
+        work = out_dir.parent / f".{out_dir.name}.features.h5"  # ours: capmodel.datasets.extraction marks it
+        # Every picture is decoded before any feature is computed, so one error names all bad ones.
+        extraction.extract_to_file(work, [images[n] for n in order], order, model, progress=progress,
+                                   check=check_pictures)
+        features_files = [work]
+    source = extraction.Features(features_files, order, model.record_fields())
+    row = {n: i for i, n in enumerate(order)}
+    idx = {s: np.array([row[n] for n in names[s]], dtype=np.int64) for s in splits}
+    captions, image_idxs, fc7, projected, urls, references = {}, {}, {}, {}, {}, {}
+    for s in splits:
         caps = list(texts[s].values())
         captions[s] = encode_captions([c for cs in caps for c in cs], word_to_idx)
         image_idxs[s] = np.repeat(np.arange(len(caps), dtype=np.int32), [len(cs) for cs in caps])
-        fc7[s] = encode_files([images[n] for n in names[s]], model)
+        fc7[s] = _feature_writer(source, idx[s], model.feature_dim)
         urls[s] = [images[n].resolve().as_uri() for n in names[s]]
+        if s != "train":
+            references[s] = [[" ".join(tokenize(c)) for c in cs] for cs in caps]
+    n_train = len(idx["train"])
     if pca is None:
         mean = comps = None
         projected, pca_dim = fc7, model.feature_dim
     else:
-        mean, comps = feat.fit_pca(fc7["train"], dim=min(pca, len(fc7["train"]), model.feature_dim))
-        projected, pca_dim = {s: feat.pca_project(fc7[s], mean, comps, pca) for s in fmt.SPLITS}, pca
-    fmt.write_dataset(out_dir, captions, image_idxs, fc7, projected, urls, idx_to_word,
+        mean, comps = feat.fit_pca_blocks(lambda: source.rows(idx["train"]), n_train, model.feature_dim,
+                                          dim=min(pca, n_train, model.feature_dim))
+        projected = {s: _feature_writer(source, idx[s], pca, lambda x: feat.pca_project(x, mean, comps, pca))
+                     for s in splits}
+        pca_dim = pca
+    fmt.write_dataset(out_dir, captions, image_idxs, fc7, projected, urls, idx_to_word, references=references,
                       extra=lambda tmp: feat.write_record(tmp, image_size, mean, comps, pca_dim, CREATED_BY,
                                                           encoder=model))
-    return {
-        "out_dir": str(out_dir), "train_images": len(names["train"]), "val_images": len(names["val"]),
-        "train_captions": len(captions["train"]), "val_captions": len(captions["val"]),
-        "vocab_size": len(idx_to_word), "images_without_captions": uncaptioned,
-    }
+    if work is not None:
+        work.unlink()
+    counts = {f"{s}_{what}": len(v[s]) for s in splits for what, v in (("images", names), ("captions", captions))}
+    return {"out_dir": str(out_dir), **counts, "vocab_size": len(idx_to_word), "images_without_captions": uncaptioned}
+
+
+def _feature_writer(source, idx, width, transform=None):
+    """A format.write_dataset features entry: writes the rows idx of source (transformed)
+    a block at a time."""
+    blocks = lambda: (b if transform is None else transform(b) for b in source.rows(idx))
+    return lambda path: fmt.write_features(path, len(idx), width, blocks())

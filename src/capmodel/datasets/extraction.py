@@ -1,0 +1,188 @@
+"""Feature extraction streamed into an HDF5 file, resumable, and split into shards.
+
+A features file holds the encoder's features of a list of pictures, in that order: the
+dataset `features`, float32 (N, F), of the rows [start, stop) of the list. It is filled one
+batch at a time in a work file beside it (PARTIAL_SUFFIX) whose attribute `done` counts the
+rows written and flushed, so memory does not grow with the number of pictures and a run
+that was killed goes on after the last finished batch. The file gets its name only when
+complete. Its attributes say what it holds (`job`: the SHA-256 of the picture names and the
+encoder's record, `start`, `stop`, `total`), so a file of other work is never used, and that
+capmodel made it (`kind` = KIND), so capmodel replaces only such files.
+
+Shards split the list into N contiguous ranges on batch boundaries: every batch holds the
+same pictures as in one unsharded run, so the N files together hold the same numbers.
+`capmodel data features --shard I/N` makes one; `capmodel data from-folder --features`
+uses them (capmodel.datasets.folder).
+
+Dimension letters: N pictures, F feature dimension.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from capmodel.datasets import format as fmt
+from capmodel.image_utils import open_rgb
+from capmodel.progress import track
+
+KIND = "capmodel-features"
+PARTIAL_SUFFIX = ".partial"
+
+
+class ExtractionError(ValueError):
+    """A features file cannot be written or does not fit the data set being made."""
+
+
+def job_id(names, encoder_record):
+    """The identity of an extraction: SHA-256 of the picture names (in order) and the encoder record."""
+    text = json.dumps({"names": list(names), "encoder": encoder_record}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def parse_shard(text):
+    """'I/N' (1 <= I <= N) -> (I, N)."""
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ExtractionError(f"--shard must look like I/N (e.g. 1/4), got '{text}'")
+    if not 1 <= i <= n:
+        raise ExtractionError(f"--shard {text}: I must be between 1 and N")
+    return i, n
+
+
+def shard_range(total, shard, shards, batch_size):
+    """Rows [start, stop) of shard (1-based) of shards over total rows, cut on batch boundaries."""
+    batches = -(-total // batch_size)
+    start = (shard - 1) * batches // shards * batch_size
+    stop = min(shard * batches // shards * batch_size, total)
+    return min(start, total), stop
+
+
+def _read_attrs(path):
+    """The attributes of a features file capmodel wrote, or None for any other file."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except (OSError, ValueError):
+        return None
+    return attrs if attrs.get("kind") == KIND else None
+
+
+def check_replaceable(path):
+    """Raise ExtractionError unless path is absent or a features file capmodel wrote."""
+    path = Path(path)
+    for p in (path, path.with_name(path.name + PARTIAL_SUFFIX)):
+        if p.is_dir() or (p.exists() and _read_attrs(p) is None):
+            raise ExtractionError(f"{p} exists and is not a features file capmodel wrote; capmodel does not "
+                                  "replace it: move it away or choose another name")
+
+
+def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=True, check=None):
+    """Write the encoder's features of paths[start:stop] to the features file at path.
+
+    Inputs:
+    - path: The features file (.h5) to make; a complete one of the same job is kept as it
+      is, and a work file of the same job left by a killed run is continued
+    - paths, names: The N picture files and their names (the names identify the job)
+    - encoder: A capmodel.encoders encoder
+    - start, stop: The rows to extract (a shard_range), default all
+    - progress: Show progress with the ETA on stderr
+    - check: Optional function called with the picture files still to extract before any
+      is encoded (data sets decode them all first, to name every bad one at once)
+
+    Returns the path.
+    """
+    path = Path(path)
+    stop = len(paths) if stop is None else stop
+    job = job_id(names, encoder.record_fields())
+    wanted = {"kind": KIND, "job": job, "start": start, "stop": stop, "total": len(paths)}
+    check_replaceable(path)
+    done_attrs = _read_attrs(path) if path.exists() else None
+    if done_attrs is not None and all(done_attrs.get(k) == v for k, v in wanted.items()):
+        return path  # already complete
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    attrs = _read_attrs(partial) if partial.exists() else None
+    fresh = attrs is None or any(attrs.get(k) != v for k, v in wanted.items())
+    done = 0 if fresh else int(attrs["done"])
+    if check is not None:
+        check(paths[start + done : stop])  # before any file is made: a refused run leaves nothing
+    if fresh:
+        partial.unlink(missing_ok=True)  # absent, or capmodel's work file of other work
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(partial, "w", track_order=False, libver="earliest") as f:
+            f.create_dataset(fmt.FEATURES_KEY, shape=(stop - start, encoder.feature_dim), dtype=np.float32,
+                             chunks=(min(encoder.batch_size, stop - start), encoder.feature_dim) if stop > start
+                             else None,
+                             track_times=False)
+            f.attrs.update({**wanted, "encoder": json.dumps(encoder.record_fields(), sort_keys=True), "done": 0})
+    batch = encoder.batch_size
+    first = start + done
+    batches = range(first, stop, batch)
+    if done and progress:
+        print(f"resuming {path.name}: {done} of {stop - start} pictures already extracted", flush=True)
+    with h5py.File(partial, "r+") as f:
+        d = f[fmt.FEATURES_KEY]
+        shown = track(batches, len(batches), f"{encoder.name} features of {stop - first} pictures",
+                      unit="batches") if progress else batches
+        for s in shown:
+            e = min(s + batch, stop)
+            x = encoder.extract(np.stack([encoder.preprocess(open_rgb(p)) for p in paths[s:e]]))
+            d[s - start : e - start] = x
+            f.flush()  # the rows are on disk before `done` counts them
+            f.attrs["done"] = e - start
+            f.flush()
+    os.replace(partial, path)
+    return path
+
+
+class Features:
+    """The rows of one or more features files of the same job, read a block at a time.
+
+    The files must together cover rows [0, total) of the job exactly once (shards of one
+    extraction); ExtractionError names the file or the rows that do not fit.
+    """
+
+    def __init__(self, files, names, encoder_record):
+        job = job_id(names, encoder_record)
+        self.total, self.parts = len(names), []
+        for p in map(Path, files):
+            if not p.is_file():
+                partial = p.with_name(p.name + PARTIAL_SUFFIX)
+                why = " (its extraction has not finished: run it again to complete it)" if partial.exists() else ""
+                raise ExtractionError(f"features file {p} does not exist{why}")
+            attrs = _read_attrs(p)
+            if attrs is None:
+                raise ExtractionError(f"{p} is not a features file made by capmodel data features")
+            if attrs["job"] != job:
+                raise ExtractionError(f"features file {p} was made for other pictures or another encoder than this "
+                                      "data set's (run capmodel data features with the same images, captions, "
+                                      "--encoder and --weights)")
+            self.parts.append((int(attrs["start"]), int(attrs["stop"]), p))
+        self.parts.sort()
+        at = 0
+        for start, stop, p in self.parts:
+            if start != at:
+                what = (f"rows {at}..{start - 1} of {self.total} are in no file (a shard is missing)" if start > at
+                        else f"{p} overlaps another file")
+                raise ExtractionError(f"the features files do not fit together: {what}")
+            at = stop
+        if at != self.total:
+            raise ExtractionError(f"the features files do not fit together: rows {at}..{self.total - 1} "
+                                  f"of {self.total} are in no file (a shard is missing)")
+
+    def rows(self, idx, block=4096):
+        """Yield the features of the rows idx (increasing) in order, as float32 arrays, reading
+        the files block rows at a time (memory: one block, whatever the number of rows)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        for start, stop, p in self.parts:
+            with h5py.File(p, "r") as f:
+                d = f[fmt.FEATURES_KEY]
+                for c in range(start, stop, block):
+                    e = min(c + block, stop)
+                    lo, hi = np.searchsorted(idx, [c, e])
+                    if hi > lo:
+                        yield d[c - start : e - start][idx[lo:hi] - c]
