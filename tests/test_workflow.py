@@ -283,3 +283,39 @@ def test_jobs_run_without_the_virtualenv_on_the_path(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "resources" / "data" / "shapes" / "coco2014_captions.h5").exists()
+
+
+def test_source_images_extracts_in_shards_and_equals_one_from_folder_run(tmp_path):
+    """data: {source: images, shards: 3}: three extraction jobs and one merge, whose data
+    set equals `capmodel data from-folder` run once on the same pictures."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import photo_folder
+
+    caps = photo_folder(tmp_path / "photos", copies=6)  # 36 pictures
+    (tmp_path / "captions.csv").write_text("image,caption\n" + "".join(f"{n},{c}\n" for n, cs in caps.items()
+                                                                       for c in cs))
+    cfg = _config_with(tmp_path, "data: {source: images, images: %s, captions: %s, shards: 3}"
+                       % (tmp_path / "photos", tmp_path / "captions.csv"))
+    dry = snakemake(tmp_path / "w", "-n", config=cfg)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    jobs = dict(re.findall(r"^(extract_features|make_images_data|make_shapes_data)\s+(\d+)$", dry.stdout, re.M))
+    assert jobs == {"extract_features": "3", "make_images_data": "1"}
+    r = snakemake(tmp_path / "w", "--cores", "2", "resources/data/images", config=cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from capmodel.app.cli import main
+
+    assert main(["data", "from-folder", str(tmp_path / "photos"), str(tmp_path / "captions.csv"),
+                 str(tmp_path / "direct"), "--no-progress"]) == 0
+    made = tmp_path / "w" / "resources" / "data" / "images"
+    files = sorted(p.name for p in (tmp_path / "direct").iterdir())
+    assert files == sorted(p.name for p in made.iterdir() if p.name != ".snakemake_timestamp")
+    assert "references.json" in files
+    for name in files:
+        if (made / name).is_file():
+            assert (made / name).read_bytes() == (tmp_path / "direct" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "w" / "resources" / "data" / "images.features").iterdir()) == \
+        [f"shard-{i}-of-3.h5" for i in (1, 2, 3)]
+    # a missing images folder is a config error at the start, naming the key
+    bad = _config_with(tmp_path, "data: {source: images, images: nowhere, captions: %s}" % (tmp_path / "captions.csv"))
+    r = snakemake(tmp_path / "w2", "-n", config=bad)
+    assert r.returncode != 0 and "data.images nowhere: no such directory" in r.stdout + r.stderr

@@ -38,3 +38,55 @@ rule fetch_coco_data:
         ),
     shell:
         "capmodel data fetch {output} --url {params.url} {params.sha} --no-progress > {log} 2>&1"
+
+
+# Source images: the pictures' features, extracted as data.shards independent jobs (a
+# cluster spreads them over nodes), then one job builds the data set from them. A killed
+# extraction job continues where it stopped when rerun (its work file stays beside the
+# output). The features files are kept: a change of the vocabulary or PCA settings rebuilds
+# the data set without extracting again.
+
+
+rule extract_features:
+    input:
+        captions=config["data"]["captions"] or [],
+    output:
+        "resources/data/images.features/shard-{shard}-of-{shards}.h5",
+    log:
+        "logs/data/features-{shard}-of-{shards}.log",
+    conda:
+        ENV
+    threads: config["resources"]["train_threads"]
+    resources:
+        **RESOURCES["train"],
+    params:
+        images=config["data"]["images"],
+        encoder=wc.encoder_flags(config["data"]),
+    shell:
+        "capmodel data features {params.images} {input.captions} {output} --shard {wildcards.shard}/{wildcards.shards}"
+        " {params.encoder} --no-progress > {log} 2>&1"
+
+
+rule make_images_data:
+    input:
+        captions=config["data"]["captions"] or [],
+        features=wc.features_shards(config["data"]),
+    output:
+        directory("resources/data/images"),
+    log:
+        "logs/data/images.log",
+    conda:
+        ENV
+    resources:
+        **RESOURCES["train"],
+    params:
+        images=config["data"]["images"],
+        encoder=wc.encoder_flags(config["data"]),
+        pca=config["data"]["pca"] or "none",
+        min_count=config["data"]["min_count"],
+        val_fraction=config["data"]["val_fraction"],
+        seed=config["data"]["split_seed"],
+    shell:
+        "capmodel data from-folder {params.images} {input.captions} {output} {params.encoder}"
+        " --pca {params.pca} --min-count {params.min_count} --val-fraction {params.val_fraction}"
+        " --seed {params.seed} --features {input.features} --no-progress > {log} 2>&1"

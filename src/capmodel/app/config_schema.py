@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 from capmodel.app import settings as S
+from capmodel.datasets import folder
 from capmodel.datasets.fetch import DEFAULT_URL
+from capmodel.datasets.format import PCA_DIM
+from capmodel.encoders import registry
 from capmodel.safety.atomic import write_text
 
 SCHEMA_FILE = Path("workflow/schemas/config.schema.yaml")
@@ -71,10 +74,29 @@ def schema():
         "properties": {
             "data": _section("which dataset to use and how to make it", {
                 "source": _plain("string", "shapes", "shapes = the embedded generated dataset (offline); "
-                                 "coco = fetch the CS231n COCO features; path = a data set of yours at data.path",
-                                 enum=["shapes", "coco", "path"]),
+                                 "coco = fetch the CS231n COCO features; path = a data set of yours at data.path; "
+                                 "images = a data set made from data.images and data.captions",
+                                 enum=["shapes", "coco", "path", "images"]),
                 "path": _plain(["string", "null"], None, "directory of a data set in the CS231n format (e.g. from "
                                "capmodel data from-folder), used when source is path; it is only read"),
+                "images": _plain(["string", "null"], None, "source images: folder of the pictures (subfolders "
+                                 "included), only read"),
+                "captions": _plain(["string", "null"], None, "source images: captions file naming them (CSV, JSON "
+                                   "or a Karpathy split file such as dataset_flickr8k.json), only read"),
+                "encoder": _plain("string", registry.DEFAULT, "source images: image encoder",
+                                  enum=list(registry.NAMES)),
+                "weights": _plain(["string", "null"], None, "source images: weights file of a pretrained encoder "
+                                  "(null: torchvision's download)"),
+                "shards": _plain("integer", 1, "source images: feature extraction as this many independent jobs "
+                                 "(a cluster runs them on several nodes), merged by one", minimum=1),
+                "pca": _plain(["integer", "null"], PCA_DIM, "source images: PCA width fitted on train (null: none)",
+                              minimum=1),
+                "min_count": _plain("integer", folder.DEFAULT_MIN_COUNT, "source images: rarer training words "
+                                    "become <UNK>", minimum=1),
+                "val_fraction": _plain("number", folder.DEFAULT_VAL_FRACTION, "source images: share of the "
+                                       "pictures in val when the captions give no split", exclusiveMinimum=0,
+                                       exclusiveMaximum=1),
+                "split_seed": _plain("integer", 0, "source images: seed of that split", minimum=0),
                 "shapes": _section("settings of the generated shapes dataset", _with_defaults(S.SHAPES)),
                 "coco": _section("where to fetch the CS231n COCO archive from", {
                     "url": _plain("string", DEFAULT_URL, "archive URL or mirror (http, https, file://)"),

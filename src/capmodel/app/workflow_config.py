@@ -153,17 +153,40 @@ def report_paths(outputs):
     return "\n".join(lines)
 
 
+def _existing(data, key, source, kind="dir"):
+    """data[key] as a path that exists, else ValueError naming the key."""
+    if not data.get(key):
+        raise ValueError(f"data.source is '{source}' but data.{key} is not set")
+    path = Path(data[key]).expanduser()
+    if not (path.is_dir() if kind == "dir" else path.is_file()):
+        relative = "" if path.is_absolute() else (
+            f" (a relative path is relative to the workflow's working directory {Path.cwd()}, which "
+            "--directory sets; an absolute path avoids the question)")
+        raise ValueError(f"data.{key} {data[key]}: no such {'directory' if kind == 'dir' else 'file'}{relative}")
+    return str(path)
+
+
 def data_dir(data):
     """The data set directory of the config's `data:` section: made by the workflow
-    (resources/data/shapes or resources/data/coco) or a user's own (source: path)."""
+    (resources/data/shapes, resources/data/coco or, from data.images and data.captions,
+    resources/data/images) or a user's own (source: path). The paths the section names
+    are checked here, before any job runs."""
     if data["source"] == "path":
-        if not data.get("path"):
-            raise ValueError("data.source is 'path' but data.path is not set: give the data set directory")
-        path = Path(data["path"]).expanduser()
-        if not path.is_dir():
-            relative = "" if path.is_absolute() else (
-                f" (a relative path is relative to the workflow's working directory {Path.cwd()}, which "
-                "--directory sets; an absolute path avoids the question)")
-            raise ValueError(f"data.path {data['path']}: no such directory{relative}")
-        return str(path)
+        return _existing(data, "path", "path")
+    if data["source"] == "images":
+        _existing(data, "images", "images")
+        _existing(data, "captions", "images", kind="file")
+        if data.get("weights"):
+            _existing(data, "weights", "images", kind="file")
     return f"resources/data/{data['source']}"
+
+
+def encoder_flags(data):
+    """The --encoder (and --weights) flags of source images' extraction and merge jobs."""
+    return f"--encoder {data['encoder']}" + (f" --weights {data['weights']}" if data.get("weights") else "")
+
+
+def features_shards(data):
+    """The features files of the extraction jobs of source images (rule extract_features)."""
+    n = data["shards"]
+    return [f"resources/data/images.features/shard-{i}-of-{n}.h5" for i in range(1, n + 1)]
