@@ -158,7 +158,8 @@ def test_dataset_without_record_says_so_and_features_work(trained, no_record, ca
     assert "VGG-16 fc7" in err and "--features" in err and "PCA features of width 512" in err
     data = load_coco_data(no_record)
     np.save(tmp_path / "f.npy", data["train_features"][:2])
-    images = [u.replace("file://", "") for u in data["train_urls"][:2]]
+    # image paths are stored relative to the data set (../photos/...), and the copy has no photos beside it
+    images = [u.replace("file://", "") for u in load_coco_data(trained / "data")["train_urls"][:2]]
     code, out, _ = cli(capsys, "caption", trained / "model", *images, "--data", no_record, "--features",
                        tmp_path / "f.npy")
     assert code == 0 and len(out.splitlines()) == 2

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from capmodel.app.cli import build_parser, main
-from capmodel.app.pipeline import REF_SEP
+from capmodel.app.pipeline import REF_SEP, sample_image_urls
 
 
 def run(*args):
@@ -43,7 +43,10 @@ def test_stages_by_hand(shapes_dir, tmp_path):
                  "--method", "beam", "--beam-size", "2"]) == 0
     with open(m / "s.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 and rows[0]["url"].startswith("file://") and len(rows[0]["references"].split(REF_SEP)) == 5
+    assert len(rows) == 12 and len(rows[0]["references"].split(REF_SEP)) == 5
+    # the image as the data set stores it (relative), read through the record's data_dir
+    assert rows[0]["url"] == "images/val/000000.png"
+    assert sample_image_urls(m / "s.json", [rows[0]["url"]]) == [(shapes_dir / "images/val/000000.png").as_uri()]
     record = json.loads((m / "s.json").read_text())  # what sample did, beside its CSV
     assert record["decoding"] == {"split": "val", "method": "beam", "beam_size": 2, "length_norm": 0.0,
                                   "max_length": 16, "num_images": None} and record["label"] == "beam2"

@@ -6,9 +6,12 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from capmodel.coco_utils import decode_captions, load_coco_data, sample_coco_minibatch
 from capmodel.datasets import format as fmt
+from capmodel.image_utils import image_from_url
+from synthetic import draw_photo, random_data
 
 
 @pytest.fixture
@@ -126,3 +129,101 @@ def test_decode_captions_cs231n_rules():
     assert decode_captions(caps, i2w) == ["<START> a cat <END>", "<START> a cat <END>"]
     assert decode_captions(caps[0], i2w) == "<START> a cat <END>"
     assert decode_captions(caps, i2w, strip_special=True) == ["a cat", "a cat"]
+
+
+COCO_URL = "http://images.cocodataset.org/val2014/COCO_val2014_000000000042.jpg"
+
+
+def _write(out_dir, urls, extra=None):
+    """A small dataset through write_dataset, its images at urls ({split: [...]})."""
+    d = random_data(num_images=len(urls["train"]), num_val_images=len(urls["val"]), D=4)
+    fmt.write_dataset(out_dir, {s: d[f"{s}_captions"] for s in fmt.SPLITS},
+                      {s: d[f"{s}_image_idxs"] for s in fmt.SPLITS}, {s: d[f"{s}_features"] for s in fmt.SPLITS},
+                      {s: d[f"{s}_features"] for s in fmt.SPLITS}, urls, d["idx_to_word"], extra=extra)
+
+
+def test_local_images_are_stored_relative_to_the_data_set_and_move_with_it(tmp_path):
+    root = tmp_path / "project"
+    (root / "photos").mkdir(parents=True)
+    for name, color in (("a.png", "red"), ("b b.png", "green")):
+        Image.fromarray(draw_photo(color, "circle")).save(root / "photos" / name)
+    out = root / "data" / "mine"
+
+    def add_image(tmp):  # written into the temporary directory, named at its final place
+        (tmp / "images").mkdir()
+        Image.fromarray(draw_photo("blue", "square")).save(tmp / "images" / "c.png")
+
+    # a Path, a file:// URL, a path inside the data set; COCO's http URL as it is
+    _write(out, {"train": [root / "photos" / "a.png", (root / "photos" / "b b.png").as_uri(), out / "images" / "c.png"],
+                 "val": [COCO_URL]}, extra=add_image)
+    assert (out / "train2014_urls.txt").read_text() == "../../photos/a.png\n../../photos/b b.png\nimages/c.png\n"
+    assert (out / "val2014_urls.txt").read_text() == COCO_URL + "\n"
+    assert fmt.problems(out) == []
+    shutil.move(root, tmp_path / "moved")  # the whole project elsewhere
+    moved = tmp_path / "moved" / "data" / "mine"
+    data = load_coco_data(moved)  # where to read each picture now
+    assert list(data["train_urls"]) == [(tmp_path / "moved" / p).as_uri()
+                                        for p in ("photos/a.png", "photos/b b.png", "data/mine/images/c.png")]
+    assert list(data["val_urls"]) == [COCO_URL]
+    assert np.array_equal(image_from_url(data["train_urls"][2]), draw_photo("blue", "square"))
+    assert list(fmt.read_urls(moved, "train"))[0] == "../../photos/a.png"  # as stored
+
+
+def test_a_copied_shapes_data_set_reads_its_own_images(shapes_dir, tmp_path):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(shapes_dir, copy)
+    assert (copy / "val2014_urls.txt").read_text().splitlines()[:2] == ["images/val/000000.png",
+                                                                           "images/val/000001.png"]
+    first = load_coco_data(copy)["val_urls"][0]
+    assert first == (copy / "images" / "val" / "000000.png").as_uri()
+    assert np.array_equal(image_from_url(first), image_from_url(load_coco_data(shapes_dir)["val_urls"][0]))
+
+
+@pytest.mark.parametrize("data_dir, location, entry", [
+    (".", "photos/a.png", "photos/a.png"),  # a plain path, relative to the working directory
+    ("data", "data/images/x.png", "images/x.png"),
+    ("data/set", "photos/b.png", "../../photos/b.png"),
+    ("data", "data/photo:1.png", "./photo:1.png"),  # not a URL scheme
+    ("data", COCO_URL, COCO_URL),
+    ("data", "https://example.org/a.jpg", "https://example.org/a.jpg"),
+])
+def test_url_entry_and_image_location_round_trip(tmp_path, monkeypatch, data_dir, location, entry):
+    monkeypatch.chdir(tmp_path)
+    assert fmt.url_entry(tmp_path / data_dir, location) == entry
+    expected = location if "://" in location else (tmp_path / location).as_uri()
+    assert fmt.image_location(tmp_path / data_dir, entry) == expected
+    assert fmt.image_location(data_dir, entry) == expected  # a relative data_dir: relative to the working directory
+    if "://" not in location:  # a Path and a file:// URL of the same file give the same entry
+        assert fmt.url_entry(tmp_path / data_dir, tmp_path / location) == entry
+        assert fmt.url_entry(tmp_path / data_dir, expected) == entry
+
+
+def test_url_entry_refuses_what_a_line_cannot_hold(tmp_path):
+    with pytest.raises(ValueError, match="unsupported URL scheme 's3'"):
+        fmt.url_entry(tmp_path, "s3://bucket/a.png")
+    with pytest.raises(ValueError, match="line break"):
+        fmt.url_entry(tmp_path, tmp_path / "a\nb.png")
+    with pytest.raises(ValueError, match="starts or ends with a space"):
+        fmt.url_entry(tmp_path, tmp_path / " a.png")
+
+
+def test_old_data_sets_with_absolute_file_urls_still_load(shapes_dir, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(shapes_dir, old)
+    urls = [(old / e).as_uri() for e in (old / "val2014_urls.txt").read_text().splitlines()]
+    (old / "val2014_urls.txt").write_text("".join(u + "\n" for u in urls))  # as capmodel wrote them before
+    assert fmt.problems(old) == []
+    data = load_coco_data(old)
+    assert list(data["val_urls"]) == urls and image_from_url(data["val_urls"][0]).shape == (64, 64, 3)
+    assert data["train_urls"][0] == (old / "images" / "train" / "000000.png").as_uri()  # relative ones beside
+
+
+def test_validator_accepts_paths_and_urls_and_names_empty_and_unknown_entries(copy):
+    n = len((copy / "val2014_urls.txt").read_text().splitlines())
+    entries = ["images/val/000000.png", COCO_URL, "file:///somewhere/x.png", "../photos/a b.png"]
+    (copy / "val2014_urls.txt").write_text("".join(e + "\n" for e in (entries * n)[:n]))
+    assert fmt.problems(copy) == []
+    (copy / "val2014_urls.txt").write_text("".join(e + "\n" for e in (["", "s3://b/x.png", "ftp://h/y.png"] * n)[:n]))
+    found = fmt.problems(copy)
+    assert any("val2014_urls.txt: 4 empty lines (first: line 1)" in p for p in found), found
+    assert any("unsupported URL scheme(s) ftp, s3" in p for p in found), found

@@ -2,11 +2,13 @@
 
 import base64
 import io
+import json
 
 import numpy as np
 from PIL import Image
 
 from capmodel.app import report_html
+from capmodel.app.pipeline import sample_image_urls
 from capmodel.image_utils import THUMBNAIL_SIDE
 
 
@@ -38,3 +40,17 @@ def test_small_pictures_stay_exact_and_unreadable_ones_are_noted(tmp_path):
     kind, thumb = embedded(report_html.img_tag((tmp_path / "shape.png").as_uri()))
     assert kind == "png" and np.array_equal(np.asarray(thumb), small)
     assert "image unavailable" in report_html.img_tag((tmp_path / "gone.png").as_uri())
+
+
+def test_pictures_of_a_samples_file_resolve_against_its_record_old_file_urls_as_they_are(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "resources" / "data" / "images").mkdir(parents=True)
+    new, old = (np.random.default_rng(k).integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for k in (2, 3))
+    Image.fromarray(new).save(run / "resources" / "data" / "images" / "0.png")
+    Image.fromarray(old).save(tmp_path / "old.png")
+    (run / "s.json").write_text(json.dumps({"kind": "samples_record", "data_dir": "resources/data"}))
+    monkeypatch.chdir(run)  # as the workflow's jobs: the data_dir is relative to the run directory
+    urls = sample_image_urls(run / "s.json", ["images/0.png", (tmp_path / "old.png").as_uri()])
+    assert urls == [(run / "resources" / "data" / "images" / "0.png").as_uri(), (tmp_path / "old.png").as_uri()]
+    for url, pixels in zip(urls, (new, old)):
+        assert np.array_equal(np.asarray(embedded(report_html.img_tag(url))[1]), pixels)

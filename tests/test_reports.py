@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +291,36 @@ def test_reports_render_in_a_browser(run):
     assert dom.find("a", href="summary.html") is not None
     row = cells(dom.select_one("table.examples").tbody.find("tr"))
     assert row[1].get_text() == generated["tiny_rnn"][image_id(row[0])]
+
+
+def pictures(path):
+    """The src of every picture in the caption tables of a report (examples or captions)."""
+    page = soup(path)
+    return [img["src"] for table in page.select("table.examples, table.captions") for img in table.find_all("img")]
+
+
+def test_a_moved_run_directory_still_renders_its_pictures(run, tmp_path):
+    """The run directory copied elsewhere, the original out of the way: the reports made
+    again there by the workflow's own rules show the same pictures, embedded."""
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns(".snakemake"))
+    for samples in moved.glob("results/**/samples_val.*"):  # image paths relative to the data set, not this run
+        assert str(run) not in samples.read_text(encoding="utf-8"), samples
+    reports = ["reports/tiny_lstm.html", "reports/summary.html"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(moved),
+           "--configfile", str(TEST_CONFIG), "--cores", "2", "--forcerun", *reports, "--allowed-rules",
+           "report_model", "report_summary", "source_revision", "--", *reports]
+    away = run.with_name(run.name + "-away")
+    run.rename(away)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        away.rename(run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for report in reports:
+        assert (moved / report).stat().st_mtime > (run / report).stat().st_mtime  # made again
+        shown = pictures(moved / report)
+        assert len(shown) >= 3 * NUM_EXAMPLES and all(src.startswith("data:image/png;base64,") for src in shown)
+        assert "image unavailable" not in (moved / report).read_text(encoding="utf-8")
+        assert shown == pictures(run / report)  # the same pictures as where the run was made

@@ -1,6 +1,7 @@
 # Stage 7: papermill-executed report notebooks rendered to self-contained HTML in reports/.
 # The notebooks read result files, each an input of its rule and handed over as a parameter,
-# and the pictures at the URLs of the samples files, which are not inputs (docs/workflow.md);
+# and the pictures, which are not inputs: the samples files name them relative to the data
+# set their records name (docs/workflow.md);
 # figures are also wrapped in report(...) for `snakemake --report report.html`.
 from snakemake import __version__ as SNAKEMAKE_VERSION
 
@@ -30,6 +31,7 @@ rule report_model:
         history="results/models/{model}/history.csv",
         val="results/models/{model}/val.csv",
         samples=f"results/models/{{model}}/samples_{SPLIT}.csv",
+        record=f"results/models/{{model}}/samples_{SPLIT}.json",
         scores=f"results/models/{{model}}/scores_{SPLIT}.csv",
         metrics="results/models/{model}/metrics.json",
     output:
@@ -60,7 +62,7 @@ rule report_model:
         "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
         " -p model_name {wildcards.model} -p model_json {input.meta} -p metrics_json {input.metrics}"
         " -p history_csv {input.history} -p val_csv {input.val} -p samples_csv {input.samples}"
-        " -p scores_csv {input.scores} -p summary_link summary.html"
+        " -p samples_json {input.record} -p scores_csv {input.scores} -p summary_link summary.html"
         " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} > {log} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
         " --output {wildcards.model} >> {log} 2>&1"

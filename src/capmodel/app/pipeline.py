@@ -188,6 +188,25 @@ def samples_record(samples_csv):
     return Path(samples_csv).with_suffix(".json")
 
 
+def sample_image_urls(record_json, entries):
+    """Where to read the pictures of a samples file, for reports.
+
+    The url column holds each image as its dataset's urls file does: a path relative to
+    the dataset directory, or a URL (capmodel.datasets.format.image_location). They are
+    resolved against the data_dir of the samples record (record_json); a relative data_dir
+    is relative to the working directory, as it was when the samples were made (the run
+    directory in the workflow), so a run directory moved or copied elsewhere keeps its pictures.
+
+    Returns a list of http(s) or absolute file:// URLs, one per entry.
+    """
+    path = Path(record_json)
+    try:
+        data_dir = json.loads(path.read_text(encoding="utf-8"))["data_dir"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"samples record {path}: cannot read its data_dir ({e})") from e
+    return fmt.image_locations(data_dir, entries)
+
+
 def _json_kind(path):
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -243,7 +262,7 @@ def sample(model, data_dir, out_csv, settings=None, batch_size=500):
         captions.append(model.sample(feats, max_length=record["max_length"], method=method, **options))
     caps = np.concatenate(captions) if captions else np.zeros((0, record["max_length"]), int)
     texts = decode_captions(caps, data["idx_to_word"], strip_special=True)
-    urls = data[f"{split}_urls"]
+    urls = fmt.read_urls(data_dir, split)  # as stored: relative to data_dir (sample_image_urls)
     rows = [{"image_idx": int(i), "url": urls[i], "generated": t, "references": REF_SEP.join(refs[int(i)])}
             for i, t in zip(ids, texts)]
     write_csv(out_csv, rows, ["image_idx", "url", "generated", "references"])
@@ -259,7 +278,7 @@ def baseline(data_dir, out_csv, split="val", num_images=None):
     data = load_coco_data(data_dir)
     caption = metrics.most_frequent_caption(data)
     refs = metrics.references_by_image(data, split, num_images)
-    urls = data[f"{split}_urls"]
+    urls = fmt.read_urls(data_dir, split)  # as stored: relative to data_dir (sample_image_urls)
     rows = [{"image_idx": i, "url": urls[i], "generated": caption, "references": REF_SEP.join(r)}
             for i, r in refs.items()]
     write_csv(out_csv, rows, ["image_idx", "url", "generated", "references"])

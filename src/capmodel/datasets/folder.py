@@ -12,7 +12,7 @@ one) goes to val.
 Output: a dataset in the CS231n on-disk format (capmodel.datasets.format): vocabulary from
 the train captions, fc7 features from capmodel's fixed extractor (capmodel.datasets.features)
 on the images centre-cropped to a square and resized to S x S, a PCA fitted on train, the
-images' file:// URLs, and the extractor's record, so that `capmodel caption` computes the
+images' paths relative to the dataset, and the extractor's record, so that `capmodel caption` computes the
 features of new images the same way.
 
 Every check runs before any image is decoded, and the dataset appears only when complete.
@@ -435,7 +435,7 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
         captions[s] = encode_captions([c for cs in caps for c in cs], word_to_idx)
         image_idxs[s] = np.repeat(np.arange(len(caps), dtype=np.int32), [len(cs) for cs in caps])
         fc7[s] = _feature_writer(source, idx[s], model.feature_dim)
-        urls[s] = [images[n].resolve().as_uri() for n in names[s]]
+        urls[s] = [images[n] for n in names[s]]  # stored relative to out_dir
         if s != "train":
             references[s] = [[" ".join(tokenize(c)) for c in cs] for cs in caps]
     n_train = len(idx["train"])

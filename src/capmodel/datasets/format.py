@@ -7,7 +7,10 @@ A dataset directory holds:
 - train2014_vgg16_fc7_pca.h5 / val2014_vgg16_fc7_pca.h5: dataset `features`, (Ni, 512) float32
 - coco2014_vocab.json: {"idx_to_word": [...], "word_to_idx": {...}}, with <NULL>=0,
   <START>=1, <END>=2, <UNK>=3
-- train2014_urls.txt / val2014_urls.txt: one image URL per line, Ni lines
+- train2014_urls.txt / val2014_urls.txt: one image location per line, Ni lines: a POSIX
+  path relative to the dataset directory (the images of a dataset capmodel made, e.g.
+  images/train/000001.png or ../photos/a.png), or an http(s) URL (CS231n's COCO); older
+  datasets hold absolute file:// URLs, still read as they are
 
 Beyond CS231n (capmodel's own data sets; the loader reads them when present):
 - an optional `test` split: test_captions / test_image_idxs in the captions file, and
@@ -23,8 +26,11 @@ names and checks below.
 
 import json
 import os
+import re
 import shutil
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import h5py
@@ -42,6 +48,7 @@ VOCAB_FILE = "coco2014_vocab.json"
 REFERENCES_FILE = "references.json"
 FEATURES_KEY = "features"
 PCA_DIM = 512
+REMOTE_SCHEMES = ("http", "https")
 
 
 def features_file(split, pca=True):
@@ -88,9 +95,12 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
 
     Inputs (dicts keyed by 'train', 'val' and optionally 'test', the splits written):
     - captions: int32 arrays (Nc, 17); image_idxs: int32 arrays (Nc,)
-    - features: float32 (Ni, F); pca_features: float32 (Ni, 512); urls: lists of Ni str.
-      A features entry may instead be a function that writes the split's file at the path
-      it is given (write_features), for features streamed from disk.
+    - features: float32 (Ni, F); pca_features: float32 (Ni, 512). A features entry may
+      instead be a function that writes the split's file at the path it is given
+      (write_features), for features streamed from disk.
+    - urls: lists of Ni image locations: local files (Path objects, plain paths or file://
+      URLs), stored relative to out_dir so that the dataset can move with its images, or
+      http(s) URLs, stored unchanged (see url_entry)
     - idx_to_word: list of words, starting with the special tokens
     - extra: optional function called with the temporary directory to add more files
       (the shapes dataset's images) before the rename
@@ -104,6 +114,8 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     out_dir = Path(out_dir)
     check_writable_dataset_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    final = out_dir.parent.resolve() / out_dir.name  # where the rename below puts the dataset
+    entries = {s: _url_entries(final, urls[s]) for s in splits}
     for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed earlier run
         if ownership.is_owned(stale, "temporary"):
             shutil.rmtree(stale)
@@ -120,7 +132,7 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
                     given(tmp / features_file(s, pca))
                 else:
                     _write_h5(tmp / features_file(s, pca), {FEATURES_KEY: np.asarray(given, dtype=np.float32)})
-            (tmp / urls_file(s)).write_text("".join(u + "\n" for u in urls[s]))
+            (tmp / urls_file(s)).write_text("".join(u + "\n" for u in entries[s]))
         if references:
             (tmp / REFERENCES_FILE).write_text(json.dumps(
                 {s: [list(r) for r in references[s]] for s in ALL_SPLITS if s in references}, ensure_ascii=False))
@@ -133,6 +145,76 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def url_entry(data_dir, location):
+    """How the urls file of the dataset at data_dir records one image (the inverse of
+    image_location).
+
+    Inputs:
+    - data_dir: The dataset directory (it need not exist yet)
+    - location: An http(s) URL, returned unchanged; or a local file: a Path, a plain path
+      (relative to the working directory) or a file:// URL
+
+    Returns the entry, a str: for a local file its POSIX path relative to data_dir, e.g.
+    'images/train/000001.png' or '../../photos/a.png', computed on resolved paths (symbolic
+    links followed) so that '..' steps are exact. Raises ValueError for another URL scheme
+    and for a path that a line of the urls file cannot hold.
+    """
+    return _url_entries(Path(data_dir).resolve(), [location])[0]
+
+
+def _url_entries(base, locations):
+    """url_entry of each location, against base, an absolute directory without symbolic links."""
+    entries = []
+    for location in locations:
+        scheme = None if isinstance(location, os.PathLike) else _SCHEME.match(str(location))
+        if scheme:
+            scheme = scheme.group(1).lower()
+            if scheme in REMOTE_SCHEMES:
+                entries.append(str(location))
+                continue
+            if scheme == "file":
+                location = urllib.request.url2pathname(urllib.parse.urlparse(str(location)).path)
+            else:
+                raise ValueError(f"image location {location}: unsupported URL scheme '{scheme}' "
+                                 f"(a file, a file:// URL or an {'/'.join(REMOTE_SCHEMES)} URL)")
+        entry = Path(os.path.relpath(Path(location).resolve(), base)).as_posix()
+        if _has_scheme(entry):  # a file named like 'photo:1.png' in the dataset directory itself
+            entry = f"./{entry}"
+        if entry != entry.strip() or len(entry.splitlines()) > 1:  # the reader takes stripped lines
+            raise ValueError(f"image {str(location)!r}: a path with a line break or that starts or ends with a "
+                             f"space cannot be stored in a line of {urls_file('train')}; rename the file")
+        entries.append(entry)
+    return entries
+
+
+def image_location(data_dir, entry):
+    """Where to read the image that an entry of data_dir's urls file records.
+
+    Inputs:
+    - data_dir: The dataset directory; a relative one is relative to the working directory
+    - entry: A line of the urls file: a URL (http(s) or file://, returned unchanged) or a
+      path relative to data_dir (an absolute path is taken as it is)
+
+    Returns a str, an http(s) URL or an absolute file:// URL, that
+    capmodel.image_utils.image_from_url reads.
+    """
+    return image_locations(data_dir, [entry])[0]
+
+
+def image_locations(data_dir, entries):
+    """image_location of each entry (data_dir is resolved once): a list of str."""
+    base = Path(data_dir).resolve()
+    return [str(e) if _has_scheme(str(e)) else Path(os.path.normpath(base / str(e))).as_uri() for e in entries]
+
+
+# A URL's scheme (RFC 3986), of two letters or more: one letter is a Windows drive.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def _has_scheme(entry):
+    return _SCHEME.match(entry) is not None
 
 
 def check_writable_dataset_dir(out_dir):
@@ -250,6 +332,8 @@ def problems_in_data(data, where="data"):
         if caps is not None and V is not None and caps.size and (caps.min() < 0 or caps.max() >= V):
             found.append(f"{where}/{CAPTIONS_FILE}: {split}_captions has word ids in "
                          f"[{caps.min()}, {caps.max()}], outside the vocabulary [0, {V})")
+        if data.get(f"{split}_urls") is not None:
+            found += _url_problems(data[f"{split}_urls"], f"{where}/{urls_file(split)}")
         sizes = {}
         for key in (f"{split}_features", f"{split}_features_pca", f"{split}_urls", f"{split}_references"):
             if data.get(key) is not None:
@@ -293,6 +377,20 @@ def _feature_problems(data, where):
         if len(set(widths.values())) > 1:
             found.append(f"{where}: the splits' features differ in width: "
                          + ", ".join(f"{features_file(s, pca)} has {w}" for s, w in widths.items()))
+    return found
+
+
+def _url_problems(entries, name):
+    """Empty entries and URL schemes that no reader supports (a path or http(s)/file URL is fine)."""
+    found = []
+    empty = [i for i, e in enumerate(entries) if not e]
+    if empty:
+        found.append(f"{name}: {len(empty)} empty lines (first: line {empty[0] + 1})")
+    schemes = {m.group(1).lower() for m in map(_SCHEME.match, entries) if m}
+    other = sorted(schemes - {*REMOTE_SCHEMES, "file"})
+    if other:
+        found.append(f"{name}: unsupported URL scheme(s) {', '.join(other)}: an entry is a path relative to "
+                     f"the dataset directory or an {'/'.join(REMOTE_SCHEMES)} or file URL")
     return found
 
 
@@ -408,6 +506,15 @@ def _read_urls(base, split):
     return np.asarray([line.strip() for line in path.read_text().splitlines()])
 
 
+def read_urls(base_dir, split):
+    """The entries of a split's urls file as stored (see image_location), a (Ni,) str array.
+
+    Outputs that may move with a run directory (the samples files) keep these, not the
+    absolute locations that load() returns. Raises DatasetError when the file is missing.
+    """
+    return _read_urls(Path(base_dir), split)
+
+
 def sizes(base_dir):
     """How large a dataset is, read without loading its captions or features (for reports).
 
@@ -431,9 +538,15 @@ def sizes(base_dir):
 
 
 def load(base_dir, pca_features=True):
-    """Read every part of a dataset; raise DatasetError listing all problems found."""
+    """Read every part of a dataset; raise DatasetError listing all problems found.
+
+    The {split}_urls are where to read each image: the entries of the urls files resolved
+    against base_dir (image_locations), http(s) URLs as stored.
+    """
     data, found = _gather(base_dir, (bool(pca_features),))
     if found:
         raise DatasetError(f"invalid dataset {base_dir}:\n" + "\n".join(f"- {p}" for p in found))
     data.pop("features_pca", None)
+    for split in splits_of(base_dir):
+        data[f"{split}_urls"] = np.asarray(image_locations(base_dir, data[f"{split}_urls"]))
     return data

@@ -248,7 +248,7 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5):
         chunks = range(0, len(imgs), 256)  # extract()'s own batch: the same arithmetic as in one call
         fc7[s] = np.concatenate([feat.extract(imgs[i : i + 256]) for i in track(
             chunks, len(chunks), f"{s} features", unit="chunks of 256 images")])
-        urls[s] = [(out_dir / "images" / s / f"{i:06d}.png").as_uri() for i in range(len(imgs))]
+        urls[s] = [out_dir / "images" / s / f"{i:06d}.png" for i in range(len(imgs))]  # stored relative
         images[s] = imgs
     mean, comps = feat.fit_pca(fc7["train"], dim=min(fmt.PCA_DIM, fc7["train"].shape[1]))
     pca = {s: feat.pca_project(fc7[s], mean, comps, fmt.PCA_DIM) for s in fc7}
