@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthetic import random_data
+from synthetic import random_data, random_resnet50_file
 
 
 @pytest.fixture
@@ -53,6 +53,14 @@ def workflow_run(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     (work / "snakemake-output.txt").write_text(r.stdout + r.stderr)
     return work
+
+
+@pytest.fixture(scope="session")
+def resnet50_file(tmp_path_factory):
+    """A weights file of random ResNet-50 parameters, as torchvision saves a state_dict.
+    Skips without torch (the optional `encoders` extra)."""
+    pytest.importorskip("torch")
+    return random_resnet50_file(tmp_path_factory.mktemp("weights") / "resnet50.pt", seed=1)
 
 
 @pytest.fixture(scope="session")

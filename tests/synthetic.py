@@ -1,5 +1,5 @@
-"""Test fixtures: random captioning data in memory (the load_coco_data dict format) and
-folders of drawn photos.
+"""Test fixtures: random captioning data in memory (the load_coco_data dict format),
+folders of drawn photos and random ResNet-50 weights files.
 
 For tests and debugging: nothing is learnable beyond memorising, use the shapes dataset
 (capmodel.datasets.shapes) for a real task.
@@ -73,3 +73,19 @@ def photo_folder_with_csv(d, folder="photos", csv_name="captions.csv"):
     lines = ["image,caption"] + [f"{name},{c}" for name, caps in captions.items() for c in caps]
     (Path(d) / csv_name).write_text("\n".join(lines) + "\n")
     return captions
+
+
+def random_resnet50_file(path, seed):
+    """Save a random state_dict with the keys and shapes of torchvision's resnet50 at path
+    (as torch.save writes a state_dict; needs torch); returns path."""
+    import torch
+
+    from capmodel.encoders import torchnets
+
+    torch.manual_seed(seed)
+    sd = {k: torch.randn(s) * 0.05 if s else torch.tensor(0) for k, s in torchnets.resnet_shapes("resnet50").items()}
+    for k in sd:
+        if k.endswith("running_var"):
+            sd[k] = sd[k].abs() + 1
+    torch.save(sd, path)
+    return path

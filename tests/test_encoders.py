@@ -124,21 +124,6 @@ def test_weights_file_gives_torchvisions_features(name, pictures, torchvision, t
     assert enc.weights_name is None and len(enc.weights_sha256) == 64
 
 
-@pytest.fixture(scope="module")
-def resnet50_file(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from capmodel.encoders import torchnets
-
-    torch.manual_seed(1)
-    d = tmp_path_factory.mktemp("weights")
-    sd = {k: torch.randn(s) * 0.05 if s else torch.tensor(0) for k, s in torchnets.resnet_shapes("resnet50").items()}
-    for k in sd:
-        if k.endswith("running_var"):
-            sd[k] = sd[k].abs() + 1
-    torch.save(sd, d / "resnet50.pt")
-    return d / "resnet50.pt"
-
-
 def test_bad_weights_files_fail_with_one_line_naming_file_and_keys(resnet50_file, tmp_path):
     import torch
 

@@ -19,6 +19,7 @@ from capmodel import decoding
 from capmodel.captioning_solver import CaptioningSolver, TrainingError
 from capmodel.classifiers.rnn import CaptioningRNN
 from capmodel.classifiers.transformer import CaptioningTransformer
+from capmodel.datasets import features as feat
 from capmodel.scst import SelfCritical
 from synthetic import random_data
 
@@ -181,6 +182,9 @@ def test_scst_training_starts_from_the_model_and_records_rewards(shapes_dir, xe_
     assert kept_epoch0 == all(np.array_equal(start[k], v) for k, v in _params(out).items())
     meta = json.loads((out / "model.json").read_text())
     assert meta["init_from"]["sha256"] == hashlib.sha256((xe_model / "model.npz").read_bytes()).hexdigest()
+    # the fine-tuned model keeps the data set's encoder record too (tests/test_selfcontained.py)
+    assert meta["encoder"] == json.loads((xe_model / "model.json").read_text())["encoder"] is not None
+    assert (out / feat.MODEL_RECORD_FILE).read_text() == (xe_model / feat.MODEL_RECORD_FILE).read_text()
 
 
 def test_scst_job_killed_twice_resumes_to_identical_parameters(shapes_dir, xe_model, tmp_path):

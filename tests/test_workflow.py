@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from capmodel.app.workflow_config import source_revision
+from capmodel.datasets import features as feat
+from capmodel.safety.atomic import sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
@@ -166,6 +168,12 @@ def test_full_run_outputs(test_run):
     assert f">{first['generated']}<" in (test_run / "reports" / "tiny_lstm.html").read_text()
     meta = json.loads((test_run / "results" / "models" / "tiny_rnn" / "model.json").read_text())
     assert meta["model"]["cell_type"] == "rnn" and meta["iterations"] == 40
+    data_pca = test_run / "resources" / "data" / "shapes" / feat.PCA_FILE
+    for name in ("tiny_rnn", "tiny_lstm+scst"):  # self-contained: the data set's encoder record goes along
+        model_dir = test_run / "results" / "models" / name
+        pca_sha = json.loads((model_dir / "model.json").read_text())["encoder"]["pca_sha256"]
+        assert json.loads((model_dir / feat.MODEL_RECORD_FILE).read_text())["pca_sha256"] == pca_sha
+        assert sha256_of(model_dir / feat.MODEL_PCA_FILE) == pca_sha == sha256_of(data_pca)
     with open(test_run / "results" / "gradcheck.csv") as f:
         assert all(r["ok"] == "True" for r in csv.DictReader(f))
     assert not (test_run / "results" / "resume" / "tiny_rnn").exists()

@@ -3,11 +3,14 @@
 The model's features must be computed as its training set's were. A dataset made by
 capmodel (`data shapes`, `data from-folder`) records its encoder (capmodel.encoders: the
 random-conv one or a pretrained CNN, whose weights file is checked against the recorded
-SHA-256) and PCA (capmodel.datasets.features.read_record); the model's data set is the one
-model.json names (`data_dir`), or another one given explicitly. Datasets without the
-record, such as CS231n's COCO files (VGG-16 fc7 features after an unpublished PCA), have
-features capmodel cannot compute: then precomputed features, one row per image, are the
-way in. PCA or fc7 features are used as the model was trained (settings.pca_features).
+SHA-256) and PCA (capmodel.datasets.features.read_record), and a model trained on it keeps
+a copy of that record in its own directory, so that it captions without its data set.
+Another data set's record can be given explicitly; it must be the one the model records (a
+data set made again in place has another PCA). A model from before models kept the record
+uses the data set model.json names (`data_dir`). Datasets without the record, such as
+CS231n's COCO files (VGG-16 fc7 features after an unpublished PCA), have features capmodel
+cannot compute: then precomputed features, one row per image, are the way in. PCA or fc7
+features are used as the model was trained (settings.pca_features).
 
 Dimension letters: N images, D feature dimension.
 """
@@ -83,9 +86,11 @@ def load_features(path, num_images):
     return x
 
 
-def compute_features(image_paths, data_dir, pca, model, weights=None):
-    """Features of image files with the encoder recorded in data_dir, as the model was trained
-    (weights: the pretrained CNN's weights file, when the data set's encoder is one)."""
+def data_set_record(data_dir, pca=True, input_dim=None):
+    """The extractor record of data set data_dir (read_record).
+
+    Raises FeaturesNotComputable for a data set without a record (CS231n's COCO), asking for
+    precomputed features of the model's width input_dim."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise ValueError(f"the model's data set {data_dir} does not exist; pass --data with the data set "
@@ -96,28 +101,94 @@ def compute_features(image_paths, data_dir, pca, model, weights=None):
         raise FeaturesNotComputable(
             f"capmodel cannot compute the features of data set {data_dir}: it has no {feat.RECORD_FILE}, so its "
             "features come from an extractor capmodel does not have (CS231n's COCO: VGG-16 fc7). Pass --features "
-            f"with precomputed {kind} features of width {model.input_dim}: an .npy (N, D) or an HDF5 file with a "
+            f"with precomputed {kind} features of width {input_dim}: an .npy (N, D) or an HDF5 file with a "
             f"'{fmt.FEATURES_KEY}' dataset, one row per image in the order given")
-    vocab_path = data_dir / fmt.VOCAB_FILE
+    return record
+
+
+def check_vocabulary(data_dir, model):
+    """Refuse a data set whose vocabulary is not the model's."""
+    vocab_path = Path(data_dir) / fmt.VOCAB_FILE
     if vocab_path.is_file() and json.loads(vocab_path.read_text()).get("word_to_idx") != model.word_to_idx:
         raise ValueError(f"the vocabulary of {data_dir} differs from the model's; pass --data with the data set "
                          "the model was trained on")
-    encoder = registry.get_encoder_for_record(record, weights, where=f"data set {data_dir}")
+
+
+def model_record(base, meta):
+    """The copy of its data set's record a model keeps beside model.json (features.MODEL_RECORD_FILE
+    and MODEL_PCA_FILE), which must be the encoder model.json records under 'encoder'.
+
+    Returns None for a model without one (trained before models kept it, or on a data set
+    without a record). Raises ValueError naming the file when it is missing or altered.
+    """
+    identity = meta.get("encoder")
+    if not identity:
+        return None
+    model_json, path = base.with_suffix(".json"), base.parent / feat.MODEL_RECORD_FILE
+    if not path.is_file():
+        raise ValueError(f"{path}: missing file (the encoder record that {model_json} refers to); copy the whole "
+                         "model directory")
+    record = feat.load_record(path)
+    differ = [k for k in feat.IDENTITY_KEYS if record.get(k) != identity.get(k)]
+    if differ:
+        raise ValueError(f"{path}: not the encoder that {model_json} records ({', '.join(differ)} differ); the file "
+                         "was altered or comes from another model")
+    return record
+
+
+def check_same_encoder(record, data_dir, base, meta):
+    """Refuse a data set (--data) whose record is not the one the model was trained with (as its
+    model.json records it): a data set made again in place has another PCA, and so other features."""
+    identity = meta.get("encoder")
+    if not identity:
+        return  # a model from before models recorded their encoder: nothing to compare
+    ours, theirs = identity.get("pca_sha256"), record.get("pca_sha256")
+    if ours != theirs:
+        named = lambda path, sha: f"{path} (sha256 {sha})" if sha else f"none ({path} records no PCA)"
+        raise ValueError(
+            f"--data {data_dir}: its PCA {named(Path(data_dir) / (record['pca_file'] or feat.RECORD_FILE), theirs)} "
+            f"is not the one the model was trained with, "
+            f"{named(base.parent / feat.MODEL_PCA_FILE if ours else base.with_suffix('.json'), ours)}: the data "
+            "set was made again since, or is another one; leave out --data to use the model's own copy")
+    differ = [k for k in feat.IDENTITY_KEYS if record.get(k) != identity.get(k)]
+    if differ:
+        raise ValueError(f"--data {data_dir}: its encoder ({Path(data_dir) / feat.RECORD_FILE}) is not the one "
+                         f"{base.with_suffix('.json')} records ({', '.join(differ)} differ); leave out --data to "
+                         "use the model's own copy")
+
+
+def encode_images(image_paths, record, pca, weights=None, where="data set"):
+    """Features of image files with the encoder a record names, then its PCA if pca (weights:
+    the pretrained CNN's weights file, when the encoder is one; where names the record in errors)."""
+    encoder = registry.get_encoder_for_record(record, weights, where=where)
     folder.check_pictures(image_paths)  # one error naming every picture that cannot be read
     return feat.project(folder.encode_files(image_paths, encoder), record, pca=pca)
+
+
+def compute_features(image_paths, data_dir, pca, model, weights=None):
+    """Features of image files with the encoder recorded in data set data_dir, as the model was
+    trained (weights: the pretrained CNN's weights file, when the data set's encoder is one)."""
+    record = data_set_record(data_dir, pca, model.input_dim)
+    check_vocabulary(data_dir, model)
+    return encode_images(image_paths, record, pca, weights, where=f"data set {data_dir}")
 
 
 def caption_files(model_path, paths, data_dir=None, features_file=None, method="greedy", beam_size=3,
                   max_length=16, batch_size=500, weights=None):
     """Caption image files with a trained model.
 
+    The features come from features_file if given, else from the encoder of data set data_dir
+    if given (which must be the one the model records), else from the encoder the model keeps
+    in its directory (model_record), else, for a model without one, from its data set
+    (model.json's data_dir).
+
     Inputs:
     - model_path: Model directory, model.npz, model.json or their base path
     - paths: Image files and folders of images
-    - data_dir: Data set whose extractor record to use (default: the model's data_dir)
+    - data_dir: Data set whose extractor record to use instead of the model's
     - features_file: Precomputed features (N, D) instead, one row per image in order
     - method, beam_size, max_length: Decoding (see capmodel.decoding)
-    - weights: Weights file of the data set's pretrained CNN encoder (see capmodel.encoders)
+    - weights: Weights file of the model's pretrained CNN encoder (see capmodel.encoders)
 
     Returns a list of {'image': path, 'caption': text} in the order of the images.
     """
@@ -127,14 +198,21 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
     model, meta = checkpoints.load_model(base)
     images = collect_images(paths)
     pca = meta.get("settings", {}).get("pca_features", True)
+    own = None if features_file is not None or data_dir is not None else model_record(base, meta)
     if features_file is not None:
         x = load_features(features_file, len(images))
         where = f"features in {features_file}"
+    elif own is not None:
+        x = encode_images(images, own, pca, weights, where=f"model {base.parent}")
+        where = f"features computed with the encoder of model {base.parent}"
     else:
         data_dir = data_dir or meta.get("data_dir")
         if not data_dir:
             raise ValueError(f"{base.with_suffix('.json')} names no data set; pass --data or --features")
-        x = compute_features(images, data_dir, pca, model, weights=weights)
+        record = data_set_record(data_dir, pca, model.input_dim)
+        check_vocabulary(data_dir, model)
+        check_same_encoder(record, data_dir, base, meta)
+        x = encode_images(images, record, pca, weights, where=f"data set {data_dir}")
         where = f"features computed with the extractor of {data_dir}"
     if x.shape[1] != model.input_dim:
         raise ValueError(f"{where} have width {x.shape[1]}, but the model expects width {model.input_dim} "

@@ -315,11 +315,14 @@ def build_parser():
     cp = sub.add_parser("caption", help="caption image files with a trained model")
     cp.add_argument("model", help="model directory, model.npz, model.json or their path without extension")
     cp.add_argument("images", nargs="+", help="PNG/JPEG files or folders of them")
-    cp.add_argument("--data", help="data set whose recorded feature extractor to use (default: the model's)")
+    cp.add_argument("--data", help="data set whose recorded feature extractor to use instead of the one the model "
+                    f"keeps ({captioner.feat.MODEL_RECORD_FILE}); it must be the same (for models trained before they kept it: their "
+                    "data set, by default the one model.json names)")
     cp.add_argument("--features", help="precomputed features instead: .npy (N, D) or HDF5 with a 'features' "
                                        "dataset, one row per image in the order given")
     cp.add_argument("--weights", type=Path, default=None,
-                    help="weights file of the data set's pretrained CNN encoder (the one given to from-folder)")
+                    help="weights file of the model's pretrained CNN encoder (the one given to from-folder; "
+                         "its SHA-256 must be the recorded one)")
     cp.add_argument("--out", help="write a CSV (image, caption) instead of printing image<TAB>caption lines")
     cp.add_argument("--html", help="also write a self-contained HTML gallery of the images and captions")
     cp.add_argument("--method", choices=captioner.METHODS, default="greedy", help="decoder (default: %(default)s)")

@@ -3,7 +3,7 @@
 Each reads files, calls the library and writes its outputs atomically; the CLI
 (capmodel.app.cli) only parses arguments and calls these. File layouts are those of the
 design: results/models/<model>/{model.npz,model.json,history.csv,val.csv,
-samples_<split>.csv,metrics.json}, results/summary.{csv,md}.
+encoder.json,encoder_pca.h5,samples_<split>.csv,metrics.json}, results/summary.{csv,md}.
 """
 
 import json
@@ -19,6 +19,7 @@ from capmodel.app.tables import read_csv, write_csv
 from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS, CaptioningSolver
 from capmodel.cider import CiderD
 from capmodel.coco_utils import decode_captions, load_coco_data
+from capmodel.datasets import features as feat
 from capmodel.datasets import format as fmt
 from capmodel.progress import clock, track
 from capmodel.safety import ownership
@@ -97,7 +98,10 @@ def run_fingerprint(data_dir, s, start_sha):
 
 def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=False, verbose=True, init_from=None,
           restart_on_change=False):
-    """Train one model and write model.npz/.json, history.csv and val.csv into out_dir.
+    """Train one model and write model.npz/.json, history.csv and val.csv into out_dir, and,
+    when the data set records its encoder, a copy of that record (capmodel.datasets.features'
+    MODEL_RECORD_FILE and MODEL_PCA_FILE, taken when training starts), whose identity
+    model.json records under 'encoder' (None for a data set without a record).
 
     settings: dict over capmodel.app.settings.train_settings() (unknown keys or values out of
     range raise SettingError). Everything that can fail is checked before training: the
@@ -129,6 +133,7 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
         ckpt = checkpoints.CheckpointDir(checkpoint_dir)
         ownership.check_owned(ckpt.path, "checkpoints", "checkpoint directory")
     data = load_coco_data(data_dir, max_train=s["max_train"], pca_features=s["pca_features"], rng=s["seed"])
+    record = feat.snapshot_record(data_dir)  # the encoder the model's features came from, kept beside it
     model = models.build(data["word_to_idx"], data["train_features"].shape[1], s)
     start_sha = None if init_from is None else load_start(model, init_from)
     objective = scst_objective(data, s) if s["objective"] == "scst" else None
@@ -161,6 +166,7 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
                 "best": int(r["best"])} for r in solver.val_history],
               ["epoch", "iteration", "val_loss", "metric", "metric_value", "best"])
     best = next((r for r in reversed(solver.val_history) if r["best"]), None)
+    encoder = None if record is None else feat.write_model_record(out_dir, *record)
     checkpoints.save_model(out_dir / "model", model, extra={
         "settings": s, "data_dir": str(data_dir), "iterations": solver.iteration, "epochs": solver.epoch,
         "early_stopped": bool(solver.finished), "best_epoch": best["epoch"] if best else None,
@@ -169,6 +175,7 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
         "final_train_loss": solver.loss_history[-1] if solver.loss_history else None,
         "train_seconds_this_run": round(seconds, 3),
         "init_from": None if init_from is None else {"path": str(init_from), "sha256": start_sha},
+        "encoder": encoder,
     })
     if ckpt is not None and not keep_checkpoints:
         ckpt.remove()

@@ -7,13 +7,17 @@ CS231n, a 512-d PCA fitted on train is applied to val.
 A dataset made by capmodel records its encoder beside its files (RECORD_FILE, a JSON
 object, plus PCA_FILE, an HDF5 file with the fitted PCA `mean` (F,) and `components`
 (F, K)), so that features of new images can be computed later exactly as the dataset's
-were (see write_record / read_record). Datasets without the record, such as CS231n's
+were (see write_record / read_record). A model trained on the dataset keeps a copy of
+both (MODEL_RECORD_FILE, MODEL_PCA_FILE: snapshot_record / write_model_record), so that it
+captions new images without its dataset. Datasets without the record, such as CS231n's
 COCO files (VGG-16 fc7), have features capmodel cannot compute.
 
 Dimension letters: N images, S image side, C channels, F feature dimension, K PCA
 components (K <= P, the format's PCA width; columns K..P are zero padding).
 """
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import h5py
 import numpy as np
 
 from capmodel.encoders import randconv
-from capmodel.safety.atomic import sha256_of
+from capmodel.safety.atomic import atomic_path, sha256_of, write_text
 
 
 def extract(images, batch_size=256):
@@ -142,8 +146,23 @@ def read_record(data_dir):
     extractor is capmodel.encoders.get_encoder_for_record's check.
     """
     path = Path(data_dir) / RECORD_FILE
-    if not path.is_file():
-        return None
+    return load_record(path) if path.is_file() else None
+
+
+def load_record(path):
+    """read_record of a record file at any path (its PCA file is beside it), which must exist."""
+    path = Path(path)
+    record = _record_fields(path)
+    if record["pca_file"] is None:
+        record["mean"] = record["components"] = None
+        return record
+    with h5py.File(io.BytesIO(_checked_pca_bytes(path, record)), "r") as f:
+        record["mean"], record["components"] = np.asarray(f["mean"]), np.asarray(f["components"])
+    return record
+
+
+def _record_fields(path):
+    """The JSON fields of the record file at path, with the keys every record has."""
     try:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -152,17 +171,65 @@ def read_record(data_dir):
     missing = [k for k in keys if not isinstance(record, dict) or k not in record]
     if missing:
         raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
-    if record["pca_file"] is None:
-        record["mean"] = record["components"] = None
-        return record
-    pca_path = Path(data_dir) / record["pca_file"]
+    return record
+
+
+def _checked_pca_bytes(path, record):
+    """The bytes of the PCA file the record at path names, checked against its pca_sha256
+    (read once: what is checked is what is used)."""
+    pca_path = path.parent / record["pca_file"]
     if not pca_path.is_file():
         raise ValueError(f"{pca_path}: missing file (the PCA that {path} refers to)")
-    if sha256_of(pca_path) != record["pca_sha256"]:
+    data = pca_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != record["pca_sha256"]:
         raise ValueError(f"{pca_path}: does not match the checksum in {path}; the file was altered")
-    with h5py.File(pca_path, "r") as f:
-        record["mean"], record["components"] = np.asarray(f["mean"]), np.asarray(f["components"])
-    return record
+    return data
+
+
+# ------------------------------------------------- a model's copy of the record
+
+# A trained model keeps a copy of its data set's record beside model.npz/model.json, so that
+# `capmodel caption` needs nothing of the data set; its model.json records identity().
+MODEL_RECORD_FILE = "encoder.json"
+MODEL_PCA_FILE = "encoder_pca.h5"
+IDENTITY_KEYS = ("extractor", "preprocess", "image_size", "weights", "weights_sha256", "pca_sha256")
+
+
+def snapshot_record(data_dir):
+    """A data set's record as (JSON fields, the PCA file's bytes or None without PCA); None if
+    the data set has no record.
+
+    The bytes are checked against the record's pca_sha256. Training takes the snapshot when it
+    starts and writes it beside the model when it ends (write_model_record), so a data set made
+    again in the meantime cannot give the model a PCA its features did not come from.
+    """
+    path = Path(data_dir) / RECORD_FILE
+    if not path.is_file():
+        return None
+    fields = _record_fields(path)
+    if fields["pca_file"] is None:
+        return fields, None
+    return fields, _checked_pca_bytes(path, fields)
+
+
+def write_model_record(model_dir, fields, pca_bytes):
+    """Atomically write a snapshot_record() into a model directory as MODEL_RECORD_FILE (the
+    fields, pca_file renamed) and MODEL_PCA_FILE (the same bytes, so pca_sha256 still holds);
+    the record last, so that it never names a PCA file not yet complete. Returns identity()."""
+    model_dir = Path(model_dir)
+    fields = dict(fields)
+    if pca_bytes is not None:
+        with atomic_path(model_dir / MODEL_PCA_FILE, suffix=".h5") as tmp:
+            tmp.write_bytes(pca_bytes)
+        fields["pca_file"] = MODEL_PCA_FILE
+    write_text(model_dir / MODEL_RECORD_FILE, json.dumps(fields, indent=2, sort_keys=True) + "\n")
+    return identity(fields)
+
+
+def identity(record):
+    """What fixes a record's features (IDENTITY_KEYS: encoder, preprocessing, weights, PCA), as
+    a model.json records it; keys a record lacks (randconv has no weights) are None."""
+    return {k: record.get(k) for k in IDENTITY_KEYS}
 
 
 def compute(images, record, pca=True):
