@@ -42,3 +42,15 @@ def test_a_broken_coco_config_is_rejected():
     config["train_defaults"]["hiden_dim"] = 512
     with pytest.raises(jsonschema.ValidationError, match="hiden_dim"):
         jsonschema.validators.validator_for(schema)(schema).validate(config)
+
+
+@pytest.mark.parametrize("recipe, shards", [("config/flickr8k.yaml", 4), ("config/coco-images.yaml", 10)])
+def test_raw_image_recipes_are_valid_and_extract_in_shards(recipe, shards):
+    schema = load("workflow/schemas/config.schema.yaml")
+    config = load(recipe)
+    jsonschema.validators.validator_for(schema)(schema).validate(config)
+    data = config["data"]
+    assert (data["source"], data["encoder"], data["shards"]) == ("images", "resnet101", shards)
+    assert len(wc.features_shards(data)) == shards
+    assert config["sample"]["split"] == "test"  # Karpathy's test split
+    assert wc.expand_models(config)  # at least one model, and its fine-tuned sibling
