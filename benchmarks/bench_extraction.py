@@ -109,7 +109,7 @@ def main(argv=None):
                              "--weights", weights, "--no-progress"], args.threads)
         per_picture = (tmp / "f.h5").stat().st_size / args.pictures
         rate = args.pictures / seconds
-        lines += [f"## `capmodel data features --encoder {args.encoder}` on {args.pictures} JPEGs of 640 x 480", "",
+        lines += [f"**`capmodel data features --encoder {args.encoder}` on {args.pictures} JPEGs of 640 x 480**", "",
                   "| pictures/s (decoding, checking, preprocessing, network) | peak memory | features file per picture |",
                   "|---|---|---|",
                   f"| {rate:.2f} | {peak:.0f} MB | {per_picture / 1024:.1f} KB |", ""]
@@ -121,8 +121,8 @@ def main(argv=None):
             data_bytes = n * (width + 512) * 4 + caps * 17 * 4 * 1.0 + n * 60  # fc7, PCA, captions, URLs
             lines.append(f"| {name} | {n:,} | {hours(n / rate)} | {hours(n / rate / args.nodes)} | "
                          f"{gb(n * per_picture)} | {gb(data_bytes)} |")
-        lines += ["", "## `capmodel data from-folder` (randconv, 96 x 64 JPEGs): memory against the number of "
-                  "pictures", "", "| pictures | wall time | peak memory |", "|---|---|---|"]
+        lines += ["", "**`capmodel data from-folder` (randconv, 96 x 64 JPEGs): memory against the number of "
+                  "pictures**", "", "| pictures | wall time | peak memory |", "|---|---|---|"]
         for size in args.sizes:
             captions = photos(tmp / f"small_{size}", size, (96, 64), seed=size)
             time.sleep(0.2)

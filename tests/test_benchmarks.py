@@ -87,3 +87,16 @@ def test_scst_quality_compares_the_continuations(tmp_path):
     for r in rows:
         assert 0 <= float(r[2]) <= 1 and r[3] == "n/a (no java)" and float(r[4]) >= 0
         assert r[5].rstrip(" |").endswith("%") == ("SCST" in r[1])
+
+
+@pytest.mark.slow
+def test_extraction_benchmark_measures_rate_memory_and_disk(tmp_path):
+    out = tmp_path / "extraction.md"
+    run("bench_extraction.py", "--encoder", "resnet50", "--pictures", "4", "--sizes", "20", "40", "--out", str(out))
+    text = out.read_text()
+    rate, peak, per_picture = next(line for line in text.splitlines() if line.startswith("| ") and " MB | " in line
+                                   and " KB |" in line).strip("| ").split(" | ")
+    assert float(rate) > 0 and float(peak.split()[0]) > 100 and float(per_picture.split()[0]) > 8  # 2048 float32
+    assert "| COCO 2014 (Karpathy) | 123,287 |" in text
+    assert [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| 20") or line.startswith("| 40")] \
+        == ["| 20", "| 40"]
