@@ -206,6 +206,14 @@ def test_model_report(run, model):
     assert all(r[2] == f"{float(scores[int(r[1])]['CIDEr']):.3f}" for r in rows)
     settings = page.find("h3", string="Training settings").find_next("table")
     assert "<td>hidden_dim</td><td>32</td>" in str(settings)  # a two-column table, not a dict
+    rewards = page.find("h3", string="Mean reward per epoch")
+    assert (rewards is not None) == model.endswith("+scst")  # the reward curve and table of SCST only
+    if rewards is not None:
+        history = read_rows(run / "results" / "models" / model / "history.csv")
+        epochs = sorted({r["epoch"] for r in history}, key=int)
+        want = [[e, f"{np.mean([float(r['reward']) for r in history if r['epoch'] == e]):.4f}"] for e in epochs]
+        got = [[c.get_text() for c in cells(tr)][:2] for tr in rewards.find_next("table").tbody.find_all("tr")]
+        assert got == want
 
 
 def dump_dom(path, clicks=(), workdir=None):
