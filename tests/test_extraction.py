@@ -123,7 +123,7 @@ def test_sharded_extraction_equals_the_unsharded_run_byte_for_byte(karpathy, tmp
     other = tmp_path / "other.csv"
     other.write_text("image,caption\n" + "".join(f"pics/{n},a thing\n" for n in sorted(os.listdir(images / "pics"))[:4]))
     assert run("data", "from-folder", images, other, tmp_path / "bad", "--features", *files, "--no-progress") == 2
-    assert "made for other pictures or another encoder" in capsys.readouterr().err
+    assert "was made for other pictures" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
@@ -190,9 +190,61 @@ def test_features_are_read_one_block_at_a_time(karpathy, tmp_path):
     names = sorted(f"pics/{n}" for n in caps)
     from capmodel.encoders import randconv
 
-    source = extraction.Features([f], names, randconv.RandConvEncoder().record_fields())
+    paths = [root / "images" / n for n in names]
+    source = extraction.Features([f], names, paths, randconv.RandConvEncoder().record_fields())
     with h5py.File(f) as h:
         whole = h["features"][:]
     idx = np.array([0, 3, 4, 9, 11])
     blocks = list(source.rows(idx, block=4))
     assert max(len(b) for b in blocks) <= 4 and np.array_equal(np.concatenate(blocks), whole[idx])
+
+
+def test_unfinished_repeated_or_stale_features_files_are_refused(karpathy, tmp_path, capsys, monkeypatch):
+    """A shard's work file (a killed job's .partial), a file given twice, and a file of
+    pictures replaced since under the same names are refused in one line each."""
+    root, caps, _ = karpathy
+    monkeypatch.setattr("capmodel.encoders.randconv.RandConvEncoder.batch_size", 4)
+    images = tmp_path / "images"
+    import shutil
+
+    shutil.copytree(root / "images", images)
+    k = root / "dataset_fixture.json"
+    f1, f2 = tmp_path / "s1.h5", tmp_path / "s2.h5"
+    assert run("data", "features", images, k, f1, "--shard", "1/2", "--no-progress") == 0
+    assert run("data", "features", images, k, f2, "--shard", "2/2", "--no-progress") == 0
+    unfinished = tmp_path / "s2.h5.partial"
+    shutil.copy(f2, unfinished)
+    with h5py.File(unfinished, "r+") as f:
+        f.attrs["done"] = 4  # as a job killed after its first batch leaves it
+    capsys.readouterr()
+    for files, message in (([f1, unfinished], "is unfinished (4 of 8 rows)"), ([f1, f2, f1], "is given twice"),
+                           ([f1, tmp_path], "is a directory")):
+        assert run("data", "from-folder", images, k, tmp_path / "d", "--features", *files, "--no-progress") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    # a picture replaced under the same name: the files no longer describe it
+    first = images / "pics" / "blue_circle_0.png"
+    first.write_bytes((images / "pics" / "red_square_1.png").read_bytes())
+    assert run("data", "from-folder", images, k, tmp_path / "d", "--features", f1, f2, "--no-progress") == 2
+    assert "was made for other pictures (names, sizes or modification times differ" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+    # and a rerun of the extraction does the work again instead of keeping the old rows
+    assert run("data", "features", images, k, f1, "--shard", "1/2", "--no-progress") == 0
+    assert run("data", "features", images, k, f2, "--shard", "2/2", "--no-progress") == 0
+    assert run("data", "from-folder", images, k, tmp_path / "d", "--features", f1, f2, "--no-progress") == 0
+    assert run("data", "from-folder", images, k, tmp_path / "whole", "--no-progress") == 0
+    for name in ("train2014_vgg16_fc7.h5", "val2014_vgg16_fc7.h5", "test2014_vgg16_fc7.h5"):
+        assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_pictures_in_linked_folders_are_found_once(tmp_path, capsys):
+    """COCO's train2014/ is often a symbolic link to shared storage: its pictures are listed
+    under the link's name; a link back to a listed folder (a loop) is not followed again."""
+    from capmodel.datasets import folder
+
+    caps = photo_folder(tmp_path / "storage" / "train2014")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "train2014").symlink_to(tmp_path / "storage" / "train2014", target_is_directory=True)
+    (tmp_path / "storage" / "train2014" / "loop").symlink_to(tmp_path / "images", target_is_directory=True)
+    found = folder.list_images(tmp_path / "images")
+    assert sorted(found) == sorted(f"train2014/{n}" for n in caps)

@@ -5,9 +5,10 @@ dataset `features`, float32 (N, F), of the rows [start, stop) of the list. It is
 batch at a time in a work file beside it (PARTIAL_SUFFIX) whose attribute `done` counts the
 rows written and flushed, so memory does not grow with the number of pictures and a run
 that was killed goes on after the last finished batch. The file gets its name only when
-complete. Its attributes say what it holds (`job`: the SHA-256 of the picture names and the
-encoder's record, `start`, `stop`, `total`), so a file of other work is never used, and that
-capmodel made it (`kind` = KIND), so capmodel replaces only such files.
+complete. Its attributes say what it holds (`job`: the SHA-256 of the pictures' names,
+sizes and modification times and of the encoder's record, `start`, `stop`, `total`), so a
+file of other work, or of pictures changed since, is never used, and that capmodel made it
+(`kind` = KIND), so capmodel replaces only such files.
 
 Shards split the list into N contiguous ranges on batch boundaries: every batch holds the
 same pictures as in one unsharded run, so the N files together hold the same numbers.
@@ -20,6 +21,7 @@ Dimension letters: N pictures, F feature dimension.
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import h5py
@@ -28,6 +30,7 @@ import numpy as np
 from capmodel.datasets import format as fmt
 from capmodel.image_utils import open_rgb
 from capmodel.progress import track
+from capmodel.safety.atomic import check_writable
 
 KIND = "capmodel-features"
 PARTIAL_SUFFIX = ".partial"
@@ -37,9 +40,12 @@ class ExtractionError(ValueError):
     """A features file cannot be written or does not fit the data set being made."""
 
 
-def job_id(names, encoder_record):
-    """The identity of an extraction: SHA-256 of the picture names (in order) and the encoder record."""
-    text = json.dumps({"names": list(names), "encoder": encoder_record}, sort_keys=True, ensure_ascii=False)
+def job_id(names, paths, encoder_record):
+    """The identity of an extraction: SHA-256 of the pictures' names (in order), each file's
+    size and modification time (a picture replaced under the same name is other work), and
+    the encoder record."""
+    files = [(name, st.st_size, st.st_mtime_ns) for name, st in zip(names, map(os.stat, paths))]
+    text = json.dumps({"pictures": files, "encoder": encoder_record}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -72,6 +78,11 @@ def _read_attrs(path):
     return attrs if attrs.get("kind") == KIND else None
 
 
+def is_ours(path):
+    """Whether path is a features file (finished or not) capmodel wrote."""
+    return _read_attrs(path) is not None
+
+
 def check_replaceable(path):
     """Raise ExtractionError unless path is absent or a features file capmodel wrote."""
     path = Path(path)
@@ -79,6 +90,7 @@ def check_replaceable(path):
         if p.is_dir() or (p.exists() and _read_attrs(p) is None):
             raise ExtractionError(f"{p} exists and is not a features file capmodel wrote; capmodel does not "
                                   "replace it: move it away or choose another name")
+        check_writable(p, "features file")
 
 
 def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=True, check=None):
@@ -98,7 +110,7 @@ def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=Tr
     """
     path = Path(path)
     stop = len(paths) if stop is None else stop
-    job = job_id(names, encoder.record_fields())
+    job = job_id(names, paths, encoder.record_fields())
     wanted = {"kind": KIND, "job": job, "start": start, "stop": stop, "total": len(paths)}
     check_replaceable(path)
     done_attrs = _read_attrs(path) if path.exists() else None
@@ -123,7 +135,8 @@ def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=Tr
     first = start + done
     batches = range(first, stop, batch)
     if done and progress:
-        print(f"resuming {path.name}: {done} of {stop - start} pictures already extracted", flush=True)
+        print(f"resuming {path.name}: {done} of {stop - start} pictures already extracted", file=sys.stderr,
+              flush=True)
     with h5py.File(partial, "r+") as f:
         d = f[fmt.FEATURES_KEY]
         shown = track(batches, len(batches), f"{encoder.name} features of {stop - first} pictures",
@@ -146,10 +159,16 @@ class Features:
     extraction); ExtractionError names the file or the rows that do not fit.
     """
 
-    def __init__(self, files, names, encoder_record):
-        job = job_id(names, encoder_record)
+    def __init__(self, files, names, paths, encoder_record):
+        job = job_id(names, paths, encoder_record)
         self.total, self.parts = len(names), []
+        seen = set()
         for p in map(Path, files):
+            if p.resolve() in seen:
+                raise ExtractionError(f"features file {p} is given twice")
+            seen.add(p.resolve())
+            if p.is_dir():
+                raise ExtractionError(f"features file {p} is a directory; give the .h5 files of the shards")
             if not p.is_file():
                 partial = p.with_name(p.name + PARTIAL_SUFFIX)
                 why = " (its extraction has not finished: run it again to complete it)" if partial.exists() else ""
@@ -157,10 +176,15 @@ class Features:
             attrs = _read_attrs(p)
             if attrs is None:
                 raise ExtractionError(f"{p} is not a features file made by capmodel data features")
+            rows = int(attrs["stop"]) - int(attrs["start"])
+            if int(attrs["done"]) != rows:
+                raise ExtractionError(f"features file {p} is unfinished ({attrs['done']} of {rows} rows): run its "
+                                      "capmodel data features again to complete it, and pass the finished file")
             if attrs["job"] != job:
-                raise ExtractionError(f"features file {p} was made for other pictures or another encoder than this "
-                                      "data set's (run capmodel data features with the same images, captions, "
-                                      "--encoder and --weights)")
+                raise ExtractionError(f"features file {p} was made for other pictures (names, sizes or modification "
+                                      "times differ, or other captions) or another encoder than this data set's "
+                                      "(run capmodel data features with the same images, captions, --encoder, "
+                                      "--weights and --image-size)")
             self.parts.append((int(attrs["start"]), int(attrs["stop"]), p))
         self.parts.sort()
         at = 0

@@ -23,6 +23,7 @@ error.
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -52,20 +53,32 @@ class FolderError(ValueError):
 
 
 def list_images(images_dir):
-    """{path relative to images_dir (POSIX): Path} of the picture files in it (IMAGE_SUFFIXES), sorted by name."""
+    """{path relative to images_dir (POSIX): Path} of the picture files in it (IMAGE_SUFFIXES), sorted by name.
+
+    Subfolders are included, also through symbolic links (COCO's train2014/ is often a link
+    to shared storage), each real folder once; hidden files and folders are skipped.
+    """
     d = Path(images_dir)
     if not d.exists():
         raise FolderError(f"images folder {d} does not exist")
     if not d.is_dir():
         raise FolderError(f"{d} is not a folder of images")
-    found = {}
-    for p in sorted(d.rglob("*")):
-        rel = p.relative_to(d)
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith(".") for s in rel.parts):
-            found[rel.as_posix()] = p
+    found, visited = {}, set()
+    for root, dirs, files in os.walk(d, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # a link back to a folder already listed: a loop or a second way in
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        rel = Path(root).relative_to(d)
+        for name in files:
+            p = Path(root) / name
+            if not name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                found[(rel / name).as_posix()] = p
     if not found:
         raise FolderError(f"{d} has no pictures ({', '.join(IMAGE_SUFFIXES)})")
-    return found
+    return dict(sorted(found.items()))
 
 
 def open_rgb(path):
@@ -189,9 +202,10 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "
 
 
 def is_karpathy(data):
-    """Whether parsed JSON is a Karpathy split file (dataset_coco.json, dataset_flickr8k.json, ...)."""
-    return isinstance(data, dict) and isinstance(data.get("images"), list) and all(
-        isinstance(i, dict) and "sentences" in i for i in data["images"][:1])
+    """Whether parsed JSON is a Karpathy split file (dataset_coco.json, dataset_flickr8k.json, ...):
+    an object whose 'images' list holds objects with 'sentences'."""
+    return isinstance(data, dict) and isinstance(data.get("images"), list) and any(
+        isinstance(i, dict) and "sentences" in i for i in data["images"])
 
 
 def _read_karpathy(path, data):
@@ -203,17 +217,21 @@ def _read_karpathy(path, data):
         if not isinstance(item, dict) or not isinstance(item.get("filename"), str) or not isinstance(
                 item.get("sentences"), list) or not item["sentences"]:
             raise FolderError(f"{where}: expected an object with 'filename' and a non-empty list 'sentences'")
-        split = str(item.get("split", "")).strip().lower()
+        if not isinstance(item.get("split"), str):
+            raise FolderError(f"{where}: no 'split' (Karpathy's files give each image one of "
+                              f"{', '.join(KARPATHY_SPLITS)})")
+        split = item["split"].strip().lower()
         if split not in KARPATHY_SPLITS:
-            raise FolderError(f"{where}: unknown split '{item.get('split')}'; Karpathy's files use "
+            raise FolderError(f"{where}: unknown split '{item['split']}'; Karpathy's files use "
                               f"{', '.join(KARPATHY_SPLITS)}")
         image = f"{item['filepath']}/{item['filename']}" if item.get("filepath") else item["filename"]
         for j, sentence in enumerate(item["sentences"]):
             text = sentence.get("raw") if isinstance(sentence, dict) else None
-            if not isinstance(text, str) and isinstance(sentence, dict) and isinstance(sentence.get("tokens"), list):
-                text = " ".join(map(str, sentence["tokens"]))
+            tokens = sentence.get("tokens") if isinstance(sentence, dict) else None
+            if not isinstance(text, str) and isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+                text = " ".join(tokens)
             if not isinstance(text, str):
-                raise FolderError(f"{where} sentences[{j}]: expected 'raw' text or a list of 'tokens'")
+                raise FolderError(f"{where} sentences[{j}]: expected 'raw' text or a list of string 'tokens'")
             rows.append({"image": image, "caption": text, "split": KARPATHY_SPLITS[split],
                          "where": f"{where} sentences[{j}]"})
     return rows
@@ -315,7 +333,10 @@ def plan(images_dir, captions_file):
     for r in rows:
         if r["image"] not in images and r["image"] not in missing:
             path = Path(images_dir) / r["image"]
-            if any(part.startswith(".") for part in PurePosixPath(r["image"]).parts) and path.is_file():
+            parts = PurePosixPath(r["image"]).parts
+            if PurePosixPath(r["image"]).is_absolute() or ".." in parts:
+                what = f"is not a path inside {images_dir}: name pictures by their path relative to it"
+            elif any(part.startswith(".") for part in parts) and path.is_file():
                 what = "is a hidden file (a name part starts with '.'); capmodel skips hidden files: rename it"
             elif path.is_file():
                 what = f"is not a picture file ({', '.join(IMAGE_SUFFIXES)})"
@@ -356,7 +377,7 @@ def extract_features(images_dir, captions_file, out_file, shard=(1, 1), encoder=
     Returns a dict: the file, the shard's rows and the number of pictures.
     """
     out_file = Path(out_file)
-    if out_file.suffix not in (".h5", ".hdf5"):
+    if out_file.suffix.lower() not in (".h5", ".hdf5"):
         raise FolderError(f"features file {out_file} must end in .h5")
     make = _make_encoder(encoder, weights, image_size, None)
     extraction.check_replaceable(out_file)
@@ -415,18 +436,18 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
         raise FolderError(f"no train word occurs at least {min_count} times; lower --min-count")
     if features_files is not None:
         for f in features_files:
-            if not Path(f).is_file():
+            if not Path(f).exists():
                 raise FolderError(f"features file {f} does not exist (make it with capmodel data features)")
 
     model = make()
-    work = None
-    if features_files is None:
-        work = out_dir.parent / f".{out_dir.name}.features.h5"  # ours: capmodel.datasets.extraction marks it
+    work = out_dir.parent / f".{out_dir.name}.features.h5"  # ours: capmodel.datasets.extraction marks it
+    given = features_files is not None
+    if not given:
         # Every picture is decoded before any feature is computed, so one error names all bad ones.
         extraction.extract_to_file(work, [images[n] for n in order], order, model, progress=progress,
                                    check=check_pictures)
         features_files = [work]
-    source = extraction.Features(features_files, order, model.record_fields())
+    source = extraction.Features(features_files, order, [images[n] for n in order], model.record_fields())
     row = {n: i for i, n in enumerate(order)}
     idx = {s: np.array([row[n] for n in names[s]], dtype=np.int64) for s in splits}
     captions, image_idxs, fc7, projected, urls, references = {}, {}, {}, {}, {}, {}
@@ -451,8 +472,10 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     fmt.write_dataset(out_dir, captions, image_idxs, fc7, projected, urls, idx_to_word, references=references,
                       extra=lambda tmp: feat.write_record(tmp, image_size, mean, comps, pca_dim, CREATED_BY,
                                                           encoder=model))
-    if work is not None:
-        work.unlink()
+    for f in (work, work.with_name(work.name + extraction.PARTIAL_SUFFIX)):  # also those a killed run left
+        if f.is_file() and extraction.is_ours(f) and not (given and any(f.resolve() == Path(g).resolve()
+                                                                        for g in features_files)):
+            f.unlink()
     counts = {f"{s}_{what}": len(v[s]) for s in splits for what, v in (("images", names), ("captions", captions))}
     return {"out_dir": str(out_dir), **counts, "vocab_size": len(idx_to_word), "images_without_captions": uncaptioned}
 
