@@ -248,3 +248,14 @@ def test_pictures_in_linked_folders_are_found_once(tmp_path, capsys):
     (tmp_path / "storage" / "train2014" / "loop").symlink_to(tmp_path / "images", target_is_directory=True)
     found = folder.list_images(tmp_path / "images")
     assert sorted(found) == sorted(f"train2014/{n}" for n in caps)
+
+
+def test_a_test_split_missing_a_file_is_reported_as_such(karpathy, tmp_path, capsys):
+    root, _, _ = karpathy
+    assert run("data", "from-folder", root / "images", root / "dataset_fixture.json", tmp_path / "data",
+               "--no-progress") == 0
+    (tmp_path / "data" / fmt.urls_file("test")).unlink()
+    capsys.readouterr()
+    assert run("data", "check", tmp_path / "data") == 1
+    err = capsys.readouterr().err
+    assert f"{fmt.urls_file('test')}: missing file" in err

@@ -70,10 +70,11 @@ def required_files():
 
 
 def splits_of(base_dir):
-    """The splits of a dataset directory: train, val, and each optional split whose URL
-    file is there."""
+    """The splits of a dataset directory: train, val, and each optional split any of whose
+    files is there (a missing one of them is then reported as missing)."""
     base = Path(base_dir)
-    return SPLITS + tuple(s for s in OPTIONAL_SPLITS if (base / urls_file(s)).exists())
+    return SPLITS + tuple(s for s in OPTIONAL_SPLITS if any(
+        (base / f).exists() for f in (urls_file(s), features_file(s, True), features_file(s, False))))
 
 
 def check_split(base_dir, split):
