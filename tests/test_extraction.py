@@ -259,3 +259,61 @@ def test_a_test_split_missing_a_file_is_reported_as_such(karpathy, tmp_path, cap
     assert run("data", "check", tmp_path / "data") == 1
     err = capsys.readouterr().err
     assert f"{fmt.urls_file('test')}: missing file" in err
+
+
+class TinyEncoder:
+    """A 6-d encoder (a fixed projection of 4 x 4 thumbnails), so that a few dozen pictures
+    are more than its width and the PCA is fitted from block sums, as for COCO."""
+
+    name, feature_dim, batch_size = "randconv", 6, 4
+    projection = np.random.default_rng(0).standard_normal((48, 6))
+
+    def preprocess(self, rgb):
+        return np.asarray(rgb.resize((4, 4)), dtype=np.float64).reshape(-1) / 255
+
+    def extract(self, inputs):
+        return (np.asarray(inputs) @ self.projection).astype(np.float32)
+
+    def record_fields(self):
+        return {"extractor": "tiny", "preprocess": "tiny", "image_size": 4}
+
+
+def test_shards_equal_one_run_also_when_the_pca_is_fitted_from_block_sums(tmp_path, monkeypatch):
+    """With more train pictures than feature columns the PCA sums blocks of rows; the blocks
+    are cut on the whole list, not per file, so any sharding gives the same bytes."""
+    from capmodel.datasets import folder
+
+    monkeypatch.setattr("capmodel.encoders.registry.get_encoder", lambda *a, **k: TinyEncoder())
+    monkeypatch.setattr(extraction, "BLOCK_ROWS", 5)  # blocks that straddle the shards' files
+    caps = photo_folder(tmp_path / "photos", copies=4)  # 24 pictures, 19 of them train
+    (tmp_path / "c.csv").write_text("image,caption\n" + "".join(f"{n},{c[0]}\n" for n, c in caps.items()))
+    args = (tmp_path / "photos", tmp_path / "c.csv")
+    stats = folder.make_dataset(*args, tmp_path / "whole", progress=False)
+    assert stats["train_images"] > TinyEncoder.feature_dim
+    files = [tmp_path / f"s{i}.h5" for i in (1, 2, 3)]
+    for i, f in enumerate(files, start=1):
+        folder.extract_features(*args, f, shard=(i, 3), progress=False)
+    folder.make_dataset(*args, tmp_path / "sharded", features_files=files, progress=False)
+    assert _dataset_bytes(tmp_path / "sharded") == _dataset_bytes(tmp_path / "whole")
+
+
+def test_a_data_set_moved_with_its_linked_pictures_folder_still_finds_them(tmp_path):
+    """proj/photos is a symbolic link to shared storage: the urls files go through the link, so
+    the project copied elsewhere (the link with it) still reads its pictures."""
+    import shutil
+
+    from capmodel.datasets import folder
+
+    caps = photo_folder(tmp_path / "storage" / "pics")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "photos").symlink_to(tmp_path / "storage" / "pics", target_is_directory=True)
+    (proj / "c.csv").write_text("image,caption\n" + "".join(f"{n},{c[0]}\n" for n, c in caps.items()))
+    folder.make_dataset(proj / "photos", proj / "c.csv", proj / "data", progress=False)
+    assert fmt.read_urls(proj / "data", "train")[0].startswith("../photos/")
+    moved = tmp_path / "elsewhere" / "deeper" / "proj"
+    shutil.copytree(proj, moved, symlinks=True)
+    shutil.rmtree(proj)
+    data = load_coco_data(moved / "data")
+    paths = [Path(u.removeprefix("file://")) for s in ("train", "val") for u in data[f"{s}_urls"]]
+    assert len(paths) == 12 and all(p.is_file() and str(p).startswith(str(moved / "photos")) for p in paths)

@@ -326,8 +326,19 @@ def test_source_images_extracts_in_shards_and_equals_one_from_folder_run(tmp_pat
             assert lines[0] == lines[1] and len(lines[0]) > 0
         elif (made / name).is_file():
             assert (made / name).read_bytes() == (tmp_path / "direct" / name).read_bytes(), name
-    assert sorted(p.name for p in (tmp_path / "w" / "resources" / "data" / "images.features").iterdir()) == \
-        [f"shard-{i}-of-3.h5" for i in (1, 2, 3)]
+    shards = tmp_path / "w" / "resources" / "data" / "images.features"
+    assert sorted(p.name for p in shards.iterdir()) == \
+        sorted(f"shard-{i}-of-3.{ext}" for i in (1, 2, 3) for ext in ("h5", "json"))
+    # An edited caption reruns the jobs (Snakemake follows the captions file), but the
+    # extraction keeps its features files, which hold the same pictures; the data set has the new words.
+    stamps = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.h5")}
+    captions = tmp_path / "captions.csv"
+    captions.write_text(captions.read_text().replace(",a red circle\n", ",a scarlet circle\n", 1))
+    r = snakemake(tmp_path / "w", "--cores", "2", "resources/data/images", config=cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "extract_features" in r.stdout + r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in shards.glob("*.h5")} == stamps
+    assert "scarlet" in (made / "coco2014_vocab.json").read_text()
     # a missing images folder is a config error at the start, naming the key
     bad = _config_with(tmp_path, "data: {source: images, images: nowhere, captions: %s}" % (tmp_path / "captions.csv"))
     r = snakemake(tmp_path / "w2", "-n", config=bad)

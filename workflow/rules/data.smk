@@ -41,17 +41,19 @@ rule fetch_coco_data:
 
 
 # Source images: the pictures' features, extracted as data.shards independent jobs (a
-# cluster spreads them over nodes), then one job builds the data set from them. A killed
-# extraction job continues where it stopped when rerun (its work file stays beside the
-# output). The features files are kept: a change of the vocabulary or PCA settings rebuilds
-# the data set without extracting again.
+# cluster spreads them over nodes), then one job builds the data set from them. The
+# features files live outside the declared outputs (wc.SHARD_FEATURES; each job declares
+# a small record), like training's resume state: a killed extraction job continues where it
+# stopped when rerun, a job rerun after an edit of the captions keeps a complete file of
+# the same pictures, and a change of the vocabulary or PCA settings rebuilds the data set
+# without extracting again.
 
 
 rule extract_features:
     input:
         captions=config["data"]["captions"] or [],
     output:
-        "resources/data/images.features/shard-{shard}-of-{shards}.h5",
+        wc.SHARD_RECORD,
     log:
         "logs/data/features-{shard}-of-{shards}.log",
     conda:
@@ -62,31 +64,36 @@ rule extract_features:
     params:
         images=config["data"]["images"],
         encoder=wc.encoder_flags(config["data"]),
+        features=lambda wildcards: wc.SHARD_FEATURES.format(**wildcards),
     shell:
-        "capmodel data features {params.images} {input.captions} {output} --shard {wildcards.shard}/{wildcards.shards}"
-        " {params.encoder} --no-progress > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+        " capmodel data features {params.images} {input.captions} {params.features}"
+        " --shard {wildcards.shard}/{wildcards.shards} {params.encoder} --no-progress > {output} 2> {log}"
 
 
 rule make_images_data:
     input:
         captions=config["data"]["captions"] or [],
-        features=wc.features_shards(config["data"]),
+        shards=wc.shard_records(config["data"]),
     output:
         directory("resources/data/images"),
     log:
         "logs/data/images.log",
     conda:
         ENV
+    threads: config["resources"]["train_threads"]
     resources:
         **RESOURCES["train"],
     params:
         images=config["data"]["images"],
         encoder=wc.encoder_flags(config["data"]),
+        features=wc.features_shards(config["data"]),
         pca=config["data"]["pca"] or "none",
         min_count=config["data"]["min_count"],
         val_fraction=config["data"]["val_fraction"],
         seed=config["data"]["split_seed"],
     shell:
-        "capmodel data from-folder {params.images} {input.captions} {output} {params.encoder}"
+        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+        " capmodel data from-folder {params.images} {input.captions} {output} {params.encoder}"
         " --pca {params.pca} --min-count {params.min_count} --val-fraction {params.val_fraction}"
-        " --seed {params.seed} --features {input.features} --no-progress > {log} 2>&1"
+        " --seed {params.seed} --features {params.features} --no-progress > {log} 2>&1"

@@ -186,7 +186,19 @@ def encoder_flags(data):
     return f"--encoder {data['encoder']}" + (f" --weights {data['weights']}" if data.get("weights") else "")
 
 
+# Where the extraction jobs of source images keep their features files: outside the jobs'
+# declared outputs (each job declares a small record, SHARD + ".json"), so that a job rerun
+# after an edit of the captions file finds its complete features file and keeps it when it
+# holds the same pictures (capmodel.datasets.extraction), instead of Snakemake deleting it.
+SHARD = "resources/data/images.features/shard-{shard}-of-{shards}"
+SHARD_FEATURES, SHARD_RECORD = SHARD + ".h5", SHARD + ".json"
+
+
 def features_shards(data):
     """The features files of the extraction jobs of source images (rule extract_features)."""
-    n = data["shards"]
-    return [f"resources/data/images.features/shard-{i}-of-{n}.h5" for i in range(1, n + 1)]
+    return [SHARD_FEATURES.format(shard=i, shards=data["shards"]) for i in range(1, data["shards"] + 1)]
+
+
+def shard_records(data):
+    """The records those jobs declare as their outputs."""
+    return [SHARD_RECORD.format(shard=i, shards=data["shards"]) for i in range(1, data["shards"] + 1)]

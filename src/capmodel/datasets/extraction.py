@@ -34,6 +34,7 @@ from capmodel.safety.atomic import check_writable
 
 KIND = "capmodel-features"
 PARTIAL_SUFFIX = ".partial"
+BLOCK_ROWS = 4096  # rows read at a time when a data set is built from features files
 
 
 class ExtractionError(ValueError):
@@ -172,7 +173,7 @@ class Features:
             if not p.is_file():
                 partial = p.with_name(p.name + PARTIAL_SUFFIX)
                 why = " (its extraction has not finished: run it again to complete it)" if partial.exists() else ""
-                raise ExtractionError(f"features file {p} does not exist{why}")
+                raise ExtractionError(f"features file {p} does not exist{why or ' (make it with capmodel data features)'}")
             attrs = _read_attrs(p)
             if attrs is None:
                 raise ExtractionError(f"{p} is not a features file made by capmodel data features")
@@ -198,15 +199,22 @@ class Features:
             raise ExtractionError(f"the features files do not fit together: rows {at}..{self.total - 1} "
                                   f"of {self.total} are in no file (a shard is missing)")
 
-    def rows(self, idx, block=4096):
-        """Yield the features of the rows idx (increasing) in order, as float32 arrays, reading
-        the files block rows at a time (memory: one block, whatever the number of rows)."""
+    def rows(self, idx, block=None):
+        """Yield the features of the rows idx (increasing) in order, as float32 arrays, one per
+        block of block rows of the whole list (BLOCK_ROWS), whatever the files' boundaries: the
+        blocks, and so sums over them (the PCA's mean and covariance), are the same for any
+        sharding. Memory: one block, whatever the number of rows."""
+        block = BLOCK_ROWS if block is None else block
         idx = np.asarray(idx, dtype=np.int64)
-        for start, stop, p in self.parts:
-            with h5py.File(p, "r") as f:
-                d = f[fmt.FEATURES_KEY]
-                for c in range(start, stop, block):
-                    e = min(c + block, stop)
-                    lo, hi = np.searchsorted(idx, [c, e])
-                    if hi > lo:
-                        yield d[c - start : e - start][idx[lo:hi] - c]
+        for c in range(0, self.total, block):
+            e = min(c + block, self.total)
+            lo, hi = np.searchsorted(idx, [c, e])
+            if hi == lo:
+                continue
+            pieces = []
+            for start, stop, p in self.parts:
+                a, b = max(start, c), min(stop, e)
+                if a < b:
+                    with h5py.File(p, "r") as f:
+                        pieces.append(f[fmt.FEATURES_KEY][a - start : b - start])
+            yield np.concatenate(pieces)[idx[lo:hi] - c]

@@ -434,11 +434,6 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     word_to_idx, idx_to_word = build_vocab(train_text, min_count=min_count)
     if len(idx_to_word) == len(SPECIAL_TOKENS):
         raise FolderError(f"no train word occurs at least {min_count} times; lower --min-count")
-    if features_files is not None:
-        for f in features_files:
-            if not Path(f).exists():
-                raise FolderError(f"features file {f} does not exist (make it with capmodel data features)")
-
     model = make()
     work = out_dir.parent / f".{out_dir.name}.features.h5"  # ours: capmodel.datasets.extraction marks it
     given = features_files is not None

@@ -158,8 +158,10 @@ def url_entry(data_dir, location):
       (relative to the working directory) or a file:// URL
 
     Returns the entry, a str: for a local file its POSIX path relative to data_dir, e.g.
-    'images/train/000001.png' or '../../photos/a.png', computed on resolved paths (symbolic
-    links followed) so that '..' steps are exact. Raises ValueError for another URL scheme
+    'images/train/000001.png' or '../../photos/a.png', from the resolved data set directory
+    to the picture's absolute path as named (a folder that is a symbolic link, such as
+    COCO's train2014/ on shared storage, stays in the entry, so the data set and that link
+    can move together). Raises ValueError for another URL scheme
     and for a path that a line of the urls file cannot hold.
     """
     return _url_entries(Path(data_dir).resolve(), [location])[0]
@@ -180,7 +182,9 @@ def _url_entries(base, locations):
             else:
                 raise ValueError(f"image location {location}: unsupported URL scheme '{scheme}' "
                                  f"(a file, a file:// URL or an {'/'.join(REMOTE_SCHEMES)} URL)")
-        entry = Path(os.path.relpath(Path(location).resolve(), base)).as_posix()
+        # The picture's path as named (a folder linked to shared storage stays the link), from
+        # the resolved data set directory: moved together, the two still find each other.
+        entry = Path(os.path.relpath(os.path.abspath(location), base)).as_posix()
         if _has_scheme(entry):  # a file named like 'photo:1.png' in the dataset directory itself
             entry = f"./{entry}"
         if entry != entry.strip() or len(entry.splitlines()) > 1:  # the reader takes stripped lines
