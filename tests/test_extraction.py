@@ -18,6 +18,7 @@ from capmodel.app.cli import main
 from capmodel.coco_utils import load_coco_data
 from capmodel.datasets import extraction
 from capmodel.datasets import format as fmt
+from capmodel.encoders.base import Encoder
 from synthetic import photo_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -261,7 +262,7 @@ def test_a_test_split_missing_a_file_is_reported_as_such(karpathy, tmp_path, cap
     assert f"{fmt.urls_file('test')}: missing file" in err
 
 
-class TinyEncoder:
+class TinyEncoder(Encoder):
     """A 6-d encoder (a fixed projection of 4 x 4 thumbnails), so that a few dozen pictures
     are more than its width and the PCA is fitted from block sums, as for COCO."""
 
@@ -271,8 +272,8 @@ class TinyEncoder:
     def preprocess(self, rgb):
         return np.asarray(rgb.resize((4, 4)), dtype=np.float64).reshape(-1) / 255
 
-    def extract(self, inputs):
-        return (np.asarray(inputs) @ self.projection).astype(np.float32)
+    def _forward(self, batch):
+        return batch @ self.projection
 
     def record_fields(self):
         return {"extractor": "tiny", "preprocess": "tiny", "image_size": 4}

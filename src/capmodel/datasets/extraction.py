@@ -144,8 +144,7 @@ def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=Tr
                       unit="batches") if progress else batches
         for s in shown:
             e = min(s + batch, stop)
-            x = encoder.extract(np.stack([encoder.preprocess(open_rgb(p)) for p in paths[s:e]]))
-            d[s - start : e - start] = x
+            d[s - start : e - start] = encoder.encode(open_rgb(p) for p in paths[s:e])  # one batch
             f.flush()  # the rows are on disk before `done` counts them
             f.attrs["done"] = e - start
             f.flush()
