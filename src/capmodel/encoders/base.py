@@ -71,7 +71,7 @@ class Encoder:
         if grid is None:
             return
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
-            raise EncoderError(f"grid must be a positive whole number of regions a side, got {grid!r}")
+            raise EncoderError(f"grid {grid!r}: a grid's side must be a positive whole number of regions")
         if grid > self.native_grid:
             raise EncoderError(f"grid {grid}: encoder {self.name}'s grid layer is a {self.native_grid} x "
                                f"{self.native_grid} map at its input size; choose a grid of at most {self.native_grid}")
