@@ -1,7 +1,8 @@
 """Grids of region features for attention models, across modules: the encoders' regions
 (capmodel.encoders.base.grid_pool), the data set format's optional grid files, their streamed,
-resumable and sharded extraction with the grid PCA (capmodel.datasets.extraction, folder)
-and the shapes data set's grid."""
+resumable and sharded extraction with the grid PCA (capmodel.datasets.extraction, folder),
+the shapes data set's grid, and a model directory's copy of the grid PCA, which computes the
+regions of new pictures (capmodel.app.captioner)."""
 
 import json
 import os
@@ -15,8 +16,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from synthetic import photo_folder
+from synthetic import photo_folder, photo_folder_with_csv
 
+from capmodel.app import captioner, pipeline
 from capmodel.app.cli import main
 from capmodel.coco_utils import load_coco_data
 from capmodel.datasets import extraction, shapes
@@ -326,3 +328,73 @@ def test_a_work_file_of_another_grid_is_not_continued(tmp_path, monkeypatch):
     folder.extract_features(*args, tmp_path / "g.h5", grid=3, progress=False)
     with h5py.File(tmp_path / "g.h5") as h:
         assert np.array_equal(h["regions"][:], regions)
+
+
+# ------------------------------------------------- models computing regions of new pictures
+
+
+def test_a_model_keeps_the_grid_pca_and_computes_regions_without_its_data_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    photo_folder_with_csv(tmp_path)
+    assert run("data", "from-folder", "photos", "captions.csv", "data", "--grid", 2, "--grid-pca", 8,
+               "--no-progress") == 0
+    pipeline.train("data", "model", {"cell_type": "lstm", "num_epochs": 1, "hidden_dim": 8, "wordvec_dim": 8,
+                                     "batch_size": 8}, verbose=False)
+    data, model = tmp_path / "data", tmp_path / "model"
+    original = json.loads((data / feat.RECORD_FILE).read_text())
+    copied = json.loads((model / feat.MODEL_RECORD_FILE).read_text())
+    assert copied == {**original, "pca_file": feat.MODEL_PCA_FILE, "grid_pca_file": feat.MODEL_GRID_PCA_FILE}
+    assert (model / feat.MODEL_GRID_PCA_FILE).read_bytes() == (data / feat.GRID_PCA_FILE).read_bytes()
+    identity = json.loads((model / "model.json").read_text())["encoder"]
+    assert (identity["grid"], identity["grid_pca_sha256"]) == (2, original["grid_pca_sha256"])
+
+    loaded = load_coco_data(data)
+    pictures = [Path(u.removeprefix("file://")) for u in loaded["val_urls"]]
+    shutil.copytree(tmp_path / "photos", tmp_path / "kept")
+    kept = [tmp_path / "kept" / p.name for p in pictures]
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(model, moved)
+    shutil.rmtree(data)
+    shutil.rmtree(model)
+    regions = captioner.model_regions(moved, kept)
+    assert regions.dtype == np.float16 and regions.shape == loaded["val_regions"].shape == (len(kept), 4, 8)
+    np.testing.assert_array_equal(regions, loaded["val_regions"])
+    # `capmodel caption` gives a model that attends over regions (models.uses_regions) these regions
+    seen = []
+
+    class Attending:
+        uses_regions = True
+
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def sample(self, features, regions=None, **options):
+            seen.append(regions)
+            return self.model.sample(features, **options)
+
+    load = captioner.checkpoints.load_model
+    monkeypatch.setattr(captioner.checkpoints, "load_model", lambda base: (Attending(load(base)[0]), load(base)[1]))
+    rows = captioner.caption_files(moved, kept)
+    assert len(rows) == len(kept) and len(seen) == 1 and np.array_equal(seen[0], regions)
+    with pytest.raises(ValueError, match="attends over image regions, which precomputed features do not give"):
+        captioner.caption_files(moved, kept, features_file=tmp_path / "x.npy")
+    monkeypatch.undo()
+    # the copy is checked: an altered grid PCA is refused in one line
+    with h5py.File(moved / feat.MODEL_GRID_PCA_FILE, "r+") as f:
+        f["mean"][0] += 1
+    with pytest.raises(ValueError) as e:
+        captioner.model_regions(moved, kept)
+    assert "\n" not in str(e.value) and f"{feat.MODEL_GRID_PCA_FILE}: does not match the checksum" in str(e.value)
+
+
+def test_a_model_without_a_grid_says_so_when_asked_for_regions(tmp_path):
+    shapes.generate(tmp_path / "d", num_train=20, num_val=4, grid=None)
+    pipeline.train(tmp_path / "d", tmp_path / "m", {"cell_type": "rnn", "num_epochs": 1, "hidden_dim": 8,
+                                                    "wordvec_dim": 8, "batch_size": 20}, verbose=False)
+    assert "grid" not in json.loads((tmp_path / "m" / "model.json").read_text())["encoder"]
+    with pytest.raises(ValueError) as e:
+        captioner.model_regions(tmp_path / "m", [tmp_path / "d" / "images" / "val"])
+    assert "\n" not in str(e.value) and "has no grid of regions (its data set was made without --grid)" in str(e.value)
