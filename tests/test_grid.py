@@ -25,7 +25,7 @@ from capmodel.datasets import extraction, shapes
 from capmodel.datasets import features as feat
 from capmodel.datasets import format as fmt
 from capmodel.encoders import randconv
-from capmodel.encoders.base import EncoderError, grid_pool
+from capmodel.encoders.base import Encoder, EncoderError, grid_pool
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 RECORD_KEYS_WITHOUT_GRID = {"created_by", "extractor", "feature_dim", "image_size", "pca_components", "pca_dim",
@@ -79,6 +79,12 @@ def test_randconv_regions_pool_its_second_layer_and_leave_the_features_unchanged
         with pytest.raises(EncoderError) as e:
             encoder.encode(pictures, grid=bad)
         assert "\n" not in str(e.value) and f"grid {bad}" in str(e.value)
+
+    class Global(Encoder):  # an encoder of global features only
+        name, feature_dim = "global", 3
+
+    with pytest.raises(EncoderError, match="grid 2: encoder global has no grid layer, so it gives no regions"):
+        Global().extract(np.zeros((1, 3)), grid=2)
 
 
 # ------------------------------------------------------------ the data set format

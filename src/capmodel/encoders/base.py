@@ -72,6 +72,8 @@ class Encoder:
             return
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
             raise EncoderError(f"grid {grid!r}: a grid's side must be a positive whole number of regions")
+        if not self.native_grid:
+            raise EncoderError(f"grid {grid}: encoder {self.name} has no grid layer, so it gives no regions")
         if grid > self.native_grid:
             raise EncoderError(f"grid {grid}: encoder {self.name}'s grid layer is a {self.native_grid} x "
                                f"{self.native_grid} map at its input size; choose a grid of at most {self.native_grid}")
