@@ -169,6 +169,7 @@ def test_full_run_outputs(test_run):
     meta = json.loads((test_run / "results" / "models" / "tiny_rnn" / "model.json").read_text())
     assert meta["model"]["cell_type"] == "rnn" and meta["iterations"] == 40
     data_pca = test_run / "resources" / "data" / "shapes" / feat.PCA_FILE
+    assert feat.read_record(data_pca.parent)["grid"] == 4  # the shapes data set's grid, by default
     for name in ("tiny_rnn", "tiny_lstm+scst"):  # self-contained: the data set's encoder record goes along
         model_dir = test_run / "results" / "models" / name
         pca_sha = json.loads((model_dir / "model.json").read_text())["encoder"]["pca_sha256"]
@@ -302,7 +303,7 @@ def test_source_images_extracts_in_shards_and_equals_one_from_folder_run(tmp_pat
     caps = photo_folder(tmp_path / "photos", copies=6)  # 36 pictures
     (tmp_path / "captions.csv").write_text("image,caption\n" + "".join(f"{n},{c}\n" for n, cs in caps.items()
                                                                        for c in cs))
-    cfg = _config_with(tmp_path, "data: {source: images, images: %s, captions: %s, shards: 3}"
+    cfg = _config_with(tmp_path, "data: {source: images, images: %s, captions: %s, shards: 3, grid: 2, grid_pca: 16}"
                        % (tmp_path / "photos", tmp_path / "captions.csv"))
     dry = snakemake(tmp_path / "w", "-n", config=cfg)
     assert dry.returncode == 0, dry.stderr[-2000:]
@@ -313,11 +314,11 @@ def test_source_images_extracts_in_shards_and_equals_one_from_folder_run(tmp_pat
     from capmodel.app.cli import main
 
     assert main(["data", "from-folder", str(tmp_path / "photos"), str(tmp_path / "captions.csv"),
-                 str(tmp_path / "direct"), "--no-progress"]) == 0
+                 str(tmp_path / "direct"), "--grid", "2", "--grid-pca", "16", "--no-progress"]) == 0
     made = tmp_path / "w" / "resources" / "data" / "images"
     files = sorted(p.name for p in (tmp_path / "direct").iterdir())
     assert files == sorted(p.name for p in made.iterdir() if p.name != ".snakemake_timestamp")
-    assert "references.json" in files
+    assert "references.json" in files and "train2014_grid.h5" in files
     from capmodel.datasets import format as fmt
 
     for name in files:

@@ -10,7 +10,7 @@ from capmodel.vocab import END, NULL, START
 DATA_DIR_ENV = "CAPMODEL_DATA_DIR"
 
 
-def load_coco_data(base_dir=None, max_train=None, pca_features=True, rng=None):
+def load_coco_data(base_dir=None, max_train=None, pca_features=True, rng=None, regions=True):
     """Load a dataset directory in the CS231n on-disk format (see capmodel.datasets.format).
 
     Inputs:
@@ -19,18 +19,22 @@ def load_coco_data(base_dir=None, max_train=None, pca_features=True, rng=None):
       CS231n did
     - pca_features: Load the 512-d PCA features (True) or the full fc7 features (False)
     - rng: Generator or seed for the subsampling (default: the global NumPy state, as CS231n)
+    - regions: Read the data set's grid of region features, when it has one (False leaves
+      them on disk: a COCO grid is gigabytes)
 
     Returns a dict with train_captions, train_image_idxs, val_captions, val_image_idxs,
     train_features, val_features, idx_to_word, word_to_idx, train_urls, val_urls; for a
     data set with a test split, the same test_ keys; with stored reference captions,
-    <split>_references (lists of strings per image; see capmodel.datasets.format).
+    <split>_references (lists of strings per image; see capmodel.datasets.format); for a
+    data set with grid files, <split>_regions, float16 (Ni, L, C): L regions of C channels
+    per image, for attention models.
     Raises capmodel.datasets.format.DatasetError naming every problem found.
     """
     if base_dir is None:
         base_dir = os.environ.get(DATA_DIR_ENV)
         if not base_dir:
             raise ValueError(f"load_coco_data: pass base_dir or set {DATA_DIR_ENV} to a dataset directory")
-    data = fmt.load(base_dir, pca_features=pca_features)
+    data = fmt.load(base_dir, pca_features=pca_features, regions=regions)
     if max_train is not None:
         num_train = data["train_captions"].shape[0]
         if rng is None:

@@ -15,9 +15,12 @@ rule make_shapes_data:
         num_val=config["data"]["shapes"]["num_val"],
         seed=config["data"]["shapes"]["seed"],
         min_count=config["data"]["shapes"]["min_count"],
+        grid=config["data"]["shapes"]["grid"] or "none",
+        grid_pca=config["data"]["shapes"]["grid_pca"] or "none",
     shell:
         "capmodel data shapes {output} --num-train {params.num_train} --num-val {params.num_val}"
-        " --seed {params.seed} --min-count {params.min_count} > {log} 2>&1"
+        " --seed {params.seed} --min-count {params.min_count}"
+        " --grid {params.grid:q} --grid-pca {params.grid_pca:q} > {log} 2>&1"
 
 
 rule fetch_coco_data:
@@ -65,10 +68,12 @@ rule extract_features:
         images=config["data"]["images"],
         encoder=wc.encoder_flags(config["data"]),
         features=lambda wildcards: wc.SHARD_FEATURES.format(**wildcards),
+        grid=config["data"]["grid"] or "none",
     shell:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " capmodel data features {params.images} {input.captions} {params.features}"
-        " --shard {wildcards.shard}/{wildcards.shards} {params.encoder} --no-progress > {output} 2> {log}"
+        " --shard {wildcards.shard}/{wildcards.shards} {params.encoder} --grid {params.grid:q}"
+        " --no-progress > {output} 2> {log}"
 
 
 rule make_images_data:
@@ -92,8 +97,11 @@ rule make_images_data:
         min_count=config["data"]["min_count"],
         val_fraction=config["data"]["val_fraction"],
         seed=config["data"]["split_seed"],
+        grid=config["data"]["grid"] or "none",
+        grid_pca=config["data"]["grid_pca"] or "none",
     shell:
         "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " capmodel data from-folder {params.images} {input.captions} {output} {params.encoder}"
         " --pca {params.pca} --min-count {params.min_count} --val-fraction {params.val_fraction}"
-        " --seed {params.seed} --features {params.features} --no-progress > {log} 2>&1"
+        " --seed {params.seed} --grid {params.grid:q} --grid-pca {params.grid_pca:q}"
+        " --features {params.features} --no-progress > {log} 2>&1"

@@ -12,7 +12,12 @@ CS231n's COCO files (VGG-16 fc7 features after an unpublished PCA), have feature
 cannot compute: then precomputed features, one row per image, are the way in. PCA or fc7
 features are used as the model was trained (settings.pca_features).
 
-Dimension letters: N images, D feature dimension.
+A record with a grid also computes the regions of new images for models that attend over
+them (encode_images(..., regions=True), model_regions): the encoder's grid layer pooled to
+the recorded grid and projected by the recorded grid PCA, as the data set's grid files hold
+them.
+
+Dimension letters: N images, D feature dimension, L regions, C region channels.
 """
 
 import html
@@ -129,7 +134,7 @@ def model_record(base, meta):
         raise ValueError(f"{path}: missing file (the encoder record that {model_json} refers to); copy the whole "
                          "model directory")
     record = feat.load_record(path)
-    differ = [k for k in feat.IDENTITY_KEYS if record.get(k) != identity.get(k)]
+    differ = feat.identity_differences(record, identity)
     if differ:
         raise ValueError(f"{path}: not the encoder that {model_json} records ({', '.join(differ)} differ); the file "
                          "was altered or comes from another model")
@@ -150,19 +155,61 @@ def check_same_encoder(record, data_dir, base, meta):
             f"is not the one the model was trained with, "
             f"{named(base.parent / feat.MODEL_PCA_FILE if ours else base.with_suffix('.json'), ours)}: the data "
             "set was made again since, or is another one; leave out --data to use the model's own copy")
-    differ = [k for k in feat.IDENTITY_KEYS if record.get(k) != identity.get(k)]
+    differ = feat.identity_differences(record, identity)
     if differ:
         raise ValueError(f"--data {data_dir}: its encoder ({Path(data_dir) / feat.RECORD_FILE}) is not the one "
                          f"{base.with_suffix('.json')} records ({', '.join(differ)} differ); leave out --data to "
                          "use the model's own copy")
 
 
-def encode_images(image_paths, record, pca, weights=None, where="data set"):
+def encode_images(image_paths, record, pca, weights=None, where="data set", regions=False):
     """Features of image files with the encoder a record names, then its PCA if pca (weights:
-    the pretrained CNN's weights file, when the encoder is one; where names the record in errors)."""
+    the pretrained CNN's weights file, when the encoder is one; where names the record in errors).
+
+    With regions=True, a tuple (features, regions): the regions float16 (N, L, C) as the
+    record's data set's grid files hold them (its grid, then its grid PCA:
+    features.project_regions), computed a batch of pictures at a time. Raises ValueError
+    when the record has no grid.
+    """
+    if regions and record.get("grid") is None:
+        raise ValueError(f"{where}: its encoder record has no grid of regions (its data set was made without "
+                         "--grid), so the regions of new pictures cannot be computed")
     encoder = registry.get_encoder_for_record(record, weights, where=where)
     folder.check_pictures(image_paths)  # one error naming every picture that cannot be read
-    return feat.project(folder.encode_files(image_paths, encoder), record, pca=pca)
+    if not regions:
+        return feat.project(folder.encode_files(image_paths, encoder), record, pca=pca)
+    feats, grids = [], []
+    for s in range(0, len(image_paths), encoder.batch_size):  # one batch of pictures' regions at a time
+        f, r = encoder.encode((folder.open_rgb(p) for p in image_paths[s : s + encoder.batch_size]),
+                              grid=record["grid"])
+        feats.append(f)
+        grids.append(feat.project_regions(r, record))
+    if not feats:
+        f, r = encoder.encode([], grid=record["grid"])
+        feats, grids = [f], [feat.project_regions(r, record)]
+    return feat.project(np.concatenate(feats), record, pca=pca), np.concatenate(grids)
+
+
+def model_regions(model_path, paths, weights=None):
+    """The regions of picture files for a model, computed with the encoder record its directory
+    keeps (model_record), so that its data set is not needed.
+
+    Inputs:
+    - model_path: Model directory, model.npz, model.json or their base path
+    - paths: Picture files and folders of them (collect_images)
+    - weights: Weights file of the model's pretrained CNN encoder, when it has one
+
+    Returns float16 (N, L, C): for each picture, as its data set's grid files hold theirs.
+    Raises ValueError naming the model when it keeps no record, or one without a grid.
+    """
+    base = checkpoints.model_base(model_path)
+    _, meta = checkpoints.load_model(base)
+    record = model_record(base, meta)
+    if record is None:
+        raise ValueError(f"{base.with_suffix('.json')}: the model keeps no encoder record ({feat.MODEL_RECORD_FILE}), "
+                         "so it cannot compute the regions of new pictures")
+    pca = meta.get("settings", {}).get("pca_features", True)
+    return encode_images(collect_images(paths), record, pca, weights, where=f"model {base.parent}", regions=True)[1]
 
 
 def compute_features(image_paths, data_dir, pca, model, weights=None):
@@ -199,11 +246,17 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
     images = collect_images(paths)
     pca = meta.get("settings", {}).get("pca_features", True)
     own = None if features_file is not None or data_dir is not None else model_record(base, meta)
+    attends = bool(getattr(model, "uses_regions", False))  # a model attending over regions needs them too
+    regions = None
     if features_file is not None:
+        if attends:
+            raise ValueError(f"--features {features_file}: model {base.parent} attends over image regions, which "
+                             "precomputed features do not give; leave out --features")
         x = load_features(features_file, len(images))
         where = f"features in {features_file}"
     elif own is not None:
-        x = encode_images(images, own, pca, weights, where=f"model {base.parent}")
+        x = encode_images(images, own, pca, weights, where=f"model {base.parent}", regions=attends)
+        x, regions = x if attends else (x, None)
         where = f"features computed with the encoder of model {base.parent}"
     else:
         data_dir = data_dir or meta.get("data_dir")
@@ -212,14 +265,16 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
         record = data_set_record(data_dir, pca, model.input_dim)
         check_vocabulary(data_dir, model)
         check_same_encoder(record, data_dir, base, meta)
-        x = encode_images(images, record, pca, weights, where=f"data set {data_dir}")
+        x = encode_images(images, record, pca, weights, where=f"data set {data_dir}", regions=attends)
+        x, regions = x if attends else (x, None)
         where = f"features computed with the extractor of {data_dir}"
     if x.shape[1] != model.input_dim:
         raise ValueError(f"{where} have width {x.shape[1]}, but the model expects width {model.input_dim} "
                          f"({'PCA' if pca else 'fc7'} features as it was trained)")
     x = x.astype(model.dtype)
     options = {"beam_size": beam_size} if method == "beam" else {}
-    caps = [model.sample(x[s : s + batch_size], max_length=max_length, method=method, **options)
+    caps = [model.sample(x[s : s + batch_size], max_length=max_length, method=method, **options,
+                         **({} if regions is None else {"regions": regions[s : s + batch_size]}))
             for s in range(0, len(x), batch_size)]
     idx_to_word = {i: w for w, i in model.word_to_idx.items()}
     texts = decode_captions(np.concatenate(caps), idx_to_word, strip_special=True)

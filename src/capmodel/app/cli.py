@@ -97,10 +97,11 @@ def cmd_data_fetch(args):
 def cmd_data_from_folder(args):
     from capmodel.datasets import folder
 
+    grid = S.check_all(S.from_args(args, S.DATA_GRID), S.DATA_GRID, "data from-folder")
     stats = folder.make_dataset(args.images_dir, args.captions, args.out_dir, val_fraction=args.val_fraction,
                                 seed=args.seed, min_count=args.min_count, image_size=args.image_size,
                                 encoder=args.encoder, weights=args.weights, pca=args.pca,
-                                features_files=args.features, progress=not args.no_progress)
+                                features_files=args.features, progress=not args.no_progress, **grid)
     print(json.dumps(stats))
     return 0
 
@@ -108,9 +109,11 @@ def cmd_data_from_folder(args):
 def cmd_data_features(args):
     from capmodel.datasets import extraction, folder
 
+    grid = S.check_all(S.from_args(args, S.DATA_GRID[:1]), S.DATA_GRID[:1], "data features")
     stats = folder.extract_features(args.images_dir, args.captions, args.out_file,
                                     shard=extraction.parse_shard(args.shard), encoder=args.encoder,
-                                    weights=args.weights, image_size=args.image_size, progress=not args.no_progress)
+                                    weights=args.weights, image_size=args.image_size, progress=not args.no_progress,
+                                    **grid)
     print(json.dumps(stats))
     return 0
 
@@ -260,9 +263,10 @@ def build_parser():
     _encoder_arguments(ff, registry, folder.DEFAULT_IMAGE_SIZE)
     ff.add_argument("--pca", type=_pca_width, default=fmt.PCA_DIM, metavar="K|none",
                     help="width of the PCA fitted on the train features, or 'none' for the features as they are")
+    S.add_arguments(ff, S.DATA_GRID)
     ff.add_argument("--features", type=Path, nargs="+", metavar="FILE",
                     help="features files of every shard, from 'capmodel data features' with the same pictures, "
-                         "captions and encoder (default: extract here)")
+                         "captions, encoder and --grid (default: extract here)")
     ff.add_argument("--no-progress", action="store_true", help="no progress lines for the extraction")
     ff.set_defaults(func=cmd_data_from_folder)
 
@@ -274,6 +278,7 @@ def build_parser():
     fe.add_argument("--shard", default="1/1", metavar="I/N",
                     help="extract the I-th of N equal parts of the pictures (default: %(default)s, all)")
     _encoder_arguments(fe, registry, folder.DEFAULT_IMAGE_SIZE)
+    S.add_arguments(fe, S.DATA_GRID[:1])
     fe.add_argument("--no-progress", action="store_true", help="no progress lines")
     fe.set_defaults(func=cmd_data_features)
 

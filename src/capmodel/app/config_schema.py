@@ -97,6 +97,8 @@ def schema():
                                        "pictures in val when the captions give no split", exclusiveMinimum=0,
                                        exclusiveMaximum=1),
                 "split_seed": _plain("integer", 0, "source images: seed of that split", minimum=0),
+                **{k: {**v, "description": f"source images: {v['description']}"}
+                   for k, v in _with_defaults(S.DATA_GRID).items()},
                 "shapes": _section("settings of the generated shapes dataset", _with_defaults(S.SHAPES)),
                 "coco": _section("where to fetch the CS231n COCO archive from", {
                     "url": _plain("string", DEFAULT_URL, "archive URL or mirror (http, https, file://)"),

@@ -12,7 +12,8 @@ import argparse
 from dataclasses import replace
 
 from capmodel import models
-from capmodel.datasets.format import ALL_SPLITS
+from capmodel.datasets import shapes
+from capmodel.datasets.format import ALL_SPLITS, GRID_PCA_DIM
 from capmodel.decoding import METHODS as DECODING_METHODS
 from capmodel.optim import RULES
 from capmodel.scst import BASELINES as SCST_BASELINES
@@ -91,12 +92,29 @@ DECODE = (
 # Which decoding settings each method uses (the others are not recorded).
 METHOD_SETTINGS = {"greedy": (), "beam": ("beam_size", "length_norm"), "temperature": ("temperature", "seed")}
 
+# The grid of region features a data set made from pictures stores for attention models
+# (capmodel data from-folder / features --grid, config `data: grid:, grid_pca:`).
+DATA_GRID = (
+    Setting("grid", int, None, "also store each picture's regions: the encoder's grid layer average-pooled to "
+            "G x G (at most the layer's own side: 7 for the 224-pixel CNNs, 16 for randconv at 64 pixels)",
+            minimum=1, optional=True),
+    Setting("grid_pca", int, GRID_PCA_DIM, "components K of the PCA fitted on the train regions, every region a "
+            "row (K >= the encoder's channels keeps them all, centred and rotated); null: the regions as the "
+            "encoder gives them", minimum=1, optional=True),
+)
+_GRID = {g.name: g for g in DATA_GRID}
+
 # The embedded shapes data set (capmodel data shapes, config `data: shapes:`).
 SHAPES = (
     Setting("num_train", int, 4000, "training images (5 captions each)", minimum=1),
     Setting("num_val", int, 500, "validation images (5 captions each)", minimum=1),
     Setting("seed", int, 0, "seed for scenes, captions and everything random", minimum=0),
     Setting("min_count", int, 5, "training words seen fewer times become <UNK>", minimum=1),
+    replace(_GRID["grid"], default=shapes.DEFAULT_GRID, help="grid of region features for attention models: the "
+            "random-conv encoder's second layer (16 x 16 at 64 pixels, 128 channels) average-pooled to G x G",
+            maximum=shapes.MAP_SIDE),
+    replace(_GRID["grid_pca"], default=shapes.DEFAULT_GRID_PCA, help="components K of a PCA fitted on the train "
+            "regions (K >= 128 keeps them all, centred and rotated); null: the 128 channels as they are"),
 )
 
 
@@ -188,10 +206,17 @@ def add_arguments(parser, settings):
             parser.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
-            parser.add_argument(s.flag, dest=s.name, type=s.parse, default=None, metavar=s.name.upper(),
+            parser.add_argument(s.flag, dest=s.name, type=s.parse, default=_unset(s), metavar=s.name.upper(),
                                 help=help_text)
+
+
+def _unset(setting):
+    """A flag's argparse default: None, or, for an optional setting that is on by default, no
+    attribute at all, so that 'none' given on the command line (None) switches it off."""
+    return argparse.SUPPRESS if setting.optional and setting.default is not None else None
 
 
 def from_args(args, settings):
     """The settings a user gave on the command line (flags left out are not included)."""
-    return {s.name: getattr(args, s.name) for s in settings if getattr(args, s.name, None) is not None}
+    return {s.name: getattr(args, s.name) for s in settings
+            if getattr(args, s.name, None) is not None or (_unset(s) is argparse.SUPPRESS and hasattr(args, s.name))}

@@ -10,12 +10,17 @@ sizes and modification times and of the encoder's record, `start`, `stop`, `tota
 file of other work, or of pictures changed since, is never used, and that capmodel made it
 (`kind` = KIND), so capmodel replaces only such files.
 
+With a grid (grid=G), the file also holds the dataset `regions`, float16 (N, G * G, C): the
+encoder's regions (capmodel.encoders.base), rounded to float16 as the data set's grid files
+store them, written with the features of the same batch; its attribute `grid` = G is part of
+what the file holds.
+
 Shards split the list into N contiguous ranges on batch boundaries: every batch holds the
 same pictures as in one unsharded run, so the N files together hold the same numbers.
 `capmodel data features --shard I/N` makes one; `capmodel data from-folder --features`
 uses them (capmodel.datasets.folder).
 
-Dimension letters: N pictures, F feature dimension.
+Dimension letters: N pictures, F feature dimension, L = G * G regions, C channels.
 """
 
 import hashlib
@@ -34,6 +39,7 @@ from capmodel.safety.atomic import check_writable
 
 KIND = "capmodel-features"
 PARTIAL_SUFFIX = ".partial"
+REGIONS_KEY = "regions"
 BLOCK_ROWS = 4096  # rows read at a time when a data set is built from features files
 
 
@@ -94,7 +100,7 @@ def check_replaceable(path):
         check_writable(p, "features file")
 
 
-def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=True, check=None):
+def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=True, check=None, grid=None):
     """Write the encoder's features of paths[start:stop] to the features file at path.
 
     Inputs:
@@ -106,20 +112,25 @@ def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=Tr
     - progress: Show progress with the ETA on stderr
     - check: Optional function called with the picture files still to extract before any
       is encoded (data sets decode them all first, to name every bad one at once)
+    - grid: Also store the encoder's regions on a G x G grid (None: features only)
 
     Returns the path.
     """
     path = Path(path)
     stop = len(paths) if stop is None else stop
+    encoder.check_grid(grid)
     job = job_id(names, paths, encoder.record_fields())
     wanted = {"kind": KIND, "job": job, "start": start, "stop": stop, "total": len(paths)}
+    if grid is not None:
+        wanted["grid"] = grid
     check_replaceable(path)
     done_attrs = _read_attrs(path) if path.exists() else None
     if done_attrs is not None and all(done_attrs.get(k) == v for k, v in wanted.items()):
-        return path  # already complete
+        return path  # already complete (a file with a grid also serves a run without one)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     attrs = _read_attrs(partial) if partial.exists() else None
-    fresh = attrs is None or any(attrs.get(k) != v for k, v in wanted.items())
+    # a work file continues only the same work: one with another grid, or none, starts over
+    fresh = attrs is None or any(attrs.get(k) != v for k, v in wanted.items()) or attrs.get("grid") != grid
     done = 0 if fresh else int(attrs["done"])
     if check is not None:
         check(paths[start + done : stop])  # before any file is made: a refused run leaves nothing
@@ -131,6 +142,10 @@ def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=Tr
                              chunks=(min(encoder.batch_size, stop - start), encoder.feature_dim) if stop > start
                              else None,
                              track_times=False)
+            if grid is not None:
+                shape = (stop - start, grid * grid, encoder.grid_dim)
+                f.create_dataset(REGIONS_KEY, shape=shape, dtype=fmt.GRID_DTYPE, track_times=False,
+                                 chunks=(min(encoder.batch_size, stop - start), *shape[1:]) if stop > start else None)
             f.attrs.update({**wanted, "encoder": json.dumps(encoder.record_fields(), sort_keys=True), "done": 0})
     batch = encoder.batch_size
     first = start + done
@@ -144,12 +159,28 @@ def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=Tr
                       unit="batches") if progress else batches
         for s in shown:
             e = min(s + batch, stop)
-            d[s - start : e - start] = encoder.encode(open_rgb(p) for p in paths[s:e])  # one batch
+            pictures = (open_rgb(p) for p in paths[s:e])  # one batch
+            if grid is None:
+                d[s - start : e - start] = encoder.encode(pictures)
+            else:
+                d[s - start : e - start], f[REGIONS_KEY][s - start : e - start] = _checked(
+                    *encoder.encode(pictures, grid=grid), names[s:e])
             f.flush()  # the rows are on disk before `done` counts them
             f.attrs["done"] = e - start
             f.flush()
     os.replace(partial, path)
     return path
+
+
+def _checked(features, regions, names):
+    """(features, regions as float16), or ExtractionError naming the first picture whose
+    regions float16 cannot hold (NaN, Inf or beyond +-65504)."""
+    regions = regions.astype(fmt.GRID_DTYPE)
+    finite = np.isfinite(regions).all(axis=(1, 2))
+    if not finite.all():
+        raise ExtractionError(f"picture {names[int(np.argmin(finite))]}: the encoder's regions hold values that "
+                              "float16 cannot store (NaN, Inf or beyond +-65504)")
+    return features, regions
 
 
 class Features:
@@ -159,9 +190,10 @@ class Features:
     extraction); ExtractionError names the file or the rows that do not fit.
     """
 
-    def __init__(self, files, names, paths, encoder_record):
+    def __init__(self, files, names, paths, encoder_record, grid=None):
+        """grid: the files must hold regions on this grid (None: features are all that is read)."""
         job = job_id(names, paths, encoder_record)
-        self.total, self.parts = len(names), []
+        self.total, self.parts, self.grid = len(names), [], grid
         seen = set()
         for p in map(Path, files):
             if p.resolve() in seen:
@@ -185,6 +217,10 @@ class Features:
                                       "times differ, or other captions) or another encoder than this data set's "
                                       "(run capmodel data features with the same images, captions, --encoder, "
                                       "--weights and --image-size)")
+            if grid is not None and attrs.get("grid") != grid:
+                has = "no grid" if attrs.get("grid") is None else f"a grid of {attrs['grid']}"
+                raise ExtractionError(f"features file {p} holds {has}, not the grid of {grid} asked for: run its "
+                                      f"capmodel data features again with --grid {grid}")
             self.parts.append((int(attrs["start"]), int(attrs["stop"]), p))
         self.parts.sort()
         at = 0
@@ -198,12 +234,21 @@ class Features:
             raise ExtractionError(f"the features files do not fit together: rows {at}..{self.total - 1} "
                                   f"of {self.total} are in no file (a shard is missing)")
 
-    def rows(self, idx, block=None):
-        """Yield the features of the rows idx (increasing) in order, as float32 arrays, one per
-        block of block rows of the whole list (BLOCK_ROWS), whatever the files' boundaries: the
-        blocks, and so sums over them (the PCA's mean and covariance), are the same for any
-        sharding. Memory: one block, whatever the number of rows."""
-        block = BLOCK_ROWS if block is None else block
+    def region_block(self):
+        """Rows of regions read at a time: at most fmt.BLOCK_VALUES values (a COCO picture's
+        7 x 7 regions of 2048 channels are 100,352), at least one row."""
+        with h5py.File(self.parts[0][2], "r") as f:
+            L, C = f[REGIONS_KEY].shape[1:]
+        return max(1, fmt.BLOCK_VALUES // (L * C))
+
+    def rows(self, idx, block=None, key=fmt.FEATURES_KEY):
+        """Yield the features (key REGIONS_KEY: the regions) of the rows idx (increasing) in
+        order, one array per block of block rows of the whole list (BLOCK_ROWS; for regions,
+        region_block()), whatever the files' boundaries: the blocks, and so sums over them (the
+        PCA's mean and covariance), are the same for any sharding. Memory: one block, whatever
+        the number of rows."""
+        if block is None:
+            block = self.region_block() if key == REGIONS_KEY else BLOCK_ROWS
         idx = np.asarray(idx, dtype=np.int64)
         for c in range(0, self.total, block):
             e = min(c + block, self.total)
@@ -215,5 +260,5 @@ class Features:
                 a, b = max(start, c), min(stop, e)
                 if a < b:
                     with h5py.File(p, "r") as f:
-                        pieces.append(f[fmt.FEATURES_KEY][a - start : b - start])
+                        pieces.append(f[key][a - start : b - start])
             yield np.concatenate(pieces)[idx[lo:hi] - c]

@@ -12,8 +12,14 @@ both (MODEL_RECORD_FILE, MODEL_PCA_FILE: snapshot_record / write_model_record), 
 captions new images without its dataset. Datasets without the record, such as CS231n's
 COCO files (VGG-16 fc7), have features capmodel cannot compute.
 
+A dataset with a grid of region features (capmodel.datasets.format.grid_file) records its
+side G and, when the regions were projected, the grid PCA fitted on the train regions (every
+region a row: GRID_PCA_FILE, `mean` (C,) and `components` (C, K)); a model's copy holds it
+too (MODEL_GRID_PCA_FILE), so that it computes the regions of new images
+(project_regions).
+
 Dimension letters: N images, S image side, C channels, F feature dimension, K PCA
-components (K <= P, the format's PCA width; columns K..P are zero padding).
+components (K <= P, the format's PCA width; columns K..P are zero padding), L regions.
 """
 
 import hashlib
@@ -24,13 +30,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from capmodel.datasets import format as fmt
 from capmodel.encoders import randconv
 from capmodel.safety.atomic import atomic_path, sha256_of, write_text
 
 
-def extract(images, batch_size=256):
-    """Features of uint8 images (N, S, S, 3) by the default encoder -> float32 (N, 2328)."""
-    return randconv.extract(images, batch_size=batch_size)
+def extract(images, batch_size=256, grid=None):
+    """Features of uint8 images (N, S, S, 3) by the default encoder -> float32 (N, 2328); with
+    grid=G a tuple (features, regions float32 (N, G * G, 128)) (randconv.extract)."""
+    return randconv.extract(images, batch_size=batch_size, grid=grid)
 
 
 def fit_pca(features, dim=512):
@@ -84,6 +92,23 @@ def apply_pca(features, mean, components):
     return ((features.astype(np.float64) - mean) @ components).astype(np.float32)
 
 
+def grid_project(regions, mean=None, components=None):
+    """Regions as a grid file holds them: rounded to float16, as extraction stores them, then
+    projected onto the grid PCA (mean (C,), components (C, K)) unless mean is None.
+
+    Inputs:
+    - regions: (N, L, C) regions of an encoder
+    - mean, components: The grid PCA (fit_pca on the train regions, one row per region), or None
+
+    Returns float16 (N, L, K), or (N, L, C) without PCA.
+    """
+    regions = np.asarray(regions).astype(fmt.GRID_DTYPE)
+    if mean is None:
+        return regions
+    N, L, C = regions.shape
+    return apply_pca(regions.reshape(N * L, C), mean, components).reshape(N, L, -1).astype(fmt.GRID_DTYPE)
+
+
 def pca_project(features, mean, components, dim):
     """apply_pca, then zero-pad to dim columns (a PCA fitted on fewer than dim images has fewer).
 
@@ -104,9 +129,18 @@ EXTRACTOR_NAME = randconv.EXTRACTOR_NAME  # extract()'s identity
 PREPROCESS = randconv.PREPROCESS  # how an image file becomes (S, S, 3): capmodel.datasets.folder
 RECORD_FILE = "feature_extractor.json"
 PCA_FILE = "feature_extractor_pca.h5"
+GRID_PCA_FILE = "feature_extractor_grid_pca.h5"
+GRID_KEYS = ("grid", "grid_dim", "grid_pca_components", "grid_pca_file", "grid_pca_sha256")
 
 
-def write_record(out_dir, image_size, mean, components, pca_dim, created_by, encoder=None):
+def _write_pca(path, mean, components):
+    with h5py.File(path, "w", track_order=False, libver="earliest") as f:
+        f.create_dataset("mean", data=np.asarray(mean, dtype=np.float64), track_times=False)
+        f.create_dataset("components", data=np.asarray(components, dtype=np.float64), track_times=False)
+
+
+def write_record(out_dir, image_size, mean, components, pca_dim, created_by, encoder=None, grid=None,
+                 grid_mean=None, grid_components=None):
     """Record the extractor and the fitted PCA in a dataset directory (RECORD_FILE + PCA_FILE).
 
     Inputs:
@@ -119,6 +153,10 @@ def write_record(out_dir, image_size, mean, components, pca_dim, created_by, enc
       capmodel.safety.ownership's marker)
     - encoder: The capmodel.encoders encoder that computed the features (None: randconv
       at image_size); its record_fields() are recorded
+    - grid: Side G of the dataset's grid of regions, or None for a dataset without one (its
+      record has no grid keys)
+    - grid_mean, grid_components: The grid PCA, (C,) and (C, K); both None when the grid
+      files hold the encoder's regions as they are (`--grid-pca none`)
     """
     out_dir = Path(out_dir)
     fields = (encoder.record_fields() if encoder is not None else
@@ -128,11 +166,18 @@ def write_record(out_dir, image_size, mean, components, pca_dim, created_by, enc
         pca = {"feature_dim": int(feature_dim), "pca_components": 0, "pca_dim": int(pca_dim), "pca_file": None,
                "pca_sha256": None}
     else:
-        with h5py.File(out_dir / PCA_FILE, "w", track_order=False, libver="earliest") as f:
-            f.create_dataset("mean", data=np.asarray(mean, dtype=np.float64), track_times=False)
-            f.create_dataset("components", data=np.asarray(components, dtype=np.float64), track_times=False)
+        _write_pca(out_dir / PCA_FILE, mean, components)
         pca = {"feature_dim": int(components.shape[0]), "pca_components": int(components.shape[1]),
                "pca_dim": int(pca_dim), "pca_file": PCA_FILE, "pca_sha256": sha256_of(out_dir / PCA_FILE)}
+    if grid is not None:
+        grid_dim = encoder.grid_dim if encoder is not None else randconv.GRID_DIM
+        pca["grid"], pca["grid_dim"] = int(grid), int(grid_dim)
+        if grid_mean is None:
+            pca.update({"grid_pca_components": 0, "grid_pca_file": None, "grid_pca_sha256": None})
+        else:
+            _write_pca(out_dir / GRID_PCA_FILE, grid_mean, grid_components)
+            pca.update({"grid_pca_components": int(grid_components.shape[1]), "grid_pca_file": GRID_PCA_FILE,
+                        "grid_pca_sha256": sha256_of(out_dir / GRID_PCA_FILE)})
     record = {**fields, **pca, "created_by": created_by}
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -141,9 +186,11 @@ def read_record(data_dir):
     """The extractor record of a dataset directory, with its PCA arrays; None if there is none.
 
     Returns a dict with the JSON fields plus 'mean' (F,) and 'components' (F, K) (both
-    None for a dataset made without PCA). Raises ValueError naming the file when the
-    record is malformed or its PCA file is missing or altered; whether capmodel has the
-    extractor is capmodel.encoders.get_encoder_for_record's check.
+    None for a dataset made without PCA), and 'grid_mean' (C,) and 'grid_components' (C, K)
+    (both None without a grid PCA; 'grid' is None for a dataset without a grid). Raises
+    ValueError naming the file when the record is malformed or a PCA file is missing or
+    altered; whether capmodel has the extractor is capmodel.encoders.get_encoder_for_record's
+    check.
     """
     path = Path(data_dir) / RECORD_FILE
     return load_record(path) if path.is_file() else None
@@ -153,11 +200,13 @@ def load_record(path):
     """read_record of a record file at any path (its PCA file is beside it), which must exist."""
     path = Path(path)
     record = _record_fields(path)
-    if record["pca_file"] is None:
-        record["mean"] = record["components"] = None
-        return record
-    with h5py.File(io.BytesIO(_checked_pca_bytes(path, record)), "r") as f:
-        record["mean"], record["components"] = np.asarray(f["mean"]), np.asarray(f["components"])
+    record.setdefault("grid", None)
+    for prefix, grid in (("", False), ("grid_", True)):
+        record[f"{prefix}mean"] = record[f"{prefix}components"] = None
+        if record.get(f"{prefix}pca_file") is not None:
+            with h5py.File(io.BytesIO(_checked_pca_bytes(path, record, grid)), "r") as f:
+                record[f"{prefix}mean"], record[f"{prefix}components"] = (np.asarray(f["mean"]),
+                                                                          np.asarray(f["components"]))
     return record
 
 
@@ -169,19 +218,22 @@ def _record_fields(path):
         raise ValueError(f"{path}: not valid JSON ({e})")
     keys = ("extractor", "preprocess", "image_size", "feature_dim", "pca_dim", "pca_file", "pca_sha256")
     missing = [k for k in keys if not isinstance(record, dict) or k not in record]
+    if not missing and record.get("grid") is not None:
+        missing = [k for k in GRID_KEYS if k not in record]
     if missing:
         raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
     return record
 
 
-def _checked_pca_bytes(path, record):
-    """The bytes of the PCA file the record at path names, checked against its pca_sha256
-    (read once: what is checked is what is used)."""
-    pca_path = path.parent / record["pca_file"]
+def _checked_pca_bytes(path, record, grid=False):
+    """The bytes of the PCA file (grid: the grid PCA file) the record at path names, checked
+    against its pca_sha256 (grid_pca_sha256) (read once: what is checked is what is used)."""
+    prefix = "grid_" if grid else ""
+    pca_path = path.parent / record[f"{prefix}pca_file"]
     if not pca_path.is_file():
-        raise ValueError(f"{pca_path}: missing file (the PCA that {path} refers to)")
+        raise ValueError(f"{pca_path}: missing file (the {'grid ' if grid else ''}PCA that {path} refers to)")
     data = pca_path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != record["pca_sha256"]:
+    if hashlib.sha256(data).hexdigest() != record[f"{prefix}pca_sha256"]:
         raise ValueError(f"{pca_path}: does not match the checksum in {path}; the file was altered")
     return data
 
@@ -192,44 +244,60 @@ def _checked_pca_bytes(path, record):
 # `capmodel caption` needs nothing of the data set; its model.json records identity().
 MODEL_RECORD_FILE = "encoder.json"
 MODEL_PCA_FILE = "encoder_pca.h5"
+MODEL_GRID_PCA_FILE = "encoder_grid_pca.h5"
 IDENTITY_KEYS = ("extractor", "preprocess", "image_size", "weights", "weights_sha256", "pca_sha256")
+GRID_IDENTITY_KEYS = ("grid", "grid_pca_sha256")  # part of the identity of a record with a grid
 
 
 def snapshot_record(data_dir):
-    """A data set's record as (JSON fields, the PCA file's bytes or None without PCA); None if
-    the data set has no record.
+    """A data set's record as (JSON fields, the PCA file's bytes or None without PCA, the grid
+    PCA file's bytes or None without one); None if the data set has no record.
 
-    The bytes are checked against the record's pca_sha256. Training takes the snapshot when it
-    starts and writes it beside the model when it ends (write_model_record), so a data set made
-    again in the meantime cannot give the model a PCA its features did not come from.
+    The bytes are checked against the record's pca_sha256 and grid_pca_sha256. Training takes
+    the snapshot when it starts and writes it beside the model when it ends
+    (write_model_record), so a data set made again in the meantime cannot give the model a PCA
+    its features did not come from.
     """
     path = Path(data_dir) / RECORD_FILE
     if not path.is_file():
         return None
     fields = _record_fields(path)
-    if fields["pca_file"] is None:
-        return fields, None
-    return fields, _checked_pca_bytes(path, fields)
+    pca = None if fields["pca_file"] is None else _checked_pca_bytes(path, fields)
+    grid_pca = None if fields.get("grid_pca_file") is None else _checked_pca_bytes(path, fields, grid=True)
+    return fields, pca, grid_pca
 
 
-def write_model_record(model_dir, fields, pca_bytes):
+def write_model_record(model_dir, fields, pca_bytes, grid_pca_bytes=None):
     """Atomically write a snapshot_record() into a model directory as MODEL_RECORD_FILE (the
-    fields, pca_file renamed) and MODEL_PCA_FILE (the same bytes, so pca_sha256 still holds);
-    the record last, so that it never names a PCA file not yet complete. Returns identity()."""
+    fields, pca_file and grid_pca_file renamed), MODEL_PCA_FILE and MODEL_GRID_PCA_FILE (the
+    same bytes, so pca_sha256 and grid_pca_sha256 still hold); the record last, so that it
+    never names a PCA file not yet complete. Returns identity()."""
     model_dir = Path(model_dir)
     fields = dict(fields)
-    if pca_bytes is not None:
-        with atomic_path(model_dir / MODEL_PCA_FILE, suffix=".h5") as tmp:
-            tmp.write_bytes(pca_bytes)
-        fields["pca_file"] = MODEL_PCA_FILE
+    for data, name, key in ((pca_bytes, MODEL_PCA_FILE, "pca_file"),
+                            (grid_pca_bytes, MODEL_GRID_PCA_FILE, "grid_pca_file")):
+        if data is not None:
+            with atomic_path(model_dir / name, suffix=".h5") as tmp:
+                tmp.write_bytes(data)
+            fields[key] = name
     write_text(model_dir / MODEL_RECORD_FILE, json.dumps(fields, indent=2, sort_keys=True) + "\n")
     return identity(fields)
 
 
 def identity(record):
-    """What fixes a record's features (IDENTITY_KEYS: encoder, preprocessing, weights, PCA), as
-    a model.json records it; keys a record lacks (randconv has no weights) are None."""
-    return {k: record.get(k) for k in IDENTITY_KEYS}
+    """What fixes a record's features (IDENTITY_KEYS: encoder, preprocessing, weights, PCA; and
+    GRID_IDENTITY_KEYS for a record with a grid), as a model.json records it; keys a record
+    lacks (randconv has no weights) are None."""
+    keys = IDENTITY_KEYS + (GRID_IDENTITY_KEYS if record.get("grid") is not None else ())
+    return {k: record.get(k) for k in keys}
+
+
+def identity_differences(record, identity_):
+    """The identity keys in which a record differs from an identity a model.json records (the
+    grid's keys only when that identity has a grid: a model trained before grids, or on a data
+    set without one, is not concerned by them)."""
+    keys = IDENTITY_KEYS + (GRID_IDENTITY_KEYS if identity_.get("grid") is not None else ())
+    return [k for k in keys if record.get(k) != identity_.get(k)]
 
 
 def compute(images, record, pca=True):
@@ -246,3 +314,12 @@ def project(fc7, record, pca=True):
     if not pca or record["mean"] is None:
         return fc7
     return pca_project(fc7, record["mean"], record["components"], record["pca_dim"])
+
+
+def project_regions(regions, record):
+    """(N, L, C) regions of the record's encoder at its grid, as its dataset's grid files hold
+    them: float16 (N, L, K) after the record's grid PCA, float16 (N, L, C) without one
+    (grid_project). Raises ValueError when the record has no grid."""
+    if record.get("grid") is None:
+        raise ValueError("the encoder record has no grid: its data set was made without --grid")
+    return grid_project(regions, record.get("grid_mean"), record.get("grid_components"))

@@ -13,7 +13,9 @@ Output: a dataset in the CS231n on-disk format (capmodel.datasets.format): vocab
 the train captions, fc7 features from capmodel's fixed extractor (capmodel.datasets.features)
 on the images centre-cropped to a square and resized to S x S, a PCA fitted on train, the
 images' paths relative to the dataset, and the extractor's record, so that `capmodel caption` computes the
-features of new images the same way.
+features of new images the same way. With a grid (grid=G), also each picture's G x G regions
+of the encoder's grid layer, projected by a PCA fitted on the train regions (every region a
+row; grid_pca components) or kept as they are, in the data set's grid files.
 
 Every check runs before any image is decoded, and the dataset appears only when complete.
 Images without any caption are left out with one warning (a folder may hold other files).
@@ -350,7 +352,7 @@ def plan(images_dir, captions_file):
     return images, rows, names, [n for n in images if n not in captioned]
 
 
-def _make_encoder(encoder, weights, image_size, pca):
+def _make_encoder(encoder, weights, image_size, pca, grid=None, grid_pca=None):
     """Check the encoder options and make the encoder (EncoderError/FolderError, one line)."""
     if image_size is not None and registry.is_pretrained(encoder):
         raise FolderError(f"--image-size applies to the randconv encoder only; {encoder} uses torchvision's "
@@ -360,39 +362,44 @@ def _make_encoder(encoder, weights, image_size, pca):
         raise FolderError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
     if pca is not None and pca < 1:
         raise FolderError(f"--pca must be a positive number of components or 'none', got {pca}")
+    if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 1):
+        raise FolderError(f"--grid must be a positive number of regions a side, got {grid!r}")
+    if grid_pca is not None and grid_pca < 1:
+        raise FolderError(f"--grid-pca must be a positive number of components or 'none', got {grid_pca}")
     registry.check_encoder(encoder, weights)
     return lambda: registry.get_encoder(encoder, weights, image_size=image_size)
 
 
 def extract_features(images_dir, captions_file, out_file, shard=(1, 1), encoder=registry.DEFAULT, weights=None,
-                     image_size=None, progress=True):
+                     image_size=None, progress=True, grid=None):
     """One shard of the features of a data set's pictures: `capmodel data features`.
 
     Inputs:
     - images_dir, captions_file: As make_dataset (the captioned pictures are extracted)
     - out_file: The features file to write (.h5; capmodel.datasets.extraction)
     - shard: (I, N): the I-th of N contiguous parts of the pictures (1-based)
-    - encoder, weights, image_size: As make_dataset
+    - encoder, weights, image_size, grid: As make_dataset
 
     Returns a dict: the file, the shard's rows and the number of pictures.
     """
     out_file = Path(out_file)
     if out_file.suffix.lower() not in (".h5", ".hdf5"):
         raise FolderError(f"features file {out_file} must end in .h5")
-    make = _make_encoder(encoder, weights, image_size, None)
+    make = _make_encoder(encoder, weights, image_size, None, grid)
     extraction.check_replaceable(out_file)
     images, _, names, _ = plan(images_dir, captions_file)
     model = make()
+    model.check_grid(grid)
     start, stop = extraction.shard_range(len(names), *shard, model.batch_size)
     extraction.extract_to_file(out_file, [images[n] for n in names], names, model, start, stop, progress=progress,
-                               check=check_pictures)
+                               check=check_pictures, grid=grid)
     return {"features_file": str(out_file), "shard": f"{shard[0]}/{shard[1]}", "rows": [start, stop],
             "pictures": stop - start, "total_pictures": len(names)}
 
 
 def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FRACTION, seed=0,
                  min_count=DEFAULT_MIN_COUNT, image_size=None, encoder=registry.DEFAULT, weights=None,
-                 pca=fmt.PCA_DIM, features_files=None, progress=True):
+                 pca=fmt.PCA_DIM, features_files=None, progress=True, grid=None, grid_pca=fmt.GRID_PCA_DIM):
     """Build a CS231n-format dataset in out_dir from a folder of images and a captions file.
 
     Inputs:
@@ -412,11 +419,16 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
       of extracting here; None extracts into a work file beside out_dir, continued if a
       killed run left one, removed when the data set is complete
     - progress: Show the extraction's progress and ETA on stderr
+    - grid: Also store each picture's regions on a G x G grid of the encoder's grid layer
+      (capmodel.datasets.format.grid_file); None: no grid
+    - grid_pca: Components of the PCA fitted on the train regions (every region a row; at
+      most the encoder's channels C: with K >= C it centres and rotates them), or None to
+      store the regions as they are
 
     Returns a dict of counts (images and captions per split, vocabulary size) and the
     names of images that had no caption (left out, with one warning on stderr).
     """
-    make = _make_encoder(encoder, weights, image_size, pca)
+    make = _make_encoder(encoder, weights, image_size, pca, grid, grid_pca)
     fmt.check_writable_dataset_dir(out_dir)
     out_dir = Path(out_dir).resolve()
     images, rows, order, uncaptioned = plan(images_dir, captions_file)
@@ -435,14 +447,15 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     if len(idx_to_word) == len(SPECIAL_TOKENS):
         raise FolderError(f"no train word occurs at least {min_count} times; lower --min-count")
     model = make()
+    model.check_grid(grid)
     work = out_dir.parent / f".{out_dir.name}.features.h5"  # ours: capmodel.datasets.extraction marks it
     given = features_files is not None
     if not given:
         # Every picture is decoded before any feature is computed, so one error names all bad ones.
         extraction.extract_to_file(work, [images[n] for n in order], order, model, progress=progress,
-                                   check=check_pictures)
+                                   check=check_pictures, grid=grid)
         features_files = [work]
-    source = extraction.Features(features_files, order, [images[n] for n in order], model.record_fields())
+    source = extraction.Features(features_files, order, [images[n] for n in order], model.record_fields(), grid)
     row = {n: i for i, n in enumerate(order)}
     idx = {s: np.array([row[n] for n in names[s]], dtype=np.int64) for s in splits}
     captions, image_idxs, fc7, projected, urls, references = {}, {}, {}, {}, {}, {}
@@ -464,15 +477,39 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
         projected = {s: _feature_writer(source, idx[s], pca, lambda x: feat.pca_project(x, mean, comps, pca))
                      for s in splits}
         pca_dim = pca
+    grids, grid_mean, grid_comps = (None, None, None) if grid is None else _grids(source, idx, grid, grid_pca,
+                                                                                   model.grid_dim)
     fmt.write_dataset(out_dir, captions, image_idxs, fc7, projected, urls, idx_to_word, references=references,
+                      grids=grids,
                       extra=lambda tmp: feat.write_record(tmp, image_size, mean, comps, pca_dim, CREATED_BY,
-                                                          encoder=model))
+                                                          encoder=model, grid=grid, grid_mean=grid_mean,
+                                                          grid_components=grid_comps))
     for f in (work, work.with_name(work.name + extraction.PARTIAL_SUFFIX)):  # also those a killed run left
         if f.is_file() and extraction.is_ours(f) and not (given and any(f.resolve() == Path(g).resolve()
                                                                         for g in features_files)):
             f.unlink()
     counts = {f"{s}_{what}": len(v[s]) for s in splits for what, v in (("images", names), ("captions", captions))}
     return {"out_dir": str(out_dir), **counts, "vocab_size": len(idx_to_word), "images_without_captions": uncaptioned}
+
+
+def _grids(source, idx, grid, grid_pca, channels):
+    """({split: format.write_dataset grids entry}, grid PCA mean, components) of the regions in
+    source: the PCA (unless grid_pca is None) is fitted on the train regions a block of pictures
+    at a time, one row per region, and each split's grid file is written a block at a time."""
+    L, n_train = grid * grid, len(idx["train"])
+    if grid_pca is None:
+        mean = comps = None
+        width = channels
+    else:
+        train_rows = lambda: (b.reshape(-1, channels) for b in source.rows(idx["train"], key=extraction.REGIONS_KEY))
+        mean, comps = feat.fit_pca_blocks(train_rows, n_train * L, channels, dim=min(grid_pca, n_train * L, channels))
+        width = comps.shape[1]
+
+    def writer(i):
+        blocks = lambda: (feat.grid_project(b, mean, comps) for b in source.rows(i, key=extraction.REGIONS_KEY))
+        return lambda path: fmt.write_grid(path, len(i), grid, width, blocks())
+
+    return {s: writer(i) for s, i in idx.items()}, mean, comps
 
 
 def _feature_writer(source, idx, width, transform=None):

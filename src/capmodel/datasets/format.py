@@ -19,12 +19,18 @@ Beyond CS231n (capmodel's own data sets; the loader reads them when present):
   captions as words (capmodel.vocab.tokenize joined by spaces), neither truncated nor
   mapped through the training vocabulary, so scores compare against the words people
   wrote rather than <UNK>s. Without it, references are decoded from the captions file.
+- a grid of region features per split, for attention models: {split}2014_grid.h5
+  (grid_file), dataset `features`, float16 (Ni, L, C), L = G * G regions of each image in
+  row-major order (attribute `grid` = G on the dataset), C channels (after the grid PCA
+  the data set records, or the encoder's own). Every split has one or none does; the
+  loader adds {split}_regions when they are there.
 
 The writer, the loader (capmodel.coco_utils), the validator and every generator use the
 names and checks below.
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -48,12 +54,21 @@ VOCAB_FILE = "coco2014_vocab.json"
 REFERENCES_FILE = "references.json"
 FEATURES_KEY = "features"
 PCA_DIM = 512
+GRID_ATTR = "grid"  # attribute of a grid file's dataset: the side G of its L = G * G regions
+GRID_DTYPE = np.float16
+GRID_PCA_DIM = 512  # default width of the PCA fitted on the train regions
+BLOCK_VALUES = 1 << 22  # values of a grid read or checked at a time (memory stays bounded)
 REMOTE_SCHEMES = ("http", "https")
 
 
 def features_file(split, pca=True):
     """File name of a split's features, e.g. train2014_vgg16_fc7_pca.h5."""
     return f"{split}2014_vgg16_fc7{'_pca' if pca else ''}.h5"
+
+
+def grid_file(split):
+    """File name of a split's grid of region features, e.g. train2014_grid.h5."""
+    return f"{split}2014_grid.h5"
 
 
 def urls_file(split):
@@ -74,7 +89,7 @@ def splits_of(base_dir):
     files is there (a missing one of them is then reported as missing)."""
     base = Path(base_dir)
     return SPLITS + tuple(s for s in OPTIONAL_SPLITS if any(
-        (base / f).exists() for f in (urls_file(s), features_file(s, True), features_file(s, False))))
+        (base / f).exists() for f in (urls_file(s), features_file(s, True), features_file(s, False), grid_file(s))))
 
 
 def check_split(base_dir, split):
@@ -85,8 +100,13 @@ def check_split(base_dir, split):
                            if split in ALL_SPLITS else f"unknown split '{split}'; use one of {known}")
 
 
+def has_grid(base_dir):
+    """Whether a dataset directory has grid files (any split's: a missing one is then reported)."""
+    return any((Path(base_dir) / grid_file(s)).exists() for s in ALL_SPLITS)
+
+
 def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, idx_to_word, extra=None,
-                  references=None):
+                  references=None, grids=None):
     """Write a complete dataset directory atomically.
 
     Everything is written into a temporary sibling directory that is renamed onto
@@ -107,11 +127,16 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
       (the shapes dataset's images) before the rename
     - references: optional dict split -> list of Ni lists of reference strings
       (REFERENCES_FILE), for the splits that are scored
+    - grids: optional dict with every split: its regions (Ni, L, C) (stored as float16,
+      grid_file), or a function that writes the split's grid file at the path it is given
+      (write_grid)
     """
     splits = tuple(captions)
     if set(SPLITS) - set(splits) or set(splits) - set(ALL_SPLITS):
         raise ValueError(f"write_dataset: the splits must be {', '.join(SPLITS)} and optionally "
                          f"{', '.join(OPTIONAL_SPLITS)}, got {', '.join(splits)}")
+    if grids is not None and set(grids) != set(splits):
+        raise ValueError(f"write_dataset: grids must cover the splits {', '.join(splits)}, got {', '.join(grids)}")
     out_dir = Path(out_dir)
     check_writable_dataset_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +159,13 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
                 else:
                     _write_h5(tmp / features_file(s, pca), {FEATURES_KEY: np.asarray(given, dtype=np.float32)})
             (tmp / urls_file(s)).write_text("".join(u + "\n" for u in entries[s]))
+            if grids is not None:
+                given = grids[s]
+                if callable(given):
+                    given(tmp / grid_file(s))
+                else:
+                    given = np.asarray(given)
+                    write_grid(tmp / grid_file(s), len(given), math.isqrt(given.shape[1]), given.shape[2], [given])
         if references:
             (tmp / REFERENCES_FILE).write_text(json.dumps(
                 {s: [list(r) for r in references[s]] for s in ALL_SPLITS if s in references}, ensure_ascii=False))
@@ -280,8 +312,32 @@ def write_features(path, num_rows, width, chunks):
             raise ValueError(f"write_features: {path} got {at} rows, expected {num_rows}")
 
 
-def _gather(base_dir, kinds):
-    """Read what can be read of a dataset; return (data, problems), one message per problem."""
+def write_grid(path, num_rows, grid, width, chunks):
+    """Write a grid file (FEATURES_KEY, float16 (num_rows, grid * grid, width), attribute
+    GRID_ATTR = grid) from an iterable of row blocks (n, grid * grid, width), holding one
+    block in memory at a time."""
+    if grid < 1:
+        raise ValueError(f"write_grid: {path}: the grid side must be at least 1, got {grid}")
+    shape = (num_rows, grid * grid, width)
+    with h5py.File(path, "w", track_order=False, libver="earliest") as f:
+        d = f.create_dataset(FEATURES_KEY, shape=shape, dtype=GRID_DTYPE, track_times=False)
+        d.attrs[GRID_ATTR] = np.int64(grid)
+        at = 0
+        for block in chunks:
+            if block.shape[1:] != shape[1:]:
+                raise ValueError(f"write_grid: {path} got a block of shape {block.shape}, expected (n, {shape[1]}, "
+                                 f"{shape[2]})")
+            d[at : at + len(block)] = np.asarray(block, dtype=GRID_DTYPE)
+            at += len(block)
+        if at != num_rows:
+            raise ValueError(f"write_grid: {path} got {at} rows, expected {num_rows}")
+
+
+def _gather(base_dir, kinds, regions="check"):
+    """Read what can be read of a dataset; return (data, problems), one message per problem.
+
+    regions: "load" reads the grid files into {split}_regions, "check" only checks them (the
+    data then holds placeholders of their shape), None leaves them alone."""
     base = Path(base_dir)
     if not base.is_dir():
         what = "is a file, not a dataset directory" if base.exists() else "dataset directory does not exist"
@@ -293,6 +349,8 @@ def _gather(base_dir, kinds):
         for pca in kinds:
             key = f"{split}_features" + ("_pca" if pca and len(kinds) > 1 else "")
             readers.append(lambda s=split, p=pca, k=key: {k: _read_features(base, s, p)})
+        if regions is not None and has_grid(base):
+            readers.append(lambda s=split: {f"{s}_regions": _read_grid(base, s, load=regions == "load")})
     data, found = {}, []
     if len(kinds) == 1:
         data["features_pca"] = kinds[0]
@@ -327,6 +385,7 @@ def problems_in_data(data, where="data"):
                                            if 0 <= i < V):
             found.append(f"{where}/{VOCAB_FILE}: idx_to_word and word_to_idx disagree")
     found += _feature_problems(data, where)
+    found += _grid_problems(data, where)
     caps = data.get("train_captions")
     if caps is not None and caps.shape[0] == 0:
         found.append(f"{where}/{CAPTIONS_FILE}: the train split has no captions")
@@ -382,6 +441,25 @@ def _feature_problems(data, where):
         if len(set(widths.values())) > 1:
             found.append(f"{where}: the splits' features differ in width: "
                          + ", ".join(f"{features_file(s, pca)} has {w}" for s, w in widths.items()))
+    return found
+
+
+def _grid_problems(data, where):
+    """Grids whose rows are not the split's images, and splits whose grids differ in shape."""
+    found, shapes = [], {}
+    for split in ALL_SPLITS:
+        regions = data.get(f"{split}_regions")
+        if regions is None:
+            continue
+        shapes[split] = regions.shape[1:]
+        images = next((len(data[k]) for k in (f"{split}_urls", f"{split}_features", f"{split}_features_pca")
+                       if data.get(k) is not None), None)
+        if images is not None and len(regions) != images:
+            found.append(f"{where}/{grid_file(split)}: '{FEATURES_KEY}' has {len(regions)} rows, but the {split} "
+                         f"split has {images} images")
+    if len(set(shapes.values())) > 1:
+        found.append(f"{where}: the splits' grids differ in shape (L regions, C channels): "
+                     + ", ".join(f"{grid_file(s)} has {shape}" for s, shape in shapes.items()))
     return found
 
 
@@ -456,6 +534,40 @@ def _read_features(base, split, pca):
         if d.ndim != 2 or not np.issubdtype(d.dtype, np.floating):
             raise DatasetError(f"{path}: '{FEATURES_KEY}' must be a 2-D float array, got {d.dtype} {d.shape}")
         return np.asarray(d)
+
+
+def _read_grid(base, split, load=True):
+    """A split's grid file checked (dtype, shape, grid side, finite values, a block of rows
+    at a time); its regions float16 (Ni, L, C), or if not load a placeholder of their shape
+    and dtype that holds no memory."""
+    path = base / grid_file(split)
+    if not path.exists() and has_grid(base):
+        raise DatasetError(f"{path}: missing file (the data set's other splits have a grid: every split has one "
+                           "or none does)")
+    with _open_h5(path) as f:
+        if FEATURES_KEY not in f:
+            raise DatasetError(f"{path}: missing dataset '{FEATURES_KEY}'")
+        d = f[FEATURES_KEY]
+        if d.ndim != 3 or d.dtype != GRID_DTYPE:
+            raise DatasetError(f"{path}: '{FEATURES_KEY}' must be a float16 array (N, L, C), got {d.dtype} {d.shape}")
+        n, L, C = d.shape
+        side = math.isqrt(L)
+        if L == 0 or side * side != L or C == 0:
+            raise DatasetError(f"{path}: '{FEATURES_KEY}' must hold L = G * G regions of C > 0 channels per image, "
+                               f"got shape {d.shape}")
+        grid = d.attrs.get(GRID_ATTR)
+        if grid is None or np.ndim(grid) != 0 or grid != side:
+            raise DatasetError(f"{path}: attribute '{GRID_ATTR}' of '{FEATURES_KEY}' must be the grid side {side} "
+                               f"of its {L} regions, got {grid!r}")
+        values = np.asarray(d) if load else None
+        source = d if values is None else values
+        step = max(1, BLOCK_VALUES // (L * C))
+        for s in range(0, n, step):
+            finite = np.isfinite(source[s : s + step]).all(axis=(1, 2))
+            if not finite.all():
+                raise DatasetError(f"{path}: the regions of row {s + int(np.argmin(finite))} of '{FEATURES_KEY}' "
+                                   "hold NaN or Inf")
+    return values if load else np.broadcast_to(np.zeros((), GRID_DTYPE), (n, L, C))
 
 
 def _read_vocab(base):
@@ -542,13 +654,15 @@ def sizes(base_dir):
     return out
 
 
-def load(base_dir, pca_features=True):
+def load(base_dir, pca_features=True, regions=True):
     """Read every part of a dataset; raise DatasetError listing all problems found.
 
     The {split}_urls are where to read each image: the entries of the urls files resolved
-    against base_dir (image_locations), http(s) URLs as stored.
+    against base_dir (image_locations), http(s) URLs as stored. A data set with grid files
+    adds {split}_regions, float16 (Ni, L, C), unless regions is False (they are then
+    neither read nor checked).
     """
-    data, found = _gather(base_dir, (bool(pca_features),))
+    data, found = _gather(base_dir, (bool(pca_features),), regions="load" if regions else None)
     if found:
         raise DatasetError(f"invalid dataset {base_dir}:\n" + "\n".join(f"- {p}" for p in found))
     data.pop("features_pca", None)

@@ -8,6 +8,12 @@ objects, counts. Some references are longer than 15 words and are truncated as C
 did. The result is written in the CS231n on-disk format (capmodel.datasets.format), with
 the images under images/ and the feature extractor's record (capmodel.datasets.features).
 
+For attention models it also holds a grid of region features (format.grid_file): the
+random-conv encoder's second layer (16 x 16 at 64 pixels, 128 channels) average-pooled to
+DEFAULT_GRID x DEFAULT_GRID regions, its 128 channels kept as they are (no PCA by default:
+128 channels are already narrow, and a PCA keeping all of them would only centre and rotate
+them). The other files are the same bytes with or without the grid.
+
 Everything is drawn from np.random.default_rng([seed, split]), so a seed gives the same
 images, captions and HDF5 bytes on every run. The val images, their captions' text and
 their fc7 features do not depend on the number of training images; the vocabulary (so the
@@ -20,10 +26,14 @@ import numpy as np
 
 from capmodel.datasets import features as feat
 from capmodel.datasets import format as fmt
+from capmodel.encoders import randconv
 from capmodel.progress import track
 from capmodel.vocab import build_vocab, encode_captions
 
 SIZE = 64
+MAP_SIDE = randconv.map_side(SIZE)  # 16: the largest grid
+DEFAULT_GRID = 4  # 4 x 4 regions of 16 x 16 pixels each; None: no grid
+DEFAULT_GRID_PCA = None  # the 128 channels as they are
 COLORS = {  # name -> (RGB, rare synonym)
     "red": ((220, 40, 40), "crimson"),
     "green": ((40, 180, 60), "lime"),
@@ -222,7 +232,8 @@ def _write_png(path, image):
     Image.fromarray(image).save(path, format="PNG", optimize=False)
 
 
-def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5):
+def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5, grid=DEFAULT_GRID,
+             grid_pca=DEFAULT_GRID_PCA):
     """Generate the shapes dataset into out_dir (replaced atomically when complete).
 
     Inputs:
@@ -230,28 +241,44 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5):
     - num_train, num_val: Number of images per split (five captions each)
     - seed: Seed for everything random
     - min_count: Vocabulary threshold; rarer training words become <UNK>
+    - grid: Side G of the grid of region features (1 to MAP_SIDE), or None for none
+    - grid_pca: Components K of a PCA fitted on the train regions (K >= 128 keeps them all,
+      centred and rotated), or None to keep the 128 channels as they are
 
     Returns a dict of summary statistics (image, caption and vocabulary counts).
     """
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
+    randconv.RandConvEncoder(SIZE).check_grid(grid)
+    if grid_pca is not None and grid_pca < 1:
+        raise ValueError(f"grid_pca must be a positive number of components or None, got {grid_pca}")
     fmt.check_writable_dataset_dir(out_dir)  # before a minute of work, not after
     out_dir = Path(out_dir).resolve()
     splits = {s: generate_split(n, seed, s) for s, n in (("train", num_train), ("val", num_val))}
     train_text = [c for caps in splits["train"][2] for c in caps]
     word_to_idx, idx_to_word = build_vocab(train_text, min_count=min_count)
-    captions, image_idxs, fc7, urls, images = {}, {}, {}, {}, {}
+    captions, image_idxs, fc7, urls, images, regions = {}, {}, {}, {}, {}, {}
     for s, (_, imgs, caps) in splits.items():
         flat = [c for cs in caps for c in cs]
         captions[s] = encode_captions(flat, word_to_idx)
         image_idxs[s] = np.repeat(np.arange(len(caps), dtype=np.int32), [len(cs) for cs in caps])
         chunks = range(0, len(imgs), 256)  # extract()'s own batch: the same arithmetic as in one call
-        fc7[s] = np.concatenate([feat.extract(imgs[i : i + 256]) for i in track(
-            chunks, len(chunks), f"{s} features", unit="chunks of 256 images")])
+        out = [feat.extract(imgs[i : i + 256], grid=grid) for i in track(
+            chunks, len(chunks), f"{s} features", unit="chunks of 256 images")]
+        if grid is None:
+            fc7[s] = np.concatenate(out)
+        else:
+            fc7[s] = np.concatenate([f for f, _ in out])
+            regions[s] = np.concatenate([feat.grid_project(r) for _, r in out])  # float16, as a grid file
         urls[s] = [out_dir / "images" / s / f"{i:06d}.png" for i in range(len(imgs))]  # stored relative
         images[s] = imgs
     mean, comps = feat.fit_pca(fc7["train"], dim=min(fmt.PCA_DIM, fc7["train"].shape[1]))
     pca = {s: feat.pca_project(fc7[s], mean, comps, fmt.PCA_DIM) for s in fc7}
+    grid_mean = grid_comps = None
+    if grid is not None and grid_pca is not None:  # one row per train region
+        train = regions["train"].reshape(-1, randconv.GRID_DIM)
+        grid_mean, grid_comps = feat.fit_pca(train, dim=min(grid_pca, len(train), randconv.GRID_DIM))
+        regions = {s: feat.grid_project(r, grid_mean, grid_comps) for s, r in regions.items()}
 
     def add_images(tmp_dir):
         for s, imgs in images.items():
@@ -260,9 +287,11 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5):
             for i, img in enumerate(imgs):
                 _write_png(d / f"{i:06d}.png", img)
         # so that `capmodel caption` computes the features of new images the same way
-        feat.write_record(tmp_dir, SIZE, mean, comps, fmt.PCA_DIM, created_by="capmodel data shapes")
+        feat.write_record(tmp_dir, SIZE, mean, comps, fmt.PCA_DIM, created_by="capmodel data shapes", grid=grid,
+                          grid_mean=grid_mean, grid_components=grid_comps)
 
-    fmt.write_dataset(out_dir, captions, image_idxs, fc7, pca, urls, idx_to_word, extra=add_images)
+    fmt.write_dataset(out_dir, captions, image_idxs, fc7, pca, urls, idx_to_word, extra=add_images,
+                      grids=regions if grid is not None else None)
     lengths = [len(c.split()) for c in train_text]
     return {
         "train_images": num_train, "val_images": num_val,
