@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from capmodel.safety.outputs import check_output
+from capmodel.safety.outputs import check_output, check_outputs, kind_of, write_texts
 
 
 def test_an_output_must_have_its_suffix_and_not_be_an_input(tmp_path):
@@ -33,3 +33,33 @@ def test_an_output_that_cannot_be_written_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file, not a directory"):
         check_output(tmp_path / "file" / "out.csv", ".csv")
+
+
+def test_text_files_say_what_they_are_by_their_first_line_and_pages_by_their_generator(tmp_path):
+    (tmp_path / "c.csv").write_text("\ufeffimage,caption\na.png,a cat\n")
+    (tmp_path / "g.html").write_text('<!DOCTYPE html>\n<html><head><meta name="generator" content="capmodel caption">')
+    (tmp_path / "mine.html").write_text("<html><body>my page</body></html>")
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00")
+    assert kind_of(tmp_path / "c.csv") == "image,caption" and kind_of(tmp_path / "g.html") == "capmodel caption"
+    assert kind_of(tmp_path / "mine.html") is None and kind_of(tmp_path / "bin.csv") is None
+    check_output(tmp_path / "c.csv", ".csv", kind="image,caption")
+    with pytest.raises(ValueError, match="is not a file capmodel wrote there"):
+        check_output(tmp_path / "c.csv", ".csv", kind="model,cell_type")
+    with pytest.raises(ValueError, match="is not a page capmodel caption wrote"):
+        check_output(tmp_path / "mine.html", ".html", kind="capmodel caption")
+
+
+def test_outputs_are_checked_together_and_never_twice_the_same_file(tmp_path):
+    assert check_outputs([(tmp_path / "a.csv", ".csv", None), (None, ".html", None)]) == [tmp_path / "a.csv"]
+    with pytest.raises(ValueError, match="is given twice"):
+        check_outputs([(tmp_path / "a.csv", ".csv", None), (tmp_path / "." / "a.csv", ".csv", None)])
+
+
+def test_files_written_together_are_all_written_or_none(tmp_path):
+    write_texts({tmp_path / "a.csv": "a\n", tmp_path / "b.html": "b\n"})
+    assert (tmp_path / "a.csv").read_text() == "a\n" and (tmp_path / "b.html").read_text() == "b\n"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        write_texts({tmp_path / "a.csv": "new\n", tmp_path / "file" / "b.html": "b\n"})
+    assert (tmp_path / "a.csv").read_text() == "a\n"  # the old file, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.html", "file"]  # no temporary file left

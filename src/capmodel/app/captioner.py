@@ -28,15 +28,20 @@ import numpy as np
 
 from capmodel import checkpoints
 from capmodel.encoders import registry
-from capmodel.safety.atomic import write_text
 from capmodel.coco_utils import decode_captions
 from capmodel.datasets import features as feat
 from capmodel.datasets import folder
 from capmodel.datasets import format as fmt
-from capmodel.app.tables import write_csv
+from capmodel.app.tables import csv_text
 from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb, thumbnail_uri
+from capmodel.safety.outputs import check_outputs, write_texts
 
 METHODS = ("greedy", "beam")
+CSV_COLUMNS = ("image", "caption")
+# How the outputs say that capmodel wrote them (capmodel.safety.outputs.kind_of): the CSV's
+# header, the gallery's <meta name="generator">. Only such files are replaced.
+CSV_KIND = ",".join(CSV_COLUMNS)
+GALLERY_KIND = "capmodel caption"
 
 
 class FeaturesNotComputable(ValueError):
@@ -281,13 +286,31 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
     return [{"image": str(p), "caption": t} for p, t in zip(images, texts)]
 
 
-def write_captions_csv(path, rows):
-    """Atomically write the rows as CSV with columns image, caption."""
-    write_csv(path, rows, ["image", "caption"])
+def check_output_files(out, html, model_path, paths, features_file=None):
+    """Check the CSV (out) and gallery (html) to write, either may be None, before any
+    picture is read (capmodel.safety.outputs.check_outputs): suffixes .csv and .html, none
+    of the command's inputs, writable, and an existing file replaced only if it is a
+    caption CSV or gallery that capmodel wrote."""
+    base = checkpoints.model_base(model_path)
+    inputs = (base.with_suffix(".npz"), base.with_suffix(".json"), *paths,
+              *(() if features_file is None else (features_file,)))
+    check_outputs([(out, ".csv", CSV_KIND), (html, ".html", GALLERY_KIND)], inputs=inputs)
 
 
-def write_gallery(path, rows, title="capmodel captions"):
-    """Atomically write a self-contained HTML page: each image (an embedded thumbnail) with its caption.
+def write_outputs(rows, csv_path=None, html_path=None, title="capmodel captions"):
+    """Write the rows as CSV (columns image, caption) and as a gallery (gallery_html),
+    either path may be None. Every picture is read first, and the files are renamed into
+    place together, so a failure leaves neither."""
+    files = {}
+    if csv_path is not None:
+        files[csv_path] = csv_text(rows, CSV_COLUMNS)
+    if html_path is not None:
+        files[html_path] = gallery_html(rows, title)
+    write_texts(files)
+
+
+def gallery_html(rows, title="capmodel captions"):
+    """A self-contained HTML page: each image (an embedded thumbnail) with its caption.
 
     Raises one FolderError naming every image that cannot be read.
     """
@@ -305,7 +328,8 @@ def write_gallery(path, rows, title="capmodel captions"):
         f'<br><small>{html.escape(r["image"])}</small></figcaption></figure>'
         for r, uri in zip(rows, uris))
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GALLERY_KIND}">
+<title>{html.escape(title)}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
@@ -318,4 +342,4 @@ figcaption {{ overflow-wrap: anywhere; }}
 {figures}
 </div></body></html>
 """
-    write_text(path, page)
+    return page

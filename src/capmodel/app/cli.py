@@ -163,13 +163,11 @@ def cmd_sample(args):
 def cmd_caption(args):
     from capmodel.app import captioner
 
+    captioner.check_output_files(args.out, args.html, args.model, args.images, args.features)
     rows = captioner.caption_files(args.model, args.images, data_dir=args.data, features_file=args.features,
                                    method=args.method, beam_size=args.beam_size, max_length=args.max_length,
                                    weights=args.weights)
-    if args.out:
-        captioner.write_captions_csv(args.out, rows)
-    if args.html:
-        captioner.write_gallery(args.html, rows, title=f"Captions by {args.model}")
+    captioner.write_outputs(rows, args.out, args.html, title=f"Captions by {args.model}")
     for r in [] if args.out else rows:
         print(f"{r['image']}\t{r['caption']}")
     written = [f for f in (args.out, args.html) if f]

@@ -1,36 +1,88 @@
 """The output files a command is about to write, checked before any work.
 
-Every command that writes files checks them first, with the same rules: an output must
-end in its suffix, must not be one of the command's inputs, must be writable, and an
-existing JSON file is replaced only when it is one that capmodel wrote for the same
-purpose (its "kind" key), so a model.json or a user's file is never overwritten by a record.
+Every command that writes files checks all of them first, with the same rules: an output
+must end in its suffix, must not be one of the command's inputs (nor another of its
+outputs), must be writable, and an existing file is replaced only when it is one that
+capmodel wrote for the same purpose (its kind), so a model, a picture or a user's file is
+never overwritten by a table or a page. How a file says what it is depends on its type:
+- JSON: the object's "kind" key (a metrics file: "metrics");
+- HTML: the content of its <meta name="generator"> tag (the caption gallery: "capmodel caption");
+- any other text (CSV, Markdown): its first line, the header capmodel writes.
 """
 
 import json
+import re
+from contextlib import ExitStack
 from pathlib import Path
 
-from capmodel.safety.atomic import check_writable
+from capmodel.safety.atomic import atomic_path, check_writable
+
+HEAD_BYTES = 1 << 16  # how much of an existing file is read to tell what it is
+_GENERATOR = re.compile(r"""<meta\s+name=["']generator["']\s+content=["']([^"']*)["']""", re.I)
 
 
-def _json_kind(path):
+def kind_of(path):
+    """What an existing file says it is (see the module docstring), or None when it says
+    nothing capmodel writes (unreadable, not text, no kind)."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return data.get("kind") if isinstance(data, dict) else None
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return data.get("kind") if isinstance(data, dict) else None
+    if path.suffix == ".html":
+        found = _GENERATOR.search(head)
+        return found.group(1) if found else None
+    return head.splitlines()[0] if head else None
+
+
+def _named(suffix, kind):
+    if suffix == ".json":
+        return f"a {kind.replace('_', ' ')} capmodel wrote"
+    if suffix == ".html":
+        return f"a page {kind} wrote"
+    return f"a file capmodel wrote there (its first line is not {kind!r})"
 
 
 def check_output(path, suffix, kind=None, inputs=()):
     """Refuse an output path before any work: it must end in suffix, must not be one of
-    the command's inputs, and an existing JSON file is replaced only if it is one that
-    capmodel wrote for the same purpose (kind), so a model.json or a user's file is never
-    overwritten by a record."""
+    the command's inputs, must be writable, and an existing file is replaced only if it is
+    one that capmodel wrote for the same purpose (kind_of(path) == kind; kind None: any
+    file of the suffix), so a model.json or a user's file is never overwritten by a record.
+
+    Raises ValueError naming the path."""
     path = Path(path)
     if path.suffix != suffix:
         raise ValueError(f"output file {path} must end in {suffix}")
     if any(path.resolve() == Path(i).resolve() for i in inputs):
         raise ValueError(f"output file {path} is also an input of this command; choose another name")
     check_writable(path, "output file")
-    if kind is not None and path.exists() and _json_kind(path) != kind:
-        raise ValueError(f"{path} exists and is not a {kind.replace('_', ' ')} capmodel wrote; capmodel does not "
-                         "overwrite it: move it away or choose another output name")
+    if kind is not None and path.exists() and kind_of(path) != kind:
+        raise ValueError(f"{path} exists and is not {_named(suffix, kind)}; capmodel does not overwrite it: move "
+                         "it away or choose another output name")
+
+
+def check_outputs(outputs, inputs=()):
+    """check_output for each (path, suffix, kind) of outputs (None paths are skipped), and
+    no two of them the same file. Returns the paths checked."""
+    outputs = [(Path(p), suffix, kind) for p, suffix, kind in outputs if p is not None]
+    seen = []
+    for path, suffix, kind in outputs:
+        if any(path.resolve() == s.resolve() for s in seen):
+            raise ValueError(f"output file {path} is given twice; each output needs its own name")
+        check_output(path, suffix, kind, inputs)
+        seen.append(path)
+    return seen
+
+
+def write_texts(files):
+    """Write several text files ({path: text}) so that a failure while writing leaves none
+    of them: each goes to a temporary file first, and the files are renamed into place only
+    when all are written."""
+    with ExitStack() as stack:
+        tmps = [(stack.enter_context(atomic_path(path)), text) for path, text in files.items()]
+        for tmp, text in tmps:
+            tmp.write_text(text, encoding="utf-8")
