@@ -9,6 +9,7 @@ exits with status 2; Ctrl-C prints one line and exits with 130. The flags of the
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,6 +31,11 @@ S = _Settings()
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_CHECK = 1
 EXIT_INTERRUPTED = 130
+GRADCHECK_COLUMNS = ("layer", "cell", "param", "measure", "error", "tolerance", "ok")
+# The first lines of the summary's tables (capmodel.app.pipeline.summarize), whose columns
+# depend on what the models recorded: an existing file is replaced only if it starts so.
+SUMMARY_CSV_KIND = re.compile(r"model(,[A-Za-z0-9_]+)*")
+SUMMARY_MD_KIND = re.compile(r"\| model \|.*")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,10 +126,10 @@ def cmd_data_features(args):
 
 def cmd_gradcheck(args):
     from capmodel.app import gradcheck_suite
-    from capmodel.safety.atomic import check_writable
     from capmodel.app.tables import write_csv
+    from capmodel.safety.outputs import check_output
 
-    check_writable(args.out, "output file")
+    check_output(args.out, ".csv", kind=",".join(GRADCHECK_COLUMNS))
     rows = gradcheck_suite.run(seed=args.seed)
     failed = [r for r in rows if not r["ok"]]
     for r in rows:
@@ -133,7 +139,7 @@ def cmd_gradcheck(args):
               f"{r['error']} > {r['tolerance']}", file=sys.stderr)
     if failed:
         return EXIT_FAILED_CHECK
-    write_csv(args.out, rows, ["layer", "cell", "param", "measure", "error", "tolerance", "ok"])
+    write_csv(args.out, rows, GRADCHECK_COLUMNS)
     print(f"{len(rows)} gradient checks passed -> {args.out}")
     return 0
 
@@ -196,7 +202,10 @@ def cmd_evaluate(args):
 
 def cmd_summarize(args):
     from capmodel.app import pipeline
+    from capmodel.safety.outputs import check_outputs
 
+    check_outputs([(args.out, ".csv", SUMMARY_CSV_KIND), (args.markdown, ".md", SUMMARY_MD_KIND)],
+                  inputs=[*args.metrics, *(args.models or ()), *(args.val or ())])
     rows = pipeline.summarize(args.metrics, args.out, args.markdown, model_files=args.models or (),
                               val_files=args.val or ())
     print(f"{len(rows)} models -> {args.out}, {args.markdown}")

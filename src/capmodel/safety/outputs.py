@@ -8,6 +8,8 @@ never overwritten by a table or a page. How a file says what it is depends on it
 - JSON: the object's "kind" key (a metrics file: "metrics");
 - HTML: the content of its <meta name="generator"> tag (the caption gallery: "capmodel caption");
 - any other text (CSV, Markdown): its first line, the header capmodel writes.
+A kind is a string (equal) or, for a header whose columns vary, a compiled regular
+expression (the whole first line matches).
 """
 
 import json
@@ -39,18 +41,25 @@ def kind_of(path):
     return head.splitlines()[0] if head else None
 
 
+def _is(found, kind):
+    if isinstance(kind, re.Pattern):
+        return found is not None and kind.fullmatch(found) is not None
+    return found == kind
+
+
 def _named(suffix, kind):
     if suffix == ".json":
         return f"a {kind.replace('_', ' ')} capmodel wrote"
     if suffix == ".html":
         return f"a page {kind} wrote"
-    return f"a file capmodel wrote there (its first line is not {kind!r})"
+    shown = "the header capmodel writes" if isinstance(kind, re.Pattern) else repr(kind)
+    return f"a file capmodel wrote there (its first line is not {shown})"
 
 
 def check_output(path, suffix, kind=None, inputs=()):
     """Refuse an output path before any work: it must end in suffix, must not be one of
     the command's inputs, must be writable, and an existing file is replaced only if it is
-    one that capmodel wrote for the same purpose (kind_of(path) == kind; kind None: any
+    one that capmodel wrote for the same purpose (kind_of(path) is kind; kind None: any
     file of the suffix), so a model.json or a user's file is never overwritten by a record.
 
     Raises ValueError naming the path."""
@@ -60,7 +69,7 @@ def check_output(path, suffix, kind=None, inputs=()):
     if any(path.resolve() == Path(i).resolve() for i in inputs):
         raise ValueError(f"output file {path} is also an input of this command; choose another name")
     check_writable(path, "output file")
-    if kind is not None and path.exists() and kind_of(path) != kind:
+    if kind is not None and path.exists() and not _is(kind_of(path), kind):
         raise ValueError(f"{path} exists and is not {_named(suffix, kind)}; capmodel does not overwrite it: move "
                          "it away or choose another output name")
 
