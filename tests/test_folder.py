@@ -320,3 +320,32 @@ def test_a_symlink_and_its_target_go_to_one_split(tmp_path, capsys):
                            tmp_path / "data")
     assert code == 2 and f"'link_{names[0]}' (val)" in err and f"'{names[12]}' (train)" in err
     assert "same picture file" in err and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("inside", ["images folder", "captions file", "one picture"])
+def test_inputs_inside_the_output_data_set_are_refused_before_anything_is_deleted(tmp_path, capsys, inside):
+    from capmodel.datasets import shapes
+
+    d = tmp_path / "d"
+    shapes.generate(d, num_train=6, num_val=2, seed=0, min_count=1)  # ours: from-folder may replace it
+    caps = make_photos(tmp_path / "photos", copies=1)
+    rows = [(n, c, "val" if i == 0 else "train") for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    images, captions = tmp_path / "photos", write_csv(tmp_path / "captions.csv", rows)
+    if inside == "images folder":
+        images = d / "images" / "train"
+        rows = [(p.name, "a shape", "val" if i == 0 else "train") for i, p in enumerate(sorted(images.iterdir()))]
+        captions = write_csv(tmp_path / "captions.csv", rows)
+    elif inside == "captions file":
+        captions = tmp_path / "captions.csv"
+        (d / "images" / "captions.csv").write_bytes(captions.read_bytes())
+        captions = d / "images" / "captions.csv"  # a file the data set did not hold: refused as such
+    else:
+        first = rows[0][0]
+        (images / first).unlink()
+        (images / first).symlink_to(d / "images" / "train" / "000000.png")
+    before = sorted(p for p in d.rglob("*"))
+    capsys.readouterr()
+    code, out, err = run_cli(capsys, "data", "from-folder", images, captions, d, "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "is inside the output data set" in err or "capmodel did not write there" in err, err
+    assert sorted(p for p in d.rglob("*")) == before  # nothing deleted

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from capmodel.safety.outputs import check_output, check_outputs, kind_of, write_texts
+from capmodel.safety.outputs import check_not_inside, check_output, check_outputs, kind_of, write_texts
 
 
 def test_an_output_must_have_its_suffix_and_not_be_an_input(tmp_path):
@@ -53,6 +53,15 @@ def test_outputs_are_checked_together_and_never_twice_the_same_file(tmp_path):
     assert check_outputs([(tmp_path / "a.csv", ".csv", None), (None, ".html", None)]) == [tmp_path / "a.csv"]
     with pytest.raises(ValueError, match="is given twice"):
         check_outputs([(tmp_path / "a.csv", ".csv", None), (tmp_path / "." / "a.csv", ".csv", None)])
+
+
+def test_inputs_inside_a_directory_to_replace_are_refused(tmp_path):
+    (tmp_path / "out" / "images").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "out" / "images")
+    check_not_inside(tmp_path / "out", [tmp_path / "photos", tmp_path / "outer.csv"], "output data set")
+    for inside in (tmp_path / "out", tmp_path / "out" / "images", tmp_path / "link"):
+        with pytest.raises(ValueError, match="is inside the output data set"):
+            check_not_inside(tmp_path / "out", [inside], "output data set")
 
 
 def test_files_written_together_are_all_written_or_none(tmp_path):

@@ -37,6 +37,7 @@ from capmodel.datasets import format as fmt
 from capmodel import image_utils
 from capmodel.encoders import randconv, registry
 from capmodel.image_utils import IMAGE_SUFFIXES
+from capmodel.safety.outputs import check_not_inside
 from capmodel.vocab import SPECIAL_TOKENS, build_vocab, encode_captions, tokenize
 
 DEFAULT_IMAGE_SIZE = randconv.DEFAULT_IMAGE_SIZE  # the shapes images' side; the extractor needs S >= 16
@@ -431,7 +432,10 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     make = _make_encoder(encoder, weights, image_size, pca, grid, grid_pca)
     fmt.check_writable_dataset_dir(out_dir)
     out_dir = Path(out_dir).resolve()
+    inputs = [images_dir, captions_file, *([weights] if weights else []), *(features_files or [])]
+    check_not_inside(out_dir, inputs, "output data set")  # replacing it would delete them
     images, rows, order, uncaptioned = plan(images_dir, captions_file)
+    check_not_inside(out_dir, [images[n] for n in order], "output data set")  # also through symbolic links
     split_of = assign_splits(rows, val_fraction, seed, same={n: images[n].resolve() for n in order})
     if uncaptioned:
         shown = ", ".join(uncaptioned[:5]) + (", ..." if len(uncaptioned) > 5 else "")

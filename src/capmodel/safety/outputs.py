@@ -87,6 +87,20 @@ def check_outputs(outputs, inputs=()):
     return seen
 
 
+def check_not_inside(directory, paths, what):
+    """Refuse inputs that lie inside (or are) directory, which a command is about to replace
+    as a whole: paths, resolved through symbolic links, must be outside it.
+
+    what: how to name the directory in the message (e.g. "output data set")."""
+    top = Path(directory).resolve()
+    for p in paths:
+        real = Path(p).resolve()
+        if real == top or top in real.parents:
+            linked = "" if real == Path(p).absolute() else f" (a symbolic link to {real})"
+            raise ValueError(f"{p}{linked} is inside the {what} {directory}, which this command replaces (deleting "
+                             "what is in it): choose an output directory outside its inputs")
+
+
 def write_texts(files):
     """Write several text files ({path: text}) so that a failure while writing leaves none
     of them: each goes to a temporary file first, and the files are renamed into place only
