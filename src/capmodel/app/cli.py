@@ -82,7 +82,7 @@ def cmd_data_check(args):
     from capmodel.datasets import format as fmt
 
     kinds = {"both": None, "pca": True, "fc7": False}[args.features]
-    found = fmt.problems(args.data_dir, pca_features=kinds)
+    found = fmt.problems(args.data_dir, pca_features=kinds, pictures=True)
     for p in found:
         print(p, file=sys.stderr)
     if found:
@@ -239,7 +239,8 @@ def build_parser():
                    "capmodel dataset (replaced atomically)")
     S.add_arguments(s, S.SHAPES)
     s.set_defaults(func=cmd_data_shapes)
-    c = dsub.add_parser("check", help="validate a dataset directory; one line per problem, exit 1 if any")
+    c = dsub.add_parser("check", help="validate a dataset directory (its files, arrays and that the local "
+                        "pictures its urls files name exist); one line per problem, exit 1 if any")
     c.add_argument("data_dir", help="dataset directory")
     c.add_argument("--features", choices=("both", "pca", "fc7"), default="both",
                    help="which feature files must be present")
