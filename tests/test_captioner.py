@@ -182,6 +182,7 @@ def _broken(tmp):
     ("width mismatch", "features in {tmp}/w.npy have width 7, but the model expects width 512"),
     ("row mismatch", "features in {tmp}/r.npy have 3 rows but 1 images were given"),
     ("pickled features", "cannot read features file {tmp}/o.npy"),
+    ("non-finite features", "features in {tmp}/n.npy hold 2 non-finite values (NaN or inf), first in row 0"),
     ("data set missing", "the model's data set {tmp}/gone does not exist"),
     ("other vocabulary", "the vocabulary of {shapes} differs from the model's"),
 ])
@@ -211,6 +212,11 @@ def test_bad_input_gives_one_line_exit_2(trained, shapes_dir, capsys, tmp_path, 
     elif case == "pickled features":
         np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
         extra = ["--features", tmp_path / "o.npy"]
+    elif case == "non-finite features":
+        x = np.zeros((1, 512), np.float32)
+        x[0, [3, 7]] = [np.nan, np.inf]
+        np.save(tmp_path / "n.npy", x)
+        extra = ["--features", tmp_path / "n.npy"]
     elif case == "data set missing":
         extra = ["--data", tmp_path / "gone"]
     elif case == "other vocabulary":

@@ -70,7 +70,8 @@ def collect_images(paths):
 
 
 def load_features(path, num_images):
-    """Precomputed features: an .npy array (N, D) or an HDF5 file with a 'features' dataset (N, D)."""
+    """Precomputed features: an .npy array (N, D) or an HDF5 file with a 'features' dataset (N, D),
+    every value finite."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"features file {path} does not exist")
@@ -93,6 +94,10 @@ def load_features(path, num_images):
     if len(x) != num_images:
         raise ValueError(f"features in {path} have {len(x)} rows but {num_images} images were given "
                          "(one row per image, in the order given)")
+    bad = ~np.isfinite(x)
+    if bad.any():  # a model fed NaN decodes nothing and would print empty captions
+        raise ValueError(f"features in {path} hold {np.count_nonzero(bad)} non-finite values (NaN or inf), "
+                         f"first in row {np.flatnonzero(bad.any(axis=1))[0]}")
     return x
 
 
