@@ -344,3 +344,11 @@ def test_source_images_extracts_in_shards_and_equals_one_from_folder_run(tmp_pat
     bad = _config_with(tmp_path, "data: {source: images, images: nowhere, captions: %s}" % (tmp_path / "captions.csv"))
     r = snakemake(tmp_path / "w2", "-n", config=bad)
     assert r.returncode != 0 and "data.images nowhere: no such directory" in r.stdout + r.stderr
+
+
+def test_scst_null_switches_the_fine_tuning_off_in_a_second_configfile(tmp_path):
+    off = tmp_path / "off.yaml"
+    off.write_text("models: {tiny_lstm: {scst: null}}\n")  # merged onto the .test config's tiny_lstm
+    r = snakemake(tmp_path / "w", "-n", "--configfile", str(TEST_CONFIG), str(off))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "train_model" in r.stdout and "finetune_model" not in r.stdout and "tiny_lstm+scst" not in r.stdout
