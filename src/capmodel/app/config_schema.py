@@ -137,9 +137,14 @@ def schema():
 
 
 def schema_yaml():
+    """The schema as YAML, every repeated part written out (no anchors and aliases)."""
     import yaml
 
-    return HEADER + yaml.safe_dump(schema(), sort_keys=False, width=110, allow_unicode=True)
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+
+    return HEADER + yaml.dump(schema(), Dumper=Dumper, sort_keys=False, width=110, allow_unicode=True)
 
 
 def _rows(props, prefix):
