@@ -349,3 +349,25 @@ def test_inputs_inside_the_output_data_set_are_refused_before_anything_is_delete
     assert code == 2 and err.count("\n") == 1, err
     assert "is inside the output data set" in err or "capmodel did not write there" in err, err
     assert sorted(p for p in d.rglob("*")) == before  # nothing deleted
+
+
+def test_a_picture_name_with_a_line_break_is_refused_before_extraction(tmp_path, capsys, monkeypatch):
+    from capmodel.datasets import extraction
+
+    def extract(*args, **kwargs):
+        raise AssertionError("extraction started before the names were checked")
+
+    monkeypatch.setattr(extraction, "extract_to_file", extract)
+    caps = make_photos(tmp_path / "photos", copies=1)
+    first = next(iter(caps))
+    (tmp_path / "photos" / first).rename(tmp_path / "photos" / "two\nlines.png")
+    rows = [("two\nlines.png" if n == first else n, c, "val" if i == 0 else "train")
+            for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    write_csv(tmp_path / "captions.csv", rows)
+    for command in (["from-folder"], ["features"]):
+        out = tmp_path / ("data" if command == ["from-folder"] else "f.h5")
+        code, _, err = run_cli(capsys, "data", *command, tmp_path / "photos", tmp_path / "captions.csv", out,
+                               "--no-progress")
+        assert code == 2 and err.count("\n") == 1, err
+        assert "image 'two\\nlines.png' has a line break in its name" in err, err
+        assert not out.exists()

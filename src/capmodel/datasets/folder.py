@@ -328,7 +328,8 @@ def plan(images_dir, captions_file):
     extraction order (sorted), names of the uncaptioned ones).
 
     Raises one FolderError naming every captions row whose picture is missing, hidden or
-    not a picture file.
+    not a picture file, or naming the first picture whose name holds a line break (which
+    the data set's urls files cannot store).
     """
     images = list_images(images_dir)
     rows = read_captions(captions_file)
@@ -348,6 +349,11 @@ def plan(images_dir, captions_file):
             missing[r["image"]] = f"{r['where']}: image '{r['image']}' {what}"
     if missing:
         raise FolderError("; ".join(missing.values()))
+    broken = [r for r in rows if fmt.has_line_break(r["image"])]
+    if broken:  # found here, not when the data set's urls files are written after the extraction
+        count = len({r["image"] for r in broken})
+        raise FolderError(f"{broken[0]['where']}: image {broken[0]['image']!r} has a line break in its name, which "
+                          f"a line of {fmt.urls_file('train')} cannot hold ({count} such picture(s)); rename it")
     captioned = {r["image"] for r in rows}
     names = [n for n in images if n in captioned]
     return images, rows, names, [n for n in images if n not in captioned]

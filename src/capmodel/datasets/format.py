@@ -219,11 +219,17 @@ def _url_entries(base, locations):
         entry = Path(os.path.relpath(os.path.abspath(location), base)).as_posix()
         if _has_scheme(entry):  # a file named like 'photo:1.png' in the dataset directory itself
             entry = f"./{entry}"
-        if entry != entry.strip() or len(entry.splitlines()) > 1:  # the reader takes stripped lines
+        if entry != entry.strip() or has_line_break(entry):  # the reader takes stripped lines
             raise ValueError(f"image {str(location)!r}: a path with a line break or that starts or ends with a "
                              f"space cannot be stored in a line of {urls_file('train')}; rename the file")
         entries.append(entry)
     return entries
+
+
+def has_line_break(text):
+    """Whether text holds a line break of any kind (str.splitlines': \\n, \\r, \\v, \\f,
+    U+2028, ...), which one line of a urls file cannot hold."""
+    return len(f"{text}.".splitlines()) > 1
 
 
 def image_location(data_dir, entry):
