@@ -371,3 +371,13 @@ def test_a_picture_name_with_a_line_break_is_refused_before_extraction(tmp_path,
         assert code == 2 and err.count("\n") == 1, err
         assert "image 'two\\nlines.png' has a line break in its name" in err, err
         assert not out.exists()
+
+
+def test_a_karpathy_file_with_another_list_key_is_named_as_such(tmp_path, capsys):
+    make_photos(tmp_path / "photos", copies=1)
+    images = [{"filename": "red_circle_0.png", "split": "train", "sentences": [{"raw": "a red circle"}]}]
+    (tmp_path / "k.json").write_text(json.dumps({"imgs": images, "dataset": "flickr8k"}))
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "k.json", tmp_path / "d")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'k.json'} key 'imgs': holds objects, not caption strings" in err
+    assert "a Karpathy split file keeps its pictures under 'images'" in err

@@ -254,6 +254,9 @@ def _read_json(path):
             caps = [caps] if isinstance(caps, str) else caps
             if not isinstance(caps, list) or not caps:
                 raise FolderError(f"{where}: expected a caption string or a non-empty list of them")
+            if any(isinstance(c, dict) for c in caps):
+                raise FolderError(f"{where}: holds objects, not caption strings; a Karpathy split file keeps its "
+                                  "pictures under 'images', each with 'filename', 'split' and 'sentences'")
             rows += [{"image": image, "caption": c, "split": None, "where": f"{where} caption {j + 1}"}
                      for j, c in enumerate(caps)]
     elif isinstance(data, list):
