@@ -381,3 +381,22 @@ def test_a_karpathy_file_with_another_list_key_is_named_as_such(tmp_path, capsys
     assert code == 2 and err.count("\n") == 1, err
     assert f"{tmp_path / 'k.json'} key 'imgs': holds objects, not caption strings" in err
     assert "a Karpathy split file keeps its pictures under 'images'" in err
+
+
+def test_picture_names_are_kept_exactly(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=1)
+    first = next(iter(caps))
+    (tmp_path / "photos" / first).rename(tmp_path / "photos" / f" {first}")  # a name with a leading space
+    rows = [(f" {first}" if n == first else n, c, "val" if i < 2 else "train")
+            for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    write_csv(tmp_path / "captions.csv", rows)
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "d", "--no-progress")
+    assert code == 0, err
+    urls = (tmp_path / "d" / fmt.urls_file("val")).read_text().splitlines()
+    assert urls[0] == f"../photos/ {first}"
+    # and a name that differs from a file only by spaces says so
+    write_csv(tmp_path / "captions.csv", [(n.strip() if n.startswith(" ") else n, c, s) for n, c, s in rows])
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "d2")
+    assert code == 2 and f"image '{first}' is not in" in err and f"(there is a picture ' {first}')" in err, err

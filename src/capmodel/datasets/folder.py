@@ -171,7 +171,8 @@ def read_captions(path):
 
 
 def _normalise_name(name):
-    name = str(name).strip().replace("\\", "/")
+    """A picture name as a POSIX path ('\\' read as '/'), its spaces kept: a name is a file's name."""
+    name = str(name).replace("\\", "/")
     return PurePosixPath(name).as_posix() if name else ""
 
 
@@ -349,6 +350,9 @@ def plan(images_dir, captions_file):
                 what = f"is not a picture file ({', '.join(IMAGE_SUFFIXES)})"
             else:
                 what = f"is not in {images_dir}"
+                spaced = [n for n in images if n.strip() == r["image"].strip()]
+                if spaced:  # names are kept exactly, spaces too
+                    what += f" (there is a picture '{spaced[0]}')"
             missing[r["image"]] = f"{r['where']}: image '{r['image']}' {what}"
     if missing:
         raise FolderError("; ".join(missing.values()))
