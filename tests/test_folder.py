@@ -400,3 +400,19 @@ def test_picture_names_are_kept_exactly(tmp_path, capsys):
     code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
                            tmp_path / "d2")
     assert code == 2 and f"image '{first}' is not in" in err and f"(there is a picture ' {first}')" in err, err
+
+
+def test_every_empty_caption_is_counted_and_the_first_ones_named(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=1)
+    rows = [(n, c, "val" if i == 0 else "train") for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    names = list(caps)
+    rows += [(names[1], "!!!", "train"), (names[2], " ", "train"), (names[3], "...", "train"),
+             (names[4], "?", "train")]
+    write_csv(tmp_path / "captions.csv", rows)
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "d")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "4 empty captions (they have no words): " in err
+    for line, name in zip((14, 15, 16), names[1:4]):
+        assert f"{tmp_path / 'captions.csv'} line {line}: image '{name}'" in err
+    assert names[4] not in err and err.rstrip().endswith(", ...")

@@ -159,6 +159,7 @@ def read_captions(path):
         raise FolderError(f"captions file {path} is not UTF-8 text ({e})")
     if not rows:
         raise FolderError(f"captions file {path} has no captions")
+    empty = []
     for r in rows:
         r["image"] = _normalise_name(r["image"])
         if r["split"] is not None:
@@ -166,7 +167,13 @@ def read_captions(path):
         if not r["image"]:
             raise FolderError(f"{r['where']}: the image name is empty")
         if not isinstance(r["caption"], str) or not tokenize(r["caption"]):
-            raise FolderError(f"{r['where']}: empty caption for image '{r['image']}' (it has no words)")
+            empty.append(r)
+    if len(empty) == 1:
+        raise FolderError(f"{empty[0]['where']}: empty caption for image '{empty[0]['image']}' (it has no words)")
+    if empty:  # all counted, the first few named: one run finds them all
+        shown = "; ".join(f"{r['where']}: image '{r['image']}'" for r in empty[:3])
+        raise FolderError(f"{len(empty)} empty captions (they have no words): {shown}"
+                          + (", ..." if len(empty) > 3 else ""))
     return rows
 
 
