@@ -416,3 +416,15 @@ def test_every_empty_caption_is_counted_and_the_first_ones_named(tmp_path, capsy
     for line, name in zip((14, 15, 16), names[1:4]):
         assert f"{tmp_path / 'captions.csv'} line {line}: image '{name}'" in err
     assert names[4] not in err and err.rstrip().endswith(", ...")
+
+
+def test_a_pca_wider_than_the_features_is_refused_before_extraction(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=1)
+    write_csv(tmp_path / "captions.csv", [(n, c, "val" if i == 0 else "train")
+                                          for i, (n, cs) in enumerate(caps.items()) for c in cs])
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "d", "--pca", "5000")
+    width = folder.registry.get_encoder(folder.registry.DEFAULT).feature_dim
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--pca 5000 is wider than the features of encoder randconv ({width})" in err
+    assert "train features" not in err and not (tmp_path / "d").exists()

@@ -92,8 +92,8 @@ def schema():
                                   "(null: torchvision's download)"),
                 "shards": _plain("integer", 1, "source images: feature extraction as this many independent jobs "
                                  "(a cluster runs them on several nodes), merged by one", minimum=1),
-                "pca": _plain(["integer", "null"], PCA_DIM, "source images: PCA width fitted on train (null: none)",
-                              minimum=1),
+                "pca": _plain(["integer", "null"], PCA_DIM, "source images: PCA width fitted on train, at most the "
+                              "encoder's feature width (null: none)", minimum=1),
                 "min_count": _plain("integer", folder.DEFAULT_MIN_COUNT, "source images: rarer training words "
                                     "become <UNK>", minimum=1),
                 "val_fraction": _plain("number", folder.DEFAULT_VAL_FRACTION, "source images: share of the "

@@ -472,6 +472,9 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
         raise FolderError(f"no train word occurs at least {min_count} times; lower --min-count")
     model = make()
     model.check_grid(grid)
+    if pca is not None and pca > model.feature_dim:  # the projection would pad zero columns
+        raise FolderError(f"--pca {pca} is wider than the features of encoder {encoder} ({model.feature_dim}); "
+                          f"choose at most {model.feature_dim}, or 'none'")
     work = out_dir.parent / f".{out_dir.name}.features.h5"  # ours: capmodel.datasets.extraction marks it
     given = features_files is not None
     if not given:
