@@ -428,3 +428,15 @@ def test_a_pca_wider_than_the_features_is_refused_before_extraction(tmp_path, ca
     assert code == 2 and err.count("\n") == 1, err
     assert f"--pca 5000 is wider than the features of encoder randconv ({width})" in err
     assert "train features" not in err and not (tmp_path / "d").exists()
+
+
+def test_from_folder_help_names_every_captions_form():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "capmodel.app.cli", "data", "from-folder", "--help"],
+                       capture_output=True, text=True)
+    text = " ".join(r.stdout.split())
+    for form in ("image,caption[,split]", "{image: [captions]}", '[{"image": ..., "captions": [...], "split": ...}',
+                 "Karpathy split file"):
+        assert form in text, text

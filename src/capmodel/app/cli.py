@@ -261,7 +261,10 @@ def build_parser():
 
     ff = dsub.add_parser("from-folder", help="make a dataset from a folder of images and a captions CSV/JSON")
     ff.add_argument("images_dir", help="folder of PNG/JPEG images (subfolders included)")
-    ff.add_argument("captions", help="CSV with columns image,caption[,split] or JSON {image: [captions]}")
+    ff.add_argument("captions", help="captions file: CSV with a header image,caption[,split] (a row per caption), "
+                    "JSON {image: [captions]} or [{\"image\": ..., \"captions\": [...], \"split\": ...}, ...], "
+                    "or a Karpathy split file (dataset_coco.json, dataset_flickr8k.json: its train/restval, val and "
+                    "test splits)")
     ff.add_argument("out_dir", help="dataset directory to create; must be new, empty or made by from-folder")
     ff.add_argument("--val-fraction", type=float, default=folder.DEFAULT_VAL_FRACTION,
                     help="share of images for val when there is no split column (default: %(default)s)")
