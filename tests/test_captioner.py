@@ -71,14 +71,17 @@ def cli(capsys, *args):
 
 
 def _expected(tmp, split):
-    """{image file name: greedy caption} from the features stored in the data set."""
+    """{image file name: caption} from the features stored in the data set, decoded as `caption`
+    and `sample` do by default (capmodel.app.settings.DECODE: beam search of width 3)."""
     from capmodel import checkpoints
+    from capmodel.app import settings as S
     from capmodel.coco_utils import decode_captions
 
     model, _ = checkpoints.load_model(tmp / "model" / "model")
     data = load_coco_data(tmp / "data")
-    caps = decode_captions(model.sample(data[f"{split}_features"], max_length=16), data["idx_to_word"],
-                           strip_special=True)
+    defaults = S.defaults(S.DECODE)
+    caps = decode_captions(model.sample(data[f"{split}_features"], max_length=defaults["max_length"], method="beam",
+                                        beam_size=defaults["beam_size"]), data["idx_to_word"], strip_special=True)
     return {u.rsplit("/", 1)[1]: c for u, c in zip(data[f"{split}_urls"], caps)}
 
 
@@ -345,3 +348,21 @@ def test_a_gallery_that_fails_leaves_no_csv(trained, capsys, tmp_path):
                          "--out", tmp_path / "c.csv", "--html", tmp_path / "g.html")
     assert code == 2 and "1 of 1 image(s) cannot be read" in err
     assert not (tmp_path / "c.csv").exists() and not (tmp_path / "g.html").exists()
+
+
+def test_caption_and_sample_give_one_model_one_caption_per_picture_by_default(trained, capsys, tmp_path):
+    """Both decode with the defaults of capmodel.app.settings.DECODE, so the caption a user gets for a
+    picture is the one the workflow scored."""
+    import csv
+
+    from capmodel.app import settings as S
+
+    assert S.defaults(S.DECODE)["method"] == "beam"  # else this test would compare greedy with greedy
+    assert cli(capsys, "sample", "--model", trained / "model", "--data", trained / "data", "--out",
+               tmp_path / "s.csv")[0] == 0
+    with open(tmp_path / "s.csv", newline="") as f:
+        sampled = {r["url"]: r["generated"] for r in csv.DictReader(f)}
+    pictures = [str((trained / "data" / u).resolve()) for u in sampled]
+    code, out, err = cli(capsys, "caption", trained / "model", *pictures)
+    assert code == 0, err
+    assert [line.split("\t")[1] for line in out.splitlines()] == list(sampled.values())

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from capmodel import checkpoints
+from capmodel.app import settings as S
 from capmodel.encoders import registry
 from capmodel.coco_utils import decode_captions
 from capmodel.datasets import features as feat
@@ -36,7 +37,6 @@ from capmodel.app.tables import csv_text
 from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb, thumbnail_uri
 from capmodel.safety.outputs import check_outputs, write_texts
 
-METHODS = ("greedy", "beam")
 CSV_COLUMNS = ("image", "caption")
 # How the outputs say that capmodel wrote them (capmodel.safety.outputs.kind_of): the CSV's
 # header, the gallery's <meta name="generator">. Only such files are replaced.
@@ -230,8 +230,8 @@ def compute_features(image_paths, data_dir, pca, model, weights=None):
     return encode_images(image_paths, record, pca, weights, where=f"data set {data_dir}")
 
 
-def caption_files(model_path, paths, data_dir=None, features_file=None, method="greedy", beam_size=3,
-                  max_length=16, batch_size=500, weights=None):
+def caption_files(model_path, paths, data_dir=None, features_file=None, decoding=None, batch_size=500,
+                  weights=None):
     """Caption image files with a trained model.
 
     The features come from features_file if given, else from the encoder of data set data_dir
@@ -244,13 +244,13 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
     - paths: Image files and folders of images
     - data_dir: Data set whose extractor record to use instead of the model's
     - features_file: Precomputed features (N, D) instead, one row per image in order
-    - method, beam_size, max_length: Decoding (see capmodel.decoding)
+    - decoding: Dict of decoding settings (capmodel.app.settings.CAPTION_DECODE); those left
+      out take the defaults `capmodel sample` has, so both give a model's one caption
     - weights: Weights file of the model's pretrained CNN encoder (see capmodel.encoders)
 
     Returns a list of {'image': path, 'caption': text} in the order of the images.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
+    decoded = S.decode_record(S.check_all(decoding or {}, S.CAPTION_DECODE, "caption"))
     base = checkpoints.model_base(model_path)
     model, meta = checkpoints.load_model(base)
     images = collect_images(paths)
@@ -282,8 +282,8 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
         raise ValueError(f"{where} have width {x.shape[1]}, but the model expects width {model.input_dim} "
                          f"({'PCA' if pca else 'fc7'} features as it was trained)")
     x = x.astype(model.dtype)
-    options = {"beam_size": beam_size} if method == "beam" else {}
-    caps = [model.sample(x[s : s + batch_size], max_length=max_length, method=method, **options,
+    method, options = S.sample_options(decoded)
+    caps = [model.sample(x[s : s + batch_size], max_length=decoded["max_length"], method=method, **options,
                          **({} if regions is None else {"regions": regions[s : s + batch_size]}))
             for s in range(0, len(x), batch_size)]
     idx_to_word = {i: w for w, i in model.word_to_idx.items()}

@@ -171,8 +171,7 @@ def cmd_caption(args):
 
     captioner.check_output_files(args.out, args.html, args.model, args.images, args.features)
     rows = captioner.caption_files(args.model, args.images, data_dir=args.data, features_file=args.features,
-                                   method=args.method, beam_size=args.beam_size, max_length=args.max_length,
-                                   weights=args.weights)
+                                   decoding=S.from_args(args, S.CAPTION_DECODE), weights=args.weights)
     captioner.write_outputs(rows, args.out, args.html, title=f"Captions by {args.model}")
     for r in [] if args.out else rows:
         print(f"{r['image']}\t{r['caption']}")
@@ -341,9 +340,7 @@ def build_parser():
                          "its SHA-256 must be the recorded one)")
     cp.add_argument("--out", help="write a CSV (image, caption) instead of printing image<TAB>caption lines")
     cp.add_argument("--html", help="also write a self-contained HTML gallery of the images and captions")
-    cp.add_argument("--method", choices=captioner.METHODS, default="greedy", help="decoder (default: %(default)s)")
-    cp.add_argument("--beam-size", type=_positive_int, default=3, help="beam width k (default: %(default)s)")
-    cp.add_argument("--max-length", type=_positive_int, default=16, help="maximum words (default: %(default)s)")
+    S.add_arguments(cp, S.CAPTION_DECODE)  # as `sample` decodes, with its defaults
     cp.set_defaults(func=cmd_caption)
 
     b = sub.add_parser("baseline", help="the most-frequent-training-caption baseline, as a samples CSV")
