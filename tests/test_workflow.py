@@ -142,15 +142,28 @@ def test_workflow_catalog_metadata():
         assert (ROOT / path).is_file(), path
 
 
+# The one finding lint is allowed: the rules name no conda environment or container. None would
+# be true: environment.yml installs capmodel with `pip install -e .`, which does not resolve where
+# `--sdm conda` copies the file, and there is no image; the virtualenv of `make venv` is the
+# software stack (docs/workflow.md). Every other finding fails the test.
+NO_ENVIRONMENT_LINT = "Specify a conda environment or container for each rule."
+
+
 @pytest.mark.parametrize("config", [ROOT / "config" / "config.yaml", TEST_CONFIG], ids=["default", "test"])
-def test_lint_is_clean(tmp_path, config):
+def test_lint_finds_nothing_but_the_environments_the_workflow_does_not_claim(tmp_path, config):
     # As a user runs it: from the repository root, where Snakemake finds workflow/Snakefile
-    # (--directory keeps .snakemake/ out of the checkout). Any finding exits 1.
+    # (--directory keeps .snakemake/ out of the checkout).
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     r = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--directory", str(tmp_path),
                         "--configfile", str(config)], cwd=ROOT, capture_output=True, text=True, env=env)
     out = r.stdout + r.stderr
-    assert r.returncode == 0 and "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+    headers = re.findall(r"^Lints for (.*)$", out, re.M)
+    findings = re.findall(r"^    \* (.*?):?$", out, re.M)
+    assert headers and all(h.startswith("rule ") for h in headers), out[-3000:]  # none for the Snakefile itself
+    assert findings == [NO_ENVIRONMENT_LINT] * len(headers), out[-3000:]  # one per rule, that one
+    rules = {h.split()[1] for h in headers}
+    assert {"make_shapes_data", "train_model", "report_summary"} <= rules and "conda:" not in "".join(
+        p.read_text() for p in (ROOT / "workflow").rglob("*.smk"))
 
 
 def test_full_run_outputs(test_run):

@@ -27,7 +27,6 @@ except ValueError as e:
 # also when its virtualenv is not activated (Snakemake started as .venv/bin/snakemake).
 wc.put_interpreter_first_on_path()
 # workflow.basedir is workflow/, the directory of the Snakefile.
-ENV = str(Path(workflow.basedir).parent / "environment.yml")
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"
 SPLIT = SAMPLE["split"]
 # The configured model names, escaped: a {model} wildcard matches one of them and nothing else.

@@ -6,8 +6,6 @@ rule make_shapes_data:
         directory("resources/data/shapes"),
     log:
         "logs/data/shapes.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
@@ -28,8 +26,6 @@ rule fetch_coco_data:
         directory("resources/data/coco"),
     log:
         "logs/data/coco.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
@@ -59,8 +55,6 @@ rule extract_features:
         wc.SHARD_RECORD,
     log:
         "logs/data/features-{shard}-of-{shards}.log",
-    conda:
-        ENV
     threads: config["resources"]["train_threads"]
     resources:
         **RESOURCES["train"],
@@ -84,8 +78,6 @@ rule make_images_data:
         directory("resources/data/images"),
     log:
         "logs/data/images.log",
-    conda:
-        ENV
     threads: config["resources"]["train_threads"]
     resources:
         **RESOURCES["train"],

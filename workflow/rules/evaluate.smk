@@ -13,8 +13,6 @@ rule evaluate_captions:
         "logs/evaluate/{kind}.log",
     wildcard_constraints:
         kind=f"baseline|models/(?:{MODEL_PATTERN})",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:

@@ -11,8 +11,6 @@ rule gradcheck:
         ),
     log:
         "logs/gradcheck.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:

@@ -51,8 +51,6 @@ rule report_model:
         ),
     log:
         "logs/report/{model}.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
@@ -108,8 +106,6 @@ rule report_summary:
         ),
     log:
         "logs/report/summary.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:

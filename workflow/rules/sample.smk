@@ -26,8 +26,6 @@ rule sample_captions:
         record=f"results/models/{{model}}/samples_{SPLIT}.json",
     log:
         "logs/sample/{model}.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     shell:
@@ -43,8 +41,6 @@ rule baseline_captions:
         record=f"results/baseline/samples_{SPLIT}.json",
     log:
         "logs/sample/baseline.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:

@@ -18,8 +18,6 @@ rule summarize:
         md="results/summary.md",
     log:
         "logs/summarize.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     shell:

@@ -33,8 +33,6 @@ rule train_model:
         "results/benchmarks/train_{model}.tsv"
     wildcard_constraints:
         model=TRAINED_PATTERN,
-    conda:
-        ENV
     threads: config["resources"]["train_threads"]
     resources:
         **RESOURCES["train"],
