@@ -285,6 +285,7 @@ def test_run_says_where_the_reports_are_and_training_logs_eta(test_run):
     assert f"capmodel: summary table: {test_run / 'results' / 'summary.md'}" in out
     log = (test_run / "logs" / "train" / "tiny_rnn.log").read_text()
     assert re.search(r"\(Iteration 1 / 40\) loss: [0-9.]+ \[elapsed \d+:\d\d, ETA \d+:\d\d\]", log), log
+    assert "BLAS threads: 2" in log  # resources.train_threads, through the variables Snakemake sets
 
 
 def test_a_data_set_at_any_path_is_used_as_it_is(shapes_dir, tmp_path):
@@ -365,3 +366,18 @@ def test_scst_null_switches_the_fine_tuning_off_in_a_second_configfile(tmp_path)
     r = snakemake(tmp_path / "w", "-n", "--configfile", str(TEST_CONFIG), str(off))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "train_model" in r.stdout and "finetune_model" not in r.stdout and "tiny_lstm+scst" not in r.stdout
+
+
+def test_snakemake_gives_a_job_its_threads_through_the_blas_variables(tmp_path):
+    # The rules rely on this instead of prefixing their commands with OMP_NUM_THREADS=... : a job
+    # with `threads: N` runs with OpenMP, OpenBLAS and MKL limited to N (here 3, more than the machine's
+    # cores, so no library default can give the same number).
+    (tmp_path / "Snakefile").write_text(
+        'rule show:\n    output: "env.txt"\n    threads: 3\n'
+        '    shell: "env | grep -E \'^(OMP|OPENBLAS|MKL)_NUM_THREADS=\' | sort > {output}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(tmp_path / "Snakefile"), "--directory",
+                        str(tmp_path), "--cores", "4"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "env.txt").read_text().split() == ["MKL_NUM_THREADS=3", "OMP_NUM_THREADS=3",
+                                                          "OPENBLAS_NUM_THREADS=3"]

@@ -64,8 +64,7 @@ rule extract_features:
         features=lambda wildcards: wc.SHARD_FEATURES.format(**wildcards),
         grid=config["data"]["grid"] or "none",
     shell:
-        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " capmodel data features {params.images} {input.captions} {params.features}"
+        "capmodel data features {params.images} {input.captions} {params.features}"
         " --shard {wildcards.shard}/{wildcards.shards} {params.encoder} --grid {params.grid:q}"
         " --no-progress > {output} 2> {log}"
 
@@ -92,8 +91,7 @@ rule make_images_data:
         grid=config["data"]["grid"] or "none",
         grid_pca=config["data"]["grid_pca"] or "none",
     shell:
-        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " capmodel data from-folder {params.images} {input.captions} {output} {params.encoder}"
+        "capmodel data from-folder {params.images} {input.captions} {output} {params.encoder}"
         " --pca {params.pca} --min-count {params.min_count} --val-fraction {params.val_fraction}"
         " --seed {params.seed} --grid {params.grid:q} --grid-pca {params.grid_pca:q}"
         " --features {params.features} --no-progress > {log} 2>&1"

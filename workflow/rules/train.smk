@@ -41,6 +41,5 @@ rule train_model:
         resume="results/resume/{model}",
         init_from="",
     shell:
-        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " capmodel train --data {input.data} --settings {input.settings} --out-dir {params.out_dir}"
+        "capmodel train --data {input.data} --settings {input.settings} --out-dir {params.out_dir}"
         " {params.init_from} --checkpoint-dir {params.resume} --restart-on-change > {log} 2>&1"
