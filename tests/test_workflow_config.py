@@ -186,3 +186,8 @@ def test_scst_null_passes_the_validation_snakemake_runs_and_a_section_gets_its_d
     validate(on, schema=str(SCHEMA))
     assert on["models"]["a"]["scst"] == {**S.defaults(S.SCST), "samples": 3}
     assert sorted(wc.expand_models(on)) == ["a", "a+scst"]
+
+
+def test_the_sampled_sets_are_each_model_then_the_baseline():
+    assert wc.sampled({"lstm": {}, "gru": {}, "lstm+scst": {}}) == [
+        "models/gru", "models/lstm", "models/lstm+scst", "baseline"]

@@ -34,6 +34,8 @@ MODEL_PATTERN = wc.name_pattern(MODELS)
 # Models trained from scratch (rule train_model) and fine-tuned ones (rule finetune_model).
 TRAINED_PATTERN = wc.name_pattern(set(MODELS) - set(FINE_TUNED))
 FINE_TUNED_PATTERN = wc.name_pattern(FINE_TUNED) or "(?!)"
+# Everything captioned and scored, as results/<kind>/: each model, then the baseline.
+SAMPLED = wc.sampled(MODELS)
 
 
 wildcard_constraints:

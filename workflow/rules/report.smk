@@ -72,21 +72,9 @@ rule report_summary:
         csv="results/summary.csv",
         models=expand("results/models/{model}/model.json", model=sorted(MODELS)),
         val=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
-        samples=expand(
-            "results/{kind}/samples_{split}.csv",
-            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
-            split=SPLIT,
-        ),
-        records=expand(
-            "results/{kind}/samples_{split}.json",
-            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
-            split=SPLIT,
-        ),
-        scores=expand(
-            "results/{kind}/scores_{split}.csv",
-            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
-            split=SPLIT,
-        ),
+        samples=expand("results/{kind}/samples_{split}.csv", kind=SAMPLED, split=SPLIT),
+        records=expand("results/{kind}/samples_{split}.json", kind=SAMPLED, split=SPLIT),
+        scores=expand("results/{kind}/scores_{split}.csv", kind=SAMPLED, split=SPLIT),
         data=DATA_DIR,
         revision="results/source_revision.json",
         # The model reports it links to, so that every link resolves.

@@ -3,10 +3,7 @@
 
 rule summarize:
     input:
-        metrics=[
-            *expand("results/models/{model}/metrics.json", model=sorted(MODELS)),
-            "results/baseline/metrics.json",
-        ],
+        metrics=expand("results/{kind}/metrics.json", kind=SAMPLED),
         models=expand("results/models/{model}/model.json", model=sorted(MODELS)),
         val=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
     output:

@@ -77,6 +77,12 @@ def fine_tuned(models):
     return {name: name[: -len(SCST_SUFFIX)] for name in models if name.endswith(SCST_SUFFIX)}
 
 
+def sampled(models):
+    """Where under results/ each captioned and scored set of samples lives: models/<model> for
+    each model (sorted by name), then baseline, in the order of the summary's rows."""
+    return [*(f"models/{m}" for m in sorted(models)), "baseline"]
+
+
 def name_pattern(names):
     """A regular expression that matches exactly one of the names: a wildcard constraint.
 
