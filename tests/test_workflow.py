@@ -381,3 +381,77 @@ def test_snakemake_gives_a_job_its_threads_through_the_blas_variables(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "env.txt").read_text().split() == ["MKL_NUM_THREADS=3", "OMP_NUM_THREADS=3",
                                                           "OPENBLAS_NUM_THREADS=3"]
+
+
+# A space and shell metacharacters: command substitution both ways, quotes, a command list and a
+# comment. Every configurable path lies below a directory of this name, and the strings are this.
+HOSTILE = "my data $(touch PWNED) `touch PWNED` 'single' \"double\" ; x || touch PWNED #"
+
+
+def _pwned(*dirs):
+    return [p for d in dirs for p in Path(d).rglob("PWNED")]
+
+
+def test_config_paths_and_strings_never_run_as_shell(tmp_path, shapes_dir):
+    """Every value from the config or a path reaches its command as one argument: the jobs work
+    with such paths, and nothing in them executes."""
+    import hashlib
+    import shlex
+    import zipfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import photo_folder
+
+    from capmodel.datasets import format as fmt
+
+    top = tmp_path / HOSTILE
+    work = tmp_path / "w"
+    # A data set of yours (source: path): a real baseline and its evaluation read it.
+    data = top / "data"
+    shutil.copytree(shapes_dir, data)
+    path_cfg = _config_with(tmp_path, f"data: {{source: path, path: {json.dumps(str(data))}}}\n")
+    r = snakemake(work, "--cores", "2", "results/baseline/metrics.json", config=path_cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((work / "results" / "baseline" / "samples_val.json").read_text())["data_dir"] == str(data)
+    # The other commands that read it (training, sampling, the summary report), as the shell splits them.
+    r = snakemake(work, "-n", "-p", "--forceall", config=path_cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    commands = [shlex.split(line.removeprefix("Shell command: ")) for line in r.stdout.splitlines()
+                if line.startswith("Shell command: capmodel ") or line.startswith("Shell command: papermill ")]
+    readers = {c[0] if c[0] == "papermill" else c[1] for c in commands if str(data) in c}
+    assert readers == {"train", "sample", "baseline", "papermill"}, r.stdout[-3000:]  # papermill: the summary
+    assert all(t == str(data) for c in commands for t in c if "PWNED" in t)  # whole, never split
+
+    # Source images: pictures folder and captions file below the same directory; extraction and merge run.
+    caps = photo_folder(top / "photos", copies=2)
+    (top / "captions.csv").write_text("image,caption\n" + "".join(f"{n},{c}\n" for n, cs in caps.items() for c in cs))
+    images_cfg = _config_with(tmp_path, "data: {source: images, images: %s, captions: %s, shards: 2}\n"
+                              % (json.dumps(str(top / "photos")), json.dumps(str(top / "captions.csv"))))
+    r = snakemake(work, "--cores", "2", "resources/data/images", config=images_cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert fmt.problems(work / "resources" / "data" / "images", pictures=True) == []
+    # A weights file: it reaches the extraction job whole, which refuses it for randconv in one line.
+    (top / "w.pt").write_bytes(b"")
+    weights_cfg = _config_with(tmp_path, "data: {source: images, images: %s, captions: %s, weights: %s}\n"
+                               % tuple(json.dumps(str(p)) for p in (top / "photos", top / "captions.csv", top / "w.pt")))
+    r = snakemake(tmp_path / "w2", "--cores", "1", "resources/data/images", config=weights_cfg)
+    log = (tmp_path / "w2" / "logs" / "data" / "features-1-of-1.log").read_text()
+    assert r.returncode != 0 and "--weights: encoder randconv has fixed random filters" in log, log
+
+    # The COCO fetcher: a file:// URL below that directory works; a checksum string arrives whole.
+    archive = top / "coco_captioning.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in fmt.required_files():
+            z.write(shapes_dir / name, f"coco_captioning/{name}")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    url = archive.as_uri()
+    coco_cfg = _config_with(tmp_path, f"data: {{source: coco, coco: {{url: {json.dumps(url)}, sha256: {sha}}}}}\n")
+    r = snakemake(tmp_path / "w3", "--cores", "1", "resources/data/coco", config=coco_cfg)
+    assert r.returncode == 0, r.stderr[-3000:]
+    bad_cfg = _config_with(tmp_path, f"data: {{source: coco, coco: {{url: {json.dumps(url)}, "
+                                     f"sha256: {json.dumps(HOSTILE)}}}}}\n")
+    r = snakemake(tmp_path / "w4", "--cores", "1", "resources/data/coco", config=bad_cfg)
+    log = (tmp_path / "w4" / "logs" / "data" / "coco.log").read_text()
+    assert r.returncode != 0 and f"expected sha256 {HOSTILE}" in log, log
+
+    assert _pwned(tmp_path, ROOT) == []

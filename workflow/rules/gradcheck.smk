@@ -16,4 +16,4 @@ rule gradcheck:
     params:
         seed=config["gradcheck"]["seed"],
     shell:
-        "capmodel gradcheck --out {output} --seed {params.seed} > {log} 2>&1"
+        "capmodel gradcheck --out {output:q} --seed {params.seed:q} > {log:q} 2>&1"

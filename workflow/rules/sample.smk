@@ -29,8 +29,8 @@ rule sample_captions:
     resources:
         **RESOURCES["small"],
     shell:
-        "capmodel sample --model {input.model} --data {input.data} --settings {input.settings}"
-        " --out {output.csv} > {log} 2>&1"
+        "capmodel sample --model {input.model:q} --data {input.data:q} --settings {input.settings:q}"
+        " --out {output.csv:q} > {log:q} 2>&1"
 
 
 rule baseline_captions:
@@ -46,4 +46,4 @@ rule baseline_captions:
     params:
         split=SPLIT,
     shell:
-        "capmodel baseline --data {input.data} --out {output.csv} --split {params.split} > {log} 2>&1"
+        "capmodel baseline --data {input.data:q} --out {output.csv:q} --split {params.split:q} > {log:q} 2>&1"

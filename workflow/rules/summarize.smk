@@ -18,5 +18,5 @@ rule summarize:
     resources:
         **RESOURCES["small"],
     shell:
-        "capmodel summarize --metrics {input.metrics} --models {input.models} --val {input.val}"
-        " --out {output.csv} --markdown {output.md} > {log} 2>&1"
+        "capmodel summarize --metrics {input.metrics:q} --models {input.models:q} --val {input.val:q}"
+        " --out {output.csv:q} --markdown {output.md:q} > {log:q} 2>&1"

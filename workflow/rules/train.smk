@@ -39,7 +39,7 @@ rule train_model:
     params:
         out_dir=lambda wildcards, output: Path(output.model).parent,
         resume="results/resume/{model}",
-        init_from="",
+        init_from=[],
     shell:
-        "capmodel train --data {input.data} --settings {input.settings} --out-dir {params.out_dir}"
-        " {params.init_from} --checkpoint-dir {params.resume} --restart-on-change > {log} 2>&1"
+        "capmodel train --data {input.data:q} --settings {input.settings:q} --out-dir {params.out_dir:q}"
+        " {params.init_from:q} --checkpoint-dir {params.resume:q} --restart-on-change > {log:q} 2>&1"

@@ -188,8 +188,9 @@ def data_dir(data):
 
 
 def encoder_flags(data):
-    """The --encoder (and --weights) flags of source images' extraction and merge jobs."""
-    return f"--encoder {data['encoder']}" + (f" --weights {data['weights']}" if data.get("weights") else "")
+    """The --encoder (and --weights) flags of source images' extraction and merge jobs, as a list
+    of arguments (a rule quotes each: {params.encoder:q})."""
+    return ["--encoder", data["encoder"], *(["--weights", data["weights"]] if data.get("weights") else [])]
 
 
 # Where the extraction jobs of source images keep their features files: outside the jobs'
