@@ -71,14 +71,17 @@ def cli(capsys, *args):
 
 
 def _expected(tmp, split):
-    """{image file name: greedy caption} from the features stored in the data set."""
+    """{image file name: caption} from the features stored in the data set, decoded as `caption`
+    and `sample` do by default (capmodel.app.settings.DECODE: beam search of width 3)."""
     from capmodel import checkpoints
+    from capmodel.app import settings as S
     from capmodel.coco_utils import decode_captions
 
     model, _ = checkpoints.load_model(tmp / "model" / "model")
     data = load_coco_data(tmp / "data")
-    caps = decode_captions(model.sample(data[f"{split}_features"], max_length=16), data["idx_to_word"],
-                           strip_special=True)
+    defaults = S.defaults(S.DECODE)
+    caps = decode_captions(model.sample(data[f"{split}_features"], max_length=defaults["max_length"], method="beam",
+                                        beam_size=defaults["beam_size"]), data["idx_to_word"], strip_special=True)
     return {u.rsplit("/", 1)[1]: c for u, c in zip(data[f"{split}_urls"], caps)}
 
 
@@ -182,6 +185,7 @@ def _broken(tmp):
     ("width mismatch", "features in {tmp}/w.npy have width 7, but the model expects width 512"),
     ("row mismatch", "features in {tmp}/r.npy have 3 rows but 1 images were given"),
     ("pickled features", "cannot read features file {tmp}/o.npy"),
+    ("non-finite features", "features in {tmp}/n.npy hold 2 non-finite values (NaN or inf), first in row 0"),
     ("data set missing", "the model's data set {tmp}/gone does not exist"),
     ("other vocabulary", "the vocabulary of {shapes} differs from the model's"),
 ])
@@ -211,6 +215,11 @@ def test_bad_input_gives_one_line_exit_2(trained, shapes_dir, capsys, tmp_path, 
     elif case == "pickled features":
         np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
         extra = ["--features", tmp_path / "o.npy"]
+    elif case == "non-finite features":
+        x = np.zeros((1, 512), np.float32)
+        x[0, [3, 7]] = [np.nan, np.inf]
+        np.save(tmp_path / "n.npy", x)
+        extra = ["--features", tmp_path / "n.npy"]
     elif case == "data set missing":
         extra = ["--data", tmp_path / "gone"]
     elif case == "other vocabulary":
@@ -272,3 +281,88 @@ def test_docs_own_data_commands_run_verbatim(tmp_path, monkeypatch, capsys):
     assert [c[0] for c in captions] == [f"my_photos/{p.name}" for p in sorted((tmp_path / "my_photos").iterdir())]
     assert err.endswith("12 captions -> gallery.html\n") and (tmp_path / "gallery.html").stat().st_size > 1000
     assert json.loads((tmp_path / "models" / "mine" / "model.json").read_text())["epochs"] == 20
+
+
+# ----------------------------------------------------------------- outputs
+
+
+@pytest.fixture
+def no_encoding(monkeypatch):
+    """Captioning that fails loudly if it reaches the encoder: outputs are checked before it."""
+    from capmodel.app import captioner
+
+    def encode(*args, **kwargs):
+        raise AssertionError("the pictures were encoded before the outputs were checked")
+
+    monkeypatch.setattr(captioner, "encode_images", encode)
+
+
+@pytest.mark.parametrize("flag, target, message", [
+    ("--out", "model/model.npz", "must end in .csv"),
+    ("--out", "photos/red_circle_0.png", "must end in .csv"),
+    ("--html", "model/model.json", "must end in .html"),
+    ("--out", "notes.csv", "exists and is not a file capmodel wrote there"),
+    ("--html", "page.html", "exists and is not a page capmodel caption wrote"),
+    ("--out", "file/c.csv", "is a file, not a directory"),
+])
+def test_outputs_are_checked_before_encoding_and_never_replace_other_files(trained, capsys, tmp_path, no_encoding,
+                                                                          flag, target, message):
+    import shutil
+
+    work = tmp_path / "w"
+    shutil.copytree(trained / "model", work / "model")
+    shutil.copytree(trained / "photos", work / "photos")
+    (work / "notes.csv").write_text("name,remark\nx,mine\n")
+    (work / "page.html").write_text("<!DOCTYPE html><html><body>my page</body></html>\n")
+    (work / "file").write_text("")
+    before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    code, out, err = cli(capsys, "caption", work / "model", work / "photos", flag, work / target)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert message in err and str(work / target) in err
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == before
+
+
+def test_second_output_refused_leaves_nothing_and_own_outputs_are_replaced(trained, capsys, tmp_path, no_encoding):
+    (tmp_path / "file").write_text("")
+    code, out, err = cli(capsys, "caption", trained / "model", trained / "photos", "--out", tmp_path / "c.csv",
+                         "--html", tmp_path / "file" / "g.html")
+    assert code == 2 and "is a file, not a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_rerun_replaces_its_own_csv_and_gallery(trained, capsys, tmp_path):
+    args = ["caption", trained / "model", trained / "photos" / "red_circle_0.png", "--out", tmp_path / "c.csv",
+            "--html", tmp_path / "g.html"]
+    assert cli(capsys, *args)[0] == 0
+    first = (tmp_path / "c.csv").read_text(), (tmp_path / "g.html").read_text()
+    assert 'name="generator" content="capmodel caption"' in first[1]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    assert ((tmp_path / "c.csv").read_text(), (tmp_path / "g.html").read_text()) == first
+
+
+def test_a_gallery_that_fails_leaves_no_csv(trained, capsys, tmp_path):
+    broken = _broken(tmp_path)
+    np.save(tmp_path / "f.npy", np.zeros((1, 512), np.float32))
+    code, out, err = cli(capsys, "caption", trained / "model", broken, "--features", tmp_path / "f.npy",
+                         "--out", tmp_path / "c.csv", "--html", tmp_path / "g.html")
+    assert code == 2 and "1 of 1 image(s) cannot be read" in err
+    assert not (tmp_path / "c.csv").exists() and not (tmp_path / "g.html").exists()
+
+
+def test_caption_and_sample_give_one_model_one_caption_per_picture_by_default(trained, capsys, tmp_path):
+    """Both decode with the defaults of capmodel.app.settings.DECODE, so the caption a user gets for a
+    picture is the one the workflow scored."""
+    import csv
+
+    from capmodel.app import settings as S
+
+    assert S.defaults(S.DECODE)["method"] == "beam"  # else this test would compare greedy with greedy
+    assert cli(capsys, "sample", "--model", trained / "model", "--data", trained / "data", "--out",
+               tmp_path / "s.csv")[0] == 0
+    with open(tmp_path / "s.csv", newline="") as f:
+        sampled = {r["url"]: r["generated"] for r in csv.DictReader(f)}
+    pictures = [str((trained / "data" / u).resolve()) for u in sampled]
+    code, out, err = cli(capsys, "caption", trained / "model", *pictures)
+    assert code == 0, err
+    assert [line.split("\t")[1] for line in out.splitlines()] == list(sampled.values())

@@ -99,3 +99,46 @@ def test_sampling_with_another_vocabulary_is_refused(shapes_dir, tmp_path):
                  "--hidden-dim", "8"]) == 0
     r = run("sample", "--model", tmp_path / "m" / "model", "--data", other, "--out", tmp_path / "s.csv")
     assert r.returncode == 2 and "vocabulary of" in r.stderr and not (tmp_path / "s.csv").exists()
+
+
+def _summarize_inputs(d):
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({"kind": "metrics", "model": "m", "Bleu_4": 0.25}))
+    (d / "val.csv").write_text("epoch,iteration,val_loss,metric,metric_value,best\n1,5,2.5,,,1\n")
+    (d / "notes.md").write_text("# my notes\n")
+    (d / "mine.csv").write_text("name,remark\nx,mine\n")
+    return ["summarize", "--metrics", d / "metrics.json", "--val", d / "val.csv"]
+
+
+@pytest.mark.parametrize("out, markdown, message", [
+    ("val.csv", "s.md", "is also an input of this command"),
+    ("s.csv", "metrics.json", "must end in .md"),
+    ("mine.csv", "s.md", "mine.csv exists and is not a file capmodel wrote there"),
+    ("s.csv", "notes.md", "notes.md exists and is not a file capmodel wrote there"),
+])
+def test_summarize_checks_both_outputs_first_and_replaces_only_its_own(tmp_path, out, markdown, message):
+    d = tmp_path / "d"
+    args = _summarize_inputs(d)
+    before = {p: p.read_bytes() for p in d.iterdir()}
+    r = run(*args, "--out", d / out, "--markdown", d / markdown)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert {p: p.read_bytes() for p in d.iterdir()} == before
+    r = run(*args, "--out", d / "s.csv", "--markdown", d / "s.md")
+    assert r.returncode == 0, r.stderr
+    assert run(*args, "--out", d / "s.csv", "--markdown", d / "s.md").returncode == 0  # its own: replaced
+    assert "| m |" in (d / "s.md").read_text()
+
+
+@pytest.mark.parametrize("name, message", [("g.npz", "must end in .csv"),
+                                           ("mine.csv", "exists and is not a file capmodel wrote there")])
+def test_gradcheck_checks_its_output_before_the_checks_run(tmp_path, monkeypatch, capsys, name, message):
+    from capmodel.app import gradcheck_suite
+
+    def run_suite(**kwargs):
+        raise AssertionError("the gradient checks ran before the output was checked")
+
+    monkeypatch.setattr(gradcheck_suite, "run", run_suite)
+    (tmp_path / "mine.csv").write_text("name,remark\n")
+    assert main(["gradcheck", "--out", str(tmp_path / name)]) == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "mine.csv").read_text() == "name,remark\n"

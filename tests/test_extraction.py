@@ -289,12 +289,13 @@ def test_shards_equal_one_run_also_when_the_pca_is_fitted_from_block_sums(tmp_pa
     caps = photo_folder(tmp_path / "photos", copies=4)  # 24 pictures, 19 of them train
     (tmp_path / "c.csv").write_text("image,caption\n" + "".join(f"{n},{c[0]}\n" for n, c in caps.items()))
     args = (tmp_path / "photos", tmp_path / "c.csv")
-    stats = folder.make_dataset(*args, tmp_path / "whole", progress=False)
+    width = TinyEncoder.feature_dim  # the widest PCA of its features
+    stats = folder.make_dataset(*args, tmp_path / "whole", pca=width, progress=False)
     assert stats["train_images"] > TinyEncoder.feature_dim
     files = [tmp_path / f"s{i}.h5" for i in (1, 2, 3)]
     for i, f in enumerate(files, start=1):
         folder.extract_features(*args, f, shard=(i, 3), progress=False)
-    folder.make_dataset(*args, tmp_path / "sharded", features_files=files, progress=False)
+    folder.make_dataset(*args, tmp_path / "sharded", features_files=files, pca=width, progress=False)
     assert _dataset_bytes(tmp_path / "sharded") == _dataset_bytes(tmp_path / "whole")
 
 

@@ -172,8 +172,14 @@ def test_file_url_and_zip_placed_by_hand(archive, shapes_dir, tmp_path):
     assert _same_data(tmp_path / "b", shapes_dir)
 
 
-def test_cli_exit_codes(server, tmp_path, capsys):
+def test_cli_exit_codes(server, shapes_dir, tmp_path, capsys):
+    import shutil
+
     assert main(["data", "fetch", str(tmp_path / "c"), "--url", server.url, "--no-progress"]) == 0
+    # This archive's urls name pictures inside the data set (COCO's are http URLs), which it lacks.
+    assert main(["data", "check", str(tmp_path / "c")]) == 1
+    assert "pictures do not exist" in capsys.readouterr().err
+    shutil.copytree(shapes_dir / "images", tmp_path / "c" / "images")
     assert main(["data", "check", str(tmp_path / "c")]) == 0
     server.status = 500
     assert main(["data", "fetch", str(tmp_path / "d"), "--url", server.url, "--no-progress"]) == 2

@@ -320,3 +320,123 @@ def test_a_symlink_and_its_target_go_to_one_split(tmp_path, capsys):
                            tmp_path / "data")
     assert code == 2 and f"'link_{names[0]}' (val)" in err and f"'{names[12]}' (train)" in err
     assert "same picture file" in err and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("inside", ["images folder", "captions file", "one picture"])
+def test_inputs_inside_the_output_data_set_are_refused_before_anything_is_deleted(tmp_path, capsys, inside):
+    from capmodel.datasets import shapes
+
+    d = tmp_path / "d"
+    shapes.generate(d, num_train=6, num_val=2, seed=0, min_count=1)  # ours: from-folder may replace it
+    caps = make_photos(tmp_path / "photos", copies=1)
+    rows = [(n, c, "val" if i == 0 else "train") for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    images, captions = tmp_path / "photos", write_csv(tmp_path / "captions.csv", rows)
+    if inside == "images folder":
+        images = d / "images" / "train"
+        rows = [(p.name, "a shape", "val" if i == 0 else "train") for i, p in enumerate(sorted(images.iterdir()))]
+        captions = write_csv(tmp_path / "captions.csv", rows)
+    elif inside == "captions file":
+        captions = tmp_path / "captions.csv"
+        (d / "images" / "captions.csv").write_bytes(captions.read_bytes())
+        captions = d / "images" / "captions.csv"  # a file the data set did not hold: refused as such
+    else:
+        first = rows[0][0]
+        (images / first).unlink()
+        (images / first).symlink_to(d / "images" / "train" / "000000.png")
+    before = sorted(p for p in d.rglob("*"))
+    capsys.readouterr()
+    code, out, err = run_cli(capsys, "data", "from-folder", images, captions, d, "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "is inside the output data set" in err or "capmodel did not write there" in err, err
+    assert sorted(p for p in d.rglob("*")) == before  # nothing deleted
+
+
+def test_a_picture_name_with_a_line_break_is_refused_before_extraction(tmp_path, capsys, monkeypatch):
+    from capmodel.datasets import extraction
+
+    def extract(*args, **kwargs):
+        raise AssertionError("extraction started before the names were checked")
+
+    monkeypatch.setattr(extraction, "extract_to_file", extract)
+    caps = make_photos(tmp_path / "photos", copies=1)
+    first = next(iter(caps))
+    (tmp_path / "photos" / first).rename(tmp_path / "photos" / "two\nlines.png")
+    rows = [("two\nlines.png" if n == first else n, c, "val" if i == 0 else "train")
+            for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    write_csv(tmp_path / "captions.csv", rows)
+    for command in (["from-folder"], ["features"]):
+        out = tmp_path / ("data" if command == ["from-folder"] else "f.h5")
+        code, _, err = run_cli(capsys, "data", *command, tmp_path / "photos", tmp_path / "captions.csv", out,
+                               "--no-progress")
+        assert code == 2 and err.count("\n") == 1, err
+        assert "image 'two\\nlines.png' has a line break in its name" in err, err
+        assert not out.exists()
+
+
+def test_a_karpathy_file_with_another_list_key_is_named_as_such(tmp_path, capsys):
+    make_photos(tmp_path / "photos", copies=1)
+    images = [{"filename": "red_circle_0.png", "split": "train", "sentences": [{"raw": "a red circle"}]}]
+    (tmp_path / "k.json").write_text(json.dumps({"imgs": images, "dataset": "flickr8k"}))
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "k.json", tmp_path / "d")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'k.json'} key 'imgs': holds objects, not caption strings" in err
+    assert "a Karpathy split file keeps its pictures under 'images'" in err
+
+
+def test_picture_names_are_kept_exactly(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=1)
+    first = next(iter(caps))
+    (tmp_path / "photos" / first).rename(tmp_path / "photos" / f" {first}")  # a name with a leading space
+    rows = [(f" {first}" if n == first else n, c, "val" if i < 2 else "train")
+            for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    write_csv(tmp_path / "captions.csv", rows)
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "d", "--no-progress")
+    assert code == 0, err
+    urls = (tmp_path / "d" / fmt.urls_file("val")).read_text().splitlines()
+    assert urls[0] == f"../photos/ {first}"
+    # and a name that differs from a file only by spaces says so
+    write_csv(tmp_path / "captions.csv", [(n.strip() if n.startswith(" ") else n, c, s) for n, c, s in rows])
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "d2")
+    assert code == 2 and f"image '{first}' is not in" in err and f"(there is a picture ' {first}')" in err, err
+
+
+def test_every_empty_caption_is_counted_and_the_first_ones_named(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=1)
+    rows = [(n, c, "val" if i == 0 else "train") for i, (n, cs) in enumerate(caps.items()) for c in cs]
+    names = list(caps)
+    rows += [(names[1], "!!!", "train"), (names[2], " ", "train"), (names[3], "...", "train"),
+             (names[4], "?", "train")]
+    write_csv(tmp_path / "captions.csv", rows)
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "d")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "4 empty captions (they have no words): " in err
+    for line, name in zip((14, 15, 16), names[1:4]):
+        assert f"{tmp_path / 'captions.csv'} line {line}: image '{name}'" in err
+    assert names[4] not in err and err.rstrip().endswith(", ...")
+
+
+def test_a_pca_wider_than_the_features_is_refused_before_extraction(tmp_path, capsys):
+    caps = make_photos(tmp_path / "photos", copies=1)
+    write_csv(tmp_path / "captions.csv", [(n, c, "val" if i == 0 else "train")
+                                          for i, (n, cs) in enumerate(caps.items()) for c in cs])
+    code, _, err = run_cli(capsys, "data", "from-folder", tmp_path / "photos", tmp_path / "captions.csv",
+                           tmp_path / "d", "--pca", "5000")
+    width = folder.registry.get_encoder(folder.registry.DEFAULT).feature_dim
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--pca 5000 is wider than the features of encoder randconv ({width})" in err
+    assert "train features" not in err and not (tmp_path / "d").exists()
+
+
+def test_from_folder_help_names_every_captions_form():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "capmodel.app.cli", "data", "from-folder", "--help"],
+                       capture_output=True, text=True)
+    text = " ".join(r.stdout.split())
+    for form in ("image,caption[,split]", "{image: [captions]}", '[{"image": ..., "captions": [...], "split": ...}',
+                 "Karpathy split file"):
+        assert form in text, text

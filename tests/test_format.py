@@ -227,3 +227,23 @@ def test_validator_accepts_paths_and_urls_and_names_empty_and_unknown_entries(co
     found = fmt.problems(copy)
     assert any("val2014_urls.txt: 4 empty lines (first: line 1)" in p for p in found), found
     assert any("unsupported URL scheme(s) ftp, s3" in p for p in found), found
+
+
+def test_data_check_names_local_pictures_that_do_not_exist(shapes_dir, tmp_path):
+    from capmodel.app.cli import main
+
+    d = tmp_path / "d"
+    shutil.copytree(shapes_dir, d)
+    assert main(["data", "check", str(d)]) == 0
+    (d / "images" / "val" / "000003.png").unlink()
+    (d / "images" / "val" / "000005.png").unlink()
+    found = fmt.problems(d, pictures=True)
+    assert found == [f"{d}/{fmt.urls_file('val')}: 2 pictures do not exist (first: line 4, images/val/000003.png)"]
+    assert main(["data", "check", str(d)]) == 1
+    shutil.rmtree(d / "images")
+    found = fmt.problems(d, pictures=True)
+    assert len(found) == 2 and all("pictures do not exist (first: line 1, images/" in p for p in found), found
+    assert fmt.problems(d) == []  # the features alone are a sound data set: training needs no picture
+    urls = (d / fmt.urls_file("val")).read_text().splitlines()
+    (d / fmt.urls_file("val")).write_text("".join(f"http://example.com/{i}.png\n" for i in range(len(urls))))
+    assert len(fmt.problems(d, pictures=True)) == 1  # remote pictures are not fetched

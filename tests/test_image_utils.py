@@ -175,3 +175,48 @@ def test_own_data_docs_list_the_accepted_suffixes():
     section = text.split("## Which pictures")[1].split("\n## ")[0]
     listed = re.findall(r"`(\.\w+)`", section.split("(`capmodel.image_utils.IMAGE_SUFFIXES`)")[0])
     assert tuple(listed) == IMAGE_SUFFIXES
+
+
+def test_a_picture_larger_than_the_cap_is_refused_unread(tmp_path, monkeypatch):
+    import capmodel.image_utils as iu
+
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as f:
+        f.truncate(iu.MAX_PICTURE_BYTES + 1)  # sparse: nothing is written, and nothing must be read
+    with pytest.raises(ValueError, match=rf"huge.png: the file is larger than {iu.MAX_PICTURE_BYTES} bytes"):
+        image_from_url(str(huge))
+    monkeypatch.setattr(iu, "MAX_PICTURE_BYTES", 100)  # a server sending more than the cap: read up to it
+    (tmp_path / "big.png").write_bytes(b"\x89PNG" + bytes(1000))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ValueError, match="big.png: the picture is larger than 100 bytes"):
+            image_from_url(f"http://127.0.0.1:{server.server_port}/big.png")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_ZERO_DEVICE = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # reading the device whole would fail here
+from capmodel.app import report_html
+from capmodel.image_utils import image_from_url
+try:
+    image_from_url("/dev/zero")
+except ValueError as e:
+    print(e)
+print(report_html.img_tag("file:///dev/zero"))
+"""
+
+
+def test_a_device_is_not_read_as_a_picture():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _ZERO_DEVICE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["could not read image from /dev/zero: not a regular file",
+                                     '<span class="na">image unavailable</span>']

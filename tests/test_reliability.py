@@ -228,7 +228,7 @@ def test_a_broken_model_json_is_one_line(tiny_model, shapes_dir, tmp_path, capsy
 
 @pytest.mark.parametrize("argv, message", [
     (["sample", "--model", "{model}", "--data", "{data}", "--out", "{tmp}"], "must end in .csv"),
-    (["gradcheck", "--out", "{tmp}"], "is a directory; give a file name"),
+    (["gradcheck", "--out", "{tmp}/g.csv"], "is a directory; give a file name"),
     (["data", "shapes", "{tmp}/f", "--num-train", "2", "--num-val", "1"], "f exists and is not a directory"),
     (["train", "--data", "{data}", "--out-dir", "{tmp}/f", *TINY_FLAGS], "exists and is not a directory"),
     (["summarize", "--metrics", "{tmp}/f", "--out", "{tmp}/a.csv", "--markdown", "{tmp}/a.md"], "is not readable JSON"),
@@ -237,6 +237,7 @@ def test_a_broken_model_json_is_one_line(tiny_model, shapes_dir, tmp_path, capsy
 ])
 def test_output_and_input_problems_are_one_line(tiny_model, shapes_dir, tmp_path, capsys, argv, message):
     (tmp_path / "f").write_text("not json")
+    (tmp_path / "g.csv").mkdir()
     (tmp_path / "nomodel.json").write_text('{"Bleu_4": 0.5}')
     argv = [a.format(model=tiny_model, data=shapes_dir, tmp=tmp_path) for a in argv]
     with pytest.raises(SystemExit) if "--bogus" in argv else _nothing():

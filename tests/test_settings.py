@@ -26,6 +26,15 @@ def test_generated_files_are_up_to_date():
         "run: python -m capmodel.app.config_schema"
 
 
+def test_the_schema_file_is_plain_yaml_without_anchors():
+    # Repeated parts (a model's training settings) are written out each time, so a reader of
+    # the file never has to look an alias up; the file reads back as the schema.
+    text = (ROOT / config_schema.SCHEMA_FILE).read_text()
+    assert not any(line.lstrip().startswith(("&", "*")) or ": &" in line or ": *" in line
+                   for line in text.splitlines()), "YAML anchors or aliases in the schema"
+    assert yaml.safe_load(text) == config_schema.schema()
+
+
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_schema_accepts_exactly_what_the_settings_accept(group):
     schema = yaml.safe_load((ROOT / config_schema.SCHEMA_FILE).read_text())

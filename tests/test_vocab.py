@@ -53,3 +53,25 @@ def test_ascii_captions_tokenize_as_before():
     for _ in range(2000):
         text = "".join(rng.choice(alphabet, size=rng.integers(0, 40)))
         assert tokenize(text) == re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()), text
+
+
+@pytest.mark.parametrize("caption", [
+    "एक लाल गेंद और कुत्ता",  # Devanagari: vowel signs, anusvara, virama
+    "একটি লাল বল",  # Bengali
+    "ஒரு சிவப்பு பந்து",  # Tamil
+    "แมว สีดำ",  # Thai: vowel and tone marks
+    "قِطَّةٌ سَوْدَاءُ",  # vocalised Arabic
+    "חָתוּל שָׁחֹר",  # vocalised Hebrew
+    "İstanbul'da bir kedi",  # Turkish İ lower-cases to i + a combining dot
+    "می‌خواهم",  # Persian: a zero-width non-joiner inside the word
+])
+def test_words_with_combining_marks_stay_whole(caption):
+    import unicodedata
+
+    words = tokenize(caption)
+    assert words == unicodedata.normalize("NFKC", caption).lower().split()  # one word per space-separated unit
+    assert all(unicodedata.category(w[0])[0] in "LN" for w in words)  # a mark never starts a word
+
+
+def test_a_mark_or_joiner_alone_is_no_word():
+    assert tokenize("a \u0301 \u200c b") == ["a", "b"]

@@ -173,3 +173,21 @@ def test_a_data_path_that_is_no_directory_is_a_config_error_saying_relative_to_w
 def test_scst_null_switches_the_fine_tuning_off():
     assert sorted(wc.expand_models({"models": {"a": {"scst": None}}})) == ["a"]
     wc.check_config({"models": {"a": {"cell_type": "lstm", "scst": None}}}, SCHEMA)
+
+
+def test_scst_null_passes_the_validation_snakemake_runs_and_a_section_gets_its_defaults():
+    # Snakemake's validate() also fills in the schema's defaults, which must never be tried on a null section.
+    from snakemake.utils import validate
+
+    off = {"models": {"a": {"cell_type": "lstm", "scst": None}}}
+    validate(off, schema=str(SCHEMA))
+    assert off["models"]["a"]["scst"] is None and sorted(wc.expand_models(off)) == ["a"]
+    on = {"models": {"a": {"cell_type": "lstm", "scst": {"samples": 3}}}}
+    validate(on, schema=str(SCHEMA))
+    assert on["models"]["a"]["scst"] == {**S.defaults(S.SCST), "samples": 3}
+    assert sorted(wc.expand_models(on)) == ["a", "a+scst"]
+
+
+def test_the_sampled_sets_are_each_model_then_the_baseline():
+    assert wc.sampled({"lstm": {}, "gru": {}, "lstm+scst": {}}) == [
+        "models/gru", "models/lstm", "models/lstm+scst", "baseline"]

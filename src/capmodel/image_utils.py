@@ -8,10 +8,11 @@ image_from_url keeps CS231n's name and returns an array of shape (H, W, 3).
 
 import base64
 import io
+import os
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +22,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".we
 # Transparent pixels are composited onto this colour (white, as a browser shows them on a page).
 BACKGROUND = (255, 255, 255)
 THUMBNAIL_SIDE = 256  # embedded pictures are at most this many pixels a side
+# image_from_url reads at most this many bytes of one picture (a report reading a urls entry
+# that names a device or a huge file must not read it whole); a larger one is refused.
+MAX_PICTURE_BYTES = 128 << 20
 # The errors by which PIL says a file is not a picture it can decode.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -92,6 +96,24 @@ def thumbnail_uri(image, side=THUMBNAIL_SIDE):
     return f"data:image/{kind};base64," + base64.b64encode(encoded[kind]).decode("ascii")
 
 
+def _read_capped(f, what):
+    raw = f.read(MAX_PICTURE_BYTES + 1)
+    if len(raw) > MAX_PICTURE_BYTES:
+        raise ValueError(f"the {what} is larger than {MAX_PICTURE_BYTES} bytes")
+    return raw
+
+
+def _read_file(path):
+    """The bytes of a regular file of at most MAX_PICTURE_BYTES (its size is checked before reading)."""
+    st = os.stat(path)  # before open(), which waits forever on a pipe without a writer
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file")
+    if st.st_size > MAX_PICTURE_BYTES:
+        raise ValueError(f"the file is larger than {MAX_PICTURE_BYTES} bytes")
+    with open(path, "rb") as f:
+        return _read_capped(f, "file")
+
+
 def image_from_url(url, timeout=10):
     """Read an image into a uint8 array of shape (H, W, 3), as open_rgb sees it.
 
@@ -99,17 +121,19 @@ def image_from_url(url, timeout=10):
     - url: http(s):// or file:// URL, or a plain file path
     - timeout: Seconds to wait for a remote server
 
-    Raises ValueError naming the URL and the reason when the image cannot be read.
+    At most MAX_PICTURE_BYTES are read: a larger picture, and a path that is no regular file
+    (a device, a pipe), are refused. Raises ValueError naming the URL and the reason when
+    the image cannot be read.
     """
     scheme = urllib.parse.urlparse(str(url)).scheme
     try:
         if scheme in ("http", "https"):
             with urllib.request.urlopen(url, timeout=timeout) as f:
-                raw = f.read()
+                raw = _read_capped(f, "picture")
         elif scheme == "file":
-            raw = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path)).read_bytes()
+            raw = _read_file(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         elif scheme == "" or len(scheme) == 1:  # a plain path (or a Windows drive letter)
-            raw = Path(url).read_bytes()
+            raw = _read_file(url)
         else:
             raise ValueError(f"unsupported URL scheme '{scheme}'")
         return np.asarray(_decode(io.BytesIO(raw)))

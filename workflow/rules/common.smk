@@ -27,7 +27,6 @@ except ValueError as e:
 # also when its virtualenv is not activated (Snakemake started as .venv/bin/snakemake).
 wc.put_interpreter_first_on_path()
 # workflow.basedir is workflow/, the directory of the Snakefile.
-ENV = str(Path(workflow.basedir).parent / "environment.yml")
 NOTEBOOKS = Path(workflow.basedir) / "notebooks"
 SPLIT = SAMPLE["split"]
 # The configured model names, escaped: a {model} wildcard matches one of them and nothing else.
@@ -35,6 +34,8 @@ MODEL_PATTERN = wc.name_pattern(MODELS)
 # Models trained from scratch (rule train_model) and fine-tuned ones (rule finetune_model).
 TRAINED_PATTERN = wc.name_pattern(set(MODELS) - set(FINE_TUNED))
 FINE_TUNED_PATTERN = wc.name_pattern(FINE_TUNED) or "(?!)"
+# Everything captioned and scored, as results/<kind>/: each model, then the baseline.
+SAMPLED = wc.sampled(MODELS)
 
 
 wildcard_constraints:

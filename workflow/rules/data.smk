@@ -6,8 +6,6 @@ rule make_shapes_data:
         directory("resources/data/shapes"),
     log:
         "logs/data/shapes.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
@@ -18,9 +16,9 @@ rule make_shapes_data:
         grid=config["data"]["shapes"]["grid"] or "none",
         grid_pca=config["data"]["shapes"]["grid_pca"] or "none",
     shell:
-        "capmodel data shapes {output} --num-train {params.num_train} --num-val {params.num_val}"
-        " --seed {params.seed} --min-count {params.min_count}"
-        " --grid {params.grid:q} --grid-pca {params.grid_pca:q} > {log} 2>&1"
+        "capmodel data shapes {output:q} --num-train {params.num_train:q} --num-val {params.num_val:q}"
+        " --seed {params.seed:q} --min-count {params.min_count:q}"
+        " --grid {params.grid:q} --grid-pca {params.grid_pca:q} > {log:q} 2>&1"
 
 
 rule fetch_coco_data:
@@ -28,19 +26,17 @@ rule fetch_coco_data:
         directory("resources/data/coco"),
     log:
         "logs/data/coco.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
         url=config["data"]["coco"]["url"],
         sha=(
-            f"--sha256 {config['data']['coco']['sha256']}"
+            ["--sha256", config["data"]["coco"]["sha256"]]
             if config["data"]["coco"]["sha256"]
-            else ""
+            else []
         ),
     shell:
-        "capmodel data fetch {output} --url {params.url} {params.sha} --no-progress > {log} 2>&1"
+        "capmodel data fetch {output:q} --url {params.url:q} {params.sha:q} --no-progress > {log:q} 2>&1"
 
 
 # Source images: the pictures' features, extracted as data.shards independent jobs (a
@@ -59,8 +55,6 @@ rule extract_features:
         wc.SHARD_RECORD,
     log:
         "logs/data/features-{shard}-of-{shards}.log",
-    conda:
-        ENV
     threads: config["resources"]["train_threads"]
     resources:
         **RESOURCES["train"],
@@ -70,10 +64,9 @@ rule extract_features:
         features=lambda wildcards: wc.SHARD_FEATURES.format(**wildcards),
         grid=config["data"]["grid"] or "none",
     shell:
-        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " capmodel data features {params.images} {input.captions} {params.features}"
-        " --shard {wildcards.shard}/{wildcards.shards} {params.encoder} --grid {params.grid:q}"
-        " --no-progress > {output} 2> {log}"
+        "capmodel data features {params.images:q} {input.captions:q} {params.features:q}"
+        " --shard {wildcards.shard:q}/{wildcards.shards:q} {params.encoder:q} --grid {params.grid:q}"
+        " --no-progress > {output:q} 2> {log:q}"
 
 
 rule make_images_data:
@@ -84,8 +77,6 @@ rule make_images_data:
         directory("resources/data/images"),
     log:
         "logs/data/images.log",
-    conda:
-        ENV
     threads: config["resources"]["train_threads"]
     resources:
         **RESOURCES["train"],
@@ -100,8 +91,7 @@ rule make_images_data:
         grid=config["data"]["grid"] or "none",
         grid_pca=config["data"]["grid_pca"] or "none",
     shell:
-        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " capmodel data from-folder {params.images} {input.captions} {output} {params.encoder}"
-        " --pca {params.pca} --min-count {params.min_count} --val-fraction {params.val_fraction}"
-        " --seed {params.seed} --grid {params.grid:q} --grid-pca {params.grid_pca:q}"
-        " --features {params.features} --no-progress > {log} 2>&1"
+        "capmodel data from-folder {params.images:q} {input.captions:q} {output:q} {params.encoder:q}"
+        " --pca {params.pca:q} --min-count {params.min_count:q} --val-fraction {params.val_fraction:q}"
+        " --seed {params.seed:q} --grid {params.grid:q} --grid-pca {params.grid_pca:q}"
+        " --features {params.features:q} --no-progress > {log:q} 2>&1"

@@ -13,14 +13,11 @@ rule evaluate_captions:
         "logs/evaluate/{kind}.log",
     wildcard_constraints:
         kind=f"baseline|models/(?:{MODEL_PATTERN})",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
         name=lambda wildcards: Path(wildcards.kind).name,
-        java="" if config["evaluate"]["java"] else "--no-java",
+        java=[] if config["evaluate"]["java"] else ["--no-java"],
     shell:
-        "capmodel evaluate --samples {input.csv} --out {output.metrics} --scores {output.scores}"
-        " --name {params.name}"
-        " {params.java} > {log} 2>&1"
+        "capmodel evaluate --samples {input.csv:q} --out {output.metrics:q} --scores {output.scores:q}"
+        " --name {params.name:q} {params.java:q} > {log:q} 2>&1"

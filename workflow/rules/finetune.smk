@@ -17,4 +17,4 @@ use rule train_model as finetune_model with:
     params:
         out_dir=lambda wildcards, output: Path(output.model).parent,
         resume="results/resume/{model}",
-        init_from=lambda wildcards, input: f"--init-from {input.start}",
+        init_from=lambda wildcards, input: ["--init-from", input.start],

@@ -11,11 +11,9 @@ rule gradcheck:
         ),
     log:
         "logs/gradcheck.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
         seed=config["gradcheck"]["seed"],
     shell:
-        "capmodel gradcheck --out {output} --seed {params.seed} > {log} 2>&1"
+        "capmodel gradcheck --out {output:q} --seed {params.seed:q} > {log:q} 2>&1"

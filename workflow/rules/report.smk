@@ -51,21 +51,19 @@ rule report_model:
         ),
     log:
         "logs/report/{model}.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
         figures_dir=lambda wildcards, output: Path(output.training).parent,
         num_examples=config["report"]["num_examples"],
     shell:
-        "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
-        " -p model_name {wildcards.model} -p model_json {input.meta} -p metrics_json {input.metrics}"
-        " -p history_csv {input.history} -p val_csv {input.val} -p samples_csv {input.samples}"
-        " -p samples_json {input.record} -p scores_csv {input.scores} -p summary_link summary.html"
-        " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} > {log} 2>&1"
-        " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
-        " --output {wildcards.model} >> {log} 2>&1"
+        "papermill {input.notebook:q} {output.notebook:q} -k python3 --log-output --cwd ."
+        " -p model_name {wildcards.model:q} -p model_json {input.meta:q} -p metrics_json {input.metrics:q}"
+        " -p history_csv {input.history:q} -p val_csv {input.val:q} -p samples_csv {input.samples:q}"
+        " -p samples_json {input.record:q} -p scores_csv {input.scores:q} -p summary_link summary.html"
+        " -p figures_dir {params.figures_dir:q} -p num_examples {params.num_examples:q} > {log:q} 2>&1"
+        " && jupyter nbconvert --to html --no-input {output.notebook:q} --output-dir reports"
+        " --output {wildcards.model:q} >> {log:q} 2>&1"
 
 
 rule report_summary:
@@ -74,21 +72,9 @@ rule report_summary:
         csv="results/summary.csv",
         models=expand("results/models/{model}/model.json", model=sorted(MODELS)),
         val=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
-        samples=expand(
-            "results/{kind}/samples_{split}.csv",
-            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
-            split=SPLIT,
-        ),
-        records=expand(
-            "results/{kind}/samples_{split}.json",
-            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
-            split=SPLIT,
-        ),
-        scores=expand(
-            "results/{kind}/scores_{split}.csv",
-            kind=[*(f"models/{m}" for m in sorted(MODELS)), "baseline"],
-            split=SPLIT,
-        ),
+        samples=expand("results/{kind}/samples_{split}.csv", kind=SAMPLED, split=SPLIT),
+        records=expand("results/{kind}/samples_{split}.json", kind=SAMPLED, split=SPLIT),
+        scores=expand("results/{kind}/scores_{split}.csv", kind=SAMPLED, split=SPLIT),
         data=DATA_DIR,
         revision="results/source_revision.json",
         # The model reports it links to, so that every link resolves.
@@ -108,8 +94,6 @@ rule report_summary:
         ),
     log:
         "logs/report/summary.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
@@ -129,10 +113,10 @@ rule report_summary:
         num_examples=config["report"]["num_examples"],
         seed=REPORT_SEED,
     shell:
-        "papermill {input.notebook} {output.notebook} -k python3 --log-output --cwd ."
-        " -p summary_csv {input.csv} -y '{params.files}' -p data_dir {input.data}"
-        " -f {input.revision} -r snakemake_version {params.snakemake_version}"
-        " -p figures_dir {params.figures_dir} -p num_examples {params.num_examples} -p seed {params.seed}"
-        " > {log} 2>&1"
-        " && jupyter nbconvert --to html --no-input {output.notebook} --output-dir reports"
-        " --output summary >> {log} 2>&1"
+        "papermill {input.notebook:q} {output.notebook:q} -k python3 --log-output --cwd ."
+        " -p summary_csv {input.csv:q} -y {params.files:q} -p data_dir {input.data:q}"
+        " -f {input.revision:q} -r snakemake_version {params.snakemake_version:q}"
+        " -p figures_dir {params.figures_dir:q} -p num_examples {params.num_examples:q} -p seed {params.seed:q}"
+        " > {log:q} 2>&1"
+        " && jupyter nbconvert --to html --no-input {output.notebook:q} --output-dir reports"
+        " --output summary >> {log:q} 2>&1"

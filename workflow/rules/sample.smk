@@ -26,13 +26,11 @@ rule sample_captions:
         record=f"results/models/{{model}}/samples_{SPLIT}.json",
     log:
         "logs/sample/{model}.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     shell:
-        "capmodel sample --model {input.model} --data {input.data} --settings {input.settings}"
-        " --out {output.csv} > {log} 2>&1"
+        "capmodel sample --model {input.model:q} --data {input.data:q} --settings {input.settings:q}"
+        " --out {output.csv:q} > {log:q} 2>&1"
 
 
 rule baseline_captions:
@@ -43,11 +41,9 @@ rule baseline_captions:
         record=f"results/baseline/samples_{SPLIT}.json",
     log:
         "logs/sample/baseline.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     params:
         split=SPLIT,
     shell:
-        "capmodel baseline --data {input.data} --out {output.csv} --split {params.split} > {log} 2>&1"
+        "capmodel baseline --data {input.data:q} --out {output.csv:q} --split {params.split:q} > {log:q} 2>&1"

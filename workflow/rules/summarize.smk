@@ -3,10 +3,7 @@
 
 rule summarize:
     input:
-        metrics=[
-            *expand("results/models/{model}/metrics.json", model=sorted(MODELS)),
-            "results/baseline/metrics.json",
-        ],
+        metrics=expand("results/{kind}/metrics.json", kind=SAMPLED),
         models=expand("results/models/{model}/model.json", model=sorted(MODELS)),
         val=expand("results/models/{model}/val.csv", model=sorted(MODELS)),
     output:
@@ -18,10 +15,8 @@ rule summarize:
         md="results/summary.md",
     log:
         "logs/summarize.log",
-    conda:
-        ENV
     resources:
         **RESOURCES["small"],
     shell:
-        "capmodel summarize --metrics {input.metrics} --models {input.models} --val {input.val}"
-        " --out {output.csv} --markdown {output.md} > {log} 2>&1"
+        "capmodel summarize --metrics {input.metrics:q} --models {input.models:q} --val {input.val:q}"
+        " --out {output.csv:q} --markdown {output.md:q} > {log:q} 2>&1"

@@ -33,16 +33,13 @@ rule train_model:
         "results/benchmarks/train_{model}.tsv"
     wildcard_constraints:
         model=TRAINED_PATTERN,
-    conda:
-        ENV
     threads: config["resources"]["train_threads"]
     resources:
         **RESOURCES["train"],
     params:
         out_dir=lambda wildcards, output: Path(output.model).parent,
         resume="results/resume/{model}",
-        init_from="",
+        init_from=[],
     shell:
-        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-        " capmodel train --data {input.data} --settings {input.settings} --out-dir {params.out_dir}"
-        " {params.init_from} --checkpoint-dir {params.resume} --restart-on-change > {log} 2>&1"
+        "capmodel train --data {input.data:q} --settings {input.settings:q} --out-dir {params.out_dir:q}"
+        " {params.init_from:q} --checkpoint-dir {params.resume:q} --restart-on-change > {log:q} 2>&1"

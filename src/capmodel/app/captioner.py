@@ -27,16 +27,21 @@ from pathlib import Path
 import numpy as np
 
 from capmodel import checkpoints
+from capmodel.app import settings as S
 from capmodel.encoders import registry
-from capmodel.safety.atomic import write_text
 from capmodel.coco_utils import decode_captions
 from capmodel.datasets import features as feat
 from capmodel.datasets import folder
 from capmodel.datasets import format as fmt
-from capmodel.app.tables import write_csv
+from capmodel.app.tables import csv_text
 from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb, thumbnail_uri
+from capmodel.safety.outputs import check_outputs, write_texts
 
-METHODS = ("greedy", "beam")
+CSV_COLUMNS = ("image", "caption")
+# How the outputs say that capmodel wrote them (capmodel.safety.outputs.kind_of): the CSV's
+# header, the gallery's <meta name="generator">. Only such files are replaced.
+CSV_KIND = ",".join(CSV_COLUMNS)
+GALLERY_KIND = "capmodel caption"
 
 
 class FeaturesNotComputable(ValueError):
@@ -65,7 +70,8 @@ def collect_images(paths):
 
 
 def load_features(path, num_images):
-    """Precomputed features: an .npy array (N, D) or an HDF5 file with a 'features' dataset (N, D)."""
+    """Precomputed features: an .npy array (N, D) or an HDF5 file with a 'features' dataset (N, D),
+    every value finite."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"features file {path} does not exist")
@@ -88,6 +94,10 @@ def load_features(path, num_images):
     if len(x) != num_images:
         raise ValueError(f"features in {path} have {len(x)} rows but {num_images} images were given "
                          "(one row per image, in the order given)")
+    bad = ~np.isfinite(x)
+    if bad.any():  # a model fed NaN decodes nothing and would print empty captions
+        raise ValueError(f"features in {path} hold {np.count_nonzero(bad)} non-finite values (NaN or inf), "
+                         f"first in row {np.flatnonzero(bad.any(axis=1))[0]}")
     return x
 
 
@@ -220,8 +230,8 @@ def compute_features(image_paths, data_dir, pca, model, weights=None):
     return encode_images(image_paths, record, pca, weights, where=f"data set {data_dir}")
 
 
-def caption_files(model_path, paths, data_dir=None, features_file=None, method="greedy", beam_size=3,
-                  max_length=16, batch_size=500, weights=None):
+def caption_files(model_path, paths, data_dir=None, features_file=None, decoding=None, batch_size=500,
+                  weights=None):
     """Caption image files with a trained model.
 
     The features come from features_file if given, else from the encoder of data set data_dir
@@ -234,13 +244,13 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
     - paths: Image files and folders of images
     - data_dir: Data set whose extractor record to use instead of the model's
     - features_file: Precomputed features (N, D) instead, one row per image in order
-    - method, beam_size, max_length: Decoding (see capmodel.decoding)
+    - decoding: Dict of decoding settings (capmodel.app.settings.CAPTION_DECODE); those left
+      out take the defaults `capmodel sample` has, so both give a model's one caption
     - weights: Weights file of the model's pretrained CNN encoder (see capmodel.encoders)
 
     Returns a list of {'image': path, 'caption': text} in the order of the images.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got '{method}'")
+    decoded = S.decode_record(S.check_all(decoding or {}, S.CAPTION_DECODE, "caption"))
     base = checkpoints.model_base(model_path)
     model, meta = checkpoints.load_model(base)
     images = collect_images(paths)
@@ -272,8 +282,8 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
         raise ValueError(f"{where} have width {x.shape[1]}, but the model expects width {model.input_dim} "
                          f"({'PCA' if pca else 'fc7'} features as it was trained)")
     x = x.astype(model.dtype)
-    options = {"beam_size": beam_size} if method == "beam" else {}
-    caps = [model.sample(x[s : s + batch_size], max_length=max_length, method=method, **options,
+    method, options = S.sample_options(decoded)
+    caps = [model.sample(x[s : s + batch_size], max_length=decoded["max_length"], method=method, **options,
                          **({} if regions is None else {"regions": regions[s : s + batch_size]}))
             for s in range(0, len(x), batch_size)]
     idx_to_word = {i: w for w, i in model.word_to_idx.items()}
@@ -281,13 +291,31 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, method="
     return [{"image": str(p), "caption": t} for p, t in zip(images, texts)]
 
 
-def write_captions_csv(path, rows):
-    """Atomically write the rows as CSV with columns image, caption."""
-    write_csv(path, rows, ["image", "caption"])
+def check_output_files(out, html, model_path, paths, features_file=None):
+    """Check the CSV (out) and gallery (html) to write, either may be None, before any
+    picture is read (capmodel.safety.outputs.check_outputs): suffixes .csv and .html, none
+    of the command's inputs, writable, and an existing file replaced only if it is a
+    caption CSV or gallery that capmodel wrote."""
+    base = checkpoints.model_base(model_path)
+    inputs = (base.with_suffix(".npz"), base.with_suffix(".json"), *paths,
+              *(() if features_file is None else (features_file,)))
+    check_outputs([(out, ".csv", CSV_KIND), (html, ".html", GALLERY_KIND)], inputs=inputs)
 
 
-def write_gallery(path, rows, title="capmodel captions"):
-    """Atomically write a self-contained HTML page: each image (an embedded thumbnail) with its caption.
+def write_outputs(rows, csv_path=None, html_path=None, title="capmodel captions"):
+    """Write the rows as CSV (columns image, caption) and as a gallery (gallery_html),
+    either path may be None. Every picture is read first, and the files are renamed into
+    place together, so a failure leaves neither."""
+    files = {}
+    if csv_path is not None:
+        files[csv_path] = csv_text(rows, CSV_COLUMNS)
+    if html_path is not None:
+        files[html_path] = gallery_html(rows, title)
+    write_texts(files)
+
+
+def gallery_html(rows, title="capmodel captions"):
+    """A self-contained HTML page: each image (an embedded thumbnail) with its caption.
 
     Raises one FolderError naming every image that cannot be read.
     """
@@ -305,7 +333,8 @@ def write_gallery(path, rows, title="capmodel captions"):
         f'<br><small>{html.escape(r["image"])}</small></figcaption></figure>'
         for r, uri in zip(rows, uris))
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GALLERY_KIND}">
+<title>{html.escape(title)}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
@@ -318,4 +347,4 @@ figcaption {{ overflow-wrap: anywhere; }}
 {figures}
 </div></body></html>
 """
-    write_text(path, page)
+    return page

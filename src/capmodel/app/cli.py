@@ -9,6 +9,7 @@ exits with status 2; Ctrl-C prints one line and exits with 130. The flags of the
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -30,6 +31,11 @@ S = _Settings()
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_CHECK = 1
 EXIT_INTERRUPTED = 130
+GRADCHECK_COLUMNS = ("layer", "cell", "param", "measure", "error", "tolerance", "ok")
+# The first lines of the summary's tables (capmodel.app.pipeline.summarize), whose columns
+# depend on what the models recorded: an existing file is replaced only if it starts so.
+SUMMARY_CSV_KIND = re.compile(r"model(,[A-Za-z0-9_]+)*")
+SUMMARY_MD_KIND = re.compile(r"\| model \|.*")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +82,7 @@ def cmd_data_check(args):
     from capmodel.datasets import format as fmt
 
     kinds = {"both": None, "pca": True, "fc7": False}[args.features]
-    found = fmt.problems(args.data_dir, pca_features=kinds)
+    found = fmt.problems(args.data_dir, pca_features=kinds, pictures=True)
     for p in found:
         print(p, file=sys.stderr)
     if found:
@@ -120,10 +126,10 @@ def cmd_data_features(args):
 
 def cmd_gradcheck(args):
     from capmodel.app import gradcheck_suite
-    from capmodel.safety.atomic import check_writable
     from capmodel.app.tables import write_csv
+    from capmodel.safety.outputs import check_output
 
-    check_writable(args.out, "output file")
+    check_output(args.out, ".csv", kind=",".join(GRADCHECK_COLUMNS))
     rows = gradcheck_suite.run(seed=args.seed)
     failed = [r for r in rows if not r["ok"]]
     for r in rows:
@@ -133,7 +139,7 @@ def cmd_gradcheck(args):
               f"{r['error']} > {r['tolerance']}", file=sys.stderr)
     if failed:
         return EXIT_FAILED_CHECK
-    write_csv(args.out, rows, ["layer", "cell", "param", "measure", "error", "tolerance", "ok"])
+    write_csv(args.out, rows, GRADCHECK_COLUMNS)
     print(f"{len(rows)} gradient checks passed -> {args.out}")
     return 0
 
@@ -163,13 +169,10 @@ def cmd_sample(args):
 def cmd_caption(args):
     from capmodel.app import captioner
 
+    captioner.check_output_files(args.out, args.html, args.model, args.images, args.features)
     rows = captioner.caption_files(args.model, args.images, data_dir=args.data, features_file=args.features,
-                                   method=args.method, beam_size=args.beam_size, max_length=args.max_length,
-                                   weights=args.weights)
-    if args.out:
-        captioner.write_captions_csv(args.out, rows)
-    if args.html:
-        captioner.write_gallery(args.html, rows, title=f"Captions by {args.model}")
+                                   decoding=S.from_args(args, S.CAPTION_DECODE), weights=args.weights)
+    captioner.write_outputs(rows, args.out, args.html, title=f"Captions by {args.model}")
     for r in [] if args.out else rows:
         print(f"{r['image']}\t{r['caption']}")
     written = [f for f in (args.out, args.html) if f]
@@ -198,7 +201,10 @@ def cmd_evaluate(args):
 
 def cmd_summarize(args):
     from capmodel.app import pipeline
+    from capmodel.safety.outputs import check_outputs
 
+    check_outputs([(args.out, ".csv", SUMMARY_CSV_KIND), (args.markdown, ".md", SUMMARY_MD_KIND)],
+                  inputs=[*args.metrics, *(args.models or ()), *(args.val or ())])
     rows = pipeline.summarize(args.metrics, args.out, args.markdown, model_files=args.models or (),
                               val_files=args.val or ())
     print(f"{len(rows)} models -> {args.out}, {args.markdown}")
@@ -232,7 +238,8 @@ def build_parser():
                    "capmodel dataset (replaced atomically)")
     S.add_arguments(s, S.SHAPES)
     s.set_defaults(func=cmd_data_shapes)
-    c = dsub.add_parser("check", help="validate a dataset directory; one line per problem, exit 1 if any")
+    c = dsub.add_parser("check", help="validate a dataset directory (its files, arrays and that the local "
+                        "pictures its urls files name exist); one line per problem, exit 1 if any")
     c.add_argument("data_dir", help="dataset directory")
     c.add_argument("--features", choices=("both", "pca", "fc7"), default="both",
                    help="which feature files must be present")
@@ -253,7 +260,10 @@ def build_parser():
 
     ff = dsub.add_parser("from-folder", help="make a dataset from a folder of images and a captions CSV/JSON")
     ff.add_argument("images_dir", help="folder of PNG/JPEG images (subfolders included)")
-    ff.add_argument("captions", help="CSV with columns image,caption[,split] or JSON {image: [captions]}")
+    ff.add_argument("captions", help="captions file: CSV with a header image,caption[,split] (a row per caption), "
+                    "JSON {image: [captions]} or [{\"image\": ..., \"captions\": [...], \"split\": ...}, ...], "
+                    "or a Karpathy split file (dataset_coco.json, dataset_flickr8k.json: its train/restval, val and "
+                    "test splits)")
     ff.add_argument("out_dir", help="dataset directory to create; must be new, empty or made by from-folder")
     ff.add_argument("--val-fraction", type=float, default=folder.DEFAULT_VAL_FRACTION,
                     help="share of images for val when there is no split column (default: %(default)s)")
@@ -330,9 +340,7 @@ def build_parser():
                          "its SHA-256 must be the recorded one)")
     cp.add_argument("--out", help="write a CSV (image, caption) instead of printing image<TAB>caption lines")
     cp.add_argument("--html", help="also write a self-contained HTML gallery of the images and captions")
-    cp.add_argument("--method", choices=captioner.METHODS, default="greedy", help="decoder (default: %(default)s)")
-    cp.add_argument("--beam-size", type=_positive_int, default=3, help="beam width k (default: %(default)s)")
-    cp.add_argument("--max-length", type=_positive_int, default=16, help="maximum words (default: %(default)s)")
+    S.add_arguments(cp, S.CAPTION_DECODE)  # as `sample` decodes, with its defaults
     cp.set_defaults(func=cmd_caption)
 
     b = sub.add_parser("baseline", help="the most-frequent-training-caption baseline, as a samples CSV")

@@ -44,9 +44,12 @@ def schema():
     train = {s.name: s.json_schema() for s in S.train_settings()}
     train_ref = {"$ref": "#/$defs/train_settings"}
     model_ref = {"$ref": "#/$defs/model"}
-    scst = {"type": ["object", "null"], "description": "self-critical fine-tuning: the workflow also trains "
-            "<model>+scst from this model's kept weights; null: none (e.g. in an override config)",
-            "additionalProperties": False, "properties": _with_defaults(S.SCST)}
+    # null first: Snakemake's validate() fills in defaults wherever a "properties" keyword is
+    # checked, also on a null, and anyOf stops at the first branch that holds.
+    scst = {"description": "self-critical fine-tuning: the workflow also trains <model>+scst from this model's "
+            "kept weights; null: none (e.g. in an override config)",
+            "anyOf": [{"type": "null"}, {"type": "object", "additionalProperties": False,
+                                         "properties": _with_defaults(S.SCST)}]}
     resources = {
         "train_threads": _plain("integer", 1, "BLAS threads of a training job", minimum=1),
         "train_mem_mb": _plain("integer", 4000, "memory of a training job (MB)", minimum=100),
@@ -89,8 +92,8 @@ def schema():
                                   "(null: torchvision's download)"),
                 "shards": _plain("integer", 1, "source images: feature extraction as this many independent jobs "
                                  "(a cluster runs them on several nodes), merged by one", minimum=1),
-                "pca": _plain(["integer", "null"], PCA_DIM, "source images: PCA width fitted on train (null: none)",
-                              minimum=1),
+                "pca": _plain(["integer", "null"], PCA_DIM, "source images: PCA width fitted on train, at most the "
+                              "encoder's feature width (null: none)", minimum=1),
                 "min_count": _plain("integer", folder.DEFAULT_MIN_COUNT, "source images: rarer training words "
                                     "become <UNK>", minimum=1),
                 "val_fraction": _plain("number", folder.DEFAULT_VAL_FRACTION, "source images: share of the "
@@ -134,9 +137,14 @@ def schema():
 
 
 def schema_yaml():
+    """The schema as YAML, every repeated part written out (no anchors and aliases)."""
     import yaml
 
-    return HEADER + yaml.safe_dump(schema(), sort_keys=False, width=110, allow_unicode=True)
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+
+    return HEADER + yaml.dump(schema(), Dumper=Dumper, sort_keys=False, width=110, allow_unicode=True)
 
 
 def _rows(props, prefix):
@@ -189,7 +197,7 @@ def readme():
               "fine-tuning. `{}` takes every default; `scst: null` (e.g. in a second `--configfile`) switches it",
               "off. The settings `objective`, `scst_samples` and `scst_baseline` are set here only. See",
               "docs/scst.md.", "", table.rstrip()]
-    lines += _rows(sch["$defs"]["model"]["properties"]["scst"]["properties"], "scst.")
+    lines += _rows(sch["$defs"]["model"]["properties"]["scst"]["anyOf"][1]["properties"], "scst.")
     lines.append("")
     defaults = S.defaults(S.train_settings())
     lines += ["Library defaults of the training settings (used for every key a model does not set):", "", "```",

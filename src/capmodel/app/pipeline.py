@@ -24,6 +24,7 @@ from capmodel.datasets import format as fmt
 from capmodel.progress import clock, track
 from capmodel.safety import ownership
 from capmodel.safety.atomic import check_writable, sha256_of, write_json, write_text
+from capmodel.safety.outputs import check_output
 from capmodel.scst import SelfCritical
 from capmodel.validation import Validator
 
@@ -212,30 +213,6 @@ def sample_image_urls(record_json, entries):
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"samples record {path}: cannot read its data_dir ({e})") from e
     return fmt.image_locations(data_dir, entries)
-
-
-def _json_kind(path):
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data.get("kind") if isinstance(data, dict) else None
-
-
-def check_output(path, suffix, kind=None, inputs=()):
-    """Refuse an output path before any work: it must end in suffix, must not be one of
-    the command's inputs, and an existing JSON file is replaced only if it is one that
-    capmodel wrote for the same purpose (kind), so a model.json or a user's file is never
-    overwritten by a record."""
-    path = Path(path)
-    if path.suffix != suffix:
-        raise ValueError(f"output file {path} must end in {suffix}")
-    if any(path.resolve() == Path(i).resolve() for i in inputs):
-        raise ValueError(f"output file {path} is also an input of this command; choose another name")
-    check_writable(path, "output file")
-    if kind is not None and path.exists() and _json_kind(path) != kind:
-        raise ValueError(f"{path} exists and is not a {kind.replace('_', ' ')} capmodel wrote; capmodel does not "
-                         "overwrite it: move it away or choose another output name")
 
 
 def _check_samples_outputs(out_csv, inputs=()):

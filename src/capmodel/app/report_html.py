@@ -70,8 +70,9 @@ def esc(value):
 
 def _picture(url):
     """(thumbnail as a uint8 array (H, W, 3), its data: URI) of the picture at url, or None
-    when it cannot be read. Only thumbnails are kept, so a report on large photos holds
-    little memory. After one failed http(s) URL no further remote image is tried (COCO's
+    when it cannot be read. At most image_utils.MAX_PICTURE_BYTES of a picture are read (a
+    urls entry naming a device or a huge file is "image unavailable") and only thumbnails are
+    kept, so a report on large photos holds little memory. After one failed http(s) URL no further remote image is tried (COCO's
     Flickr URLs offline would otherwise cost a timeout each)."""
     if url not in _images:
         remote = urllib.parse.urlparse(str(url)).scheme in ("http", "https")

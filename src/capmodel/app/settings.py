@@ -11,6 +11,8 @@ see capmodel.models); they are merged in by ``train_settings()``.
 import argparse
 from dataclasses import replace
 
+import numpy as np
+
 from capmodel import models
 from capmodel.datasets import shapes
 from capmodel.datasets.format import ALL_SPLITS, GRID_PCA_DIM
@@ -91,6 +93,9 @@ DECODE = (
 )
 # Which decoding settings each method uses (the others are not recorded).
 METHOD_SETTINGS = {"greedy": (), "beam": ("beam_size", "length_norm"), "temperature": ("temperature", "seed")}
+# `capmodel caption` decodes with the same settings and defaults as `capmodel sample`, so one
+# model gives one caption for a picture; which images, it is told by its arguments.
+CAPTION_DECODE = tuple(s for s in DECODE if s.name not in ("split", "num_images"))
 
 # The grid of region features a data set made from pictures stores for attention models
 # (capmodel data from-folder / features --grid, config `data: grid:, grid_pca:`).
@@ -181,6 +186,15 @@ def decode_record(values):
     s = check_all(values, DECODE, "sample")
     keep = {"split", "method", "max_length", "num_images", *METHOD_SETTINGS[s["method"]]}
     return {k: v for k, v in s.items() if k in keep}
+
+
+def sample_options(record):
+    """(method, keyword arguments of a model's sample()) of a decoding record (decode_record):
+    the settings its method uses, temperature sampling's seed as a generator."""
+    options = {k: record[k] for k in METHOD_SETTINGS[record["method"]]}
+    if "seed" in options:
+        options["rng"] = np.random.default_rng(options.pop("seed"))
+    return record["method"], options
 
 
 def decode_label(record):

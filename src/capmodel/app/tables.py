@@ -6,13 +6,18 @@ import io
 from capmodel.safety.atomic import write_text
 
 
-def write_csv(path, rows, fieldnames):
-    """Atomically write a list of dicts as CSV with the given columns."""
+def csv_text(rows, fieldnames):
+    """A list of dicts as CSV text with the given columns (a header row first)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path, rows, fieldnames):
+    """Atomically write a list of dicts as CSV with the given columns."""
+    write_text(path, csv_text(rows, fieldnames))
 
 
 def read_csv(path):

@@ -77,6 +77,12 @@ def fine_tuned(models):
     return {name: name[: -len(SCST_SUFFIX)] for name in models if name.endswith(SCST_SUFFIX)}
 
 
+def sampled(models):
+    """Where under results/ each captioned and scored set of samples lives: models/<model> for
+    each model (sorted by name), then baseline, in the order of the summary's rows."""
+    return [*(f"models/{m}" for m in sorted(models)), "baseline"]
+
+
 def name_pattern(names):
     """A regular expression that matches exactly one of the names: a wildcard constraint.
 
@@ -182,8 +188,9 @@ def data_dir(data):
 
 
 def encoder_flags(data):
-    """The --encoder (and --weights) flags of source images' extraction and merge jobs."""
-    return f"--encoder {data['encoder']}" + (f" --weights {data['weights']}" if data.get("weights") else "")
+    """The --encoder (and --weights) flags of source images' extraction and merge jobs, as a list
+    of arguments (a rule quotes each: {params.encoder:q})."""
+    return ["--encoder", data["encoder"], *(["--weights", data["weights"]] if data.get("weights") else [])]
 
 
 # Where the extraction jobs of source images keep their features files: outside the jobs'

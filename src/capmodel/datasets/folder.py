@@ -37,6 +37,7 @@ from capmodel.datasets import format as fmt
 from capmodel import image_utils
 from capmodel.encoders import randconv, registry
 from capmodel.image_utils import IMAGE_SUFFIXES
+from capmodel.safety.outputs import check_not_inside
 from capmodel.vocab import SPECIAL_TOKENS, build_vocab, encode_captions, tokenize
 
 DEFAULT_IMAGE_SIZE = randconv.DEFAULT_IMAGE_SIZE  # the shapes images' side; the extractor needs S >= 16
@@ -158,6 +159,7 @@ def read_captions(path):
         raise FolderError(f"captions file {path} is not UTF-8 text ({e})")
     if not rows:
         raise FolderError(f"captions file {path} has no captions")
+    empty = []
     for r in rows:
         r["image"] = _normalise_name(r["image"])
         if r["split"] is not None:
@@ -165,12 +167,19 @@ def read_captions(path):
         if not r["image"]:
             raise FolderError(f"{r['where']}: the image name is empty")
         if not isinstance(r["caption"], str) or not tokenize(r["caption"]):
-            raise FolderError(f"{r['where']}: empty caption for image '{r['image']}' (it has no words)")
+            empty.append(r)
+    if len(empty) == 1:
+        raise FolderError(f"{empty[0]['where']}: empty caption for image '{empty[0]['image']}' (it has no words)")
+    if empty:  # all counted, the first few named: one run finds them all
+        shown = "; ".join(f"{r['where']}: image '{r['image']}'" for r in empty[:3])
+        raise FolderError(f"{len(empty)} empty captions (they have no words): {shown}"
+                          + (", ..." if len(empty) > 3 else ""))
     return rows
 
 
 def _normalise_name(name):
-    name = str(name).strip().replace("\\", "/")
+    """A picture name as a POSIX path ('\\' read as '/'), its spaces kept: a name is a file's name."""
+    name = str(name).replace("\\", "/")
     return PurePosixPath(name).as_posix() if name else ""
 
 
@@ -253,6 +262,9 @@ def _read_json(path):
             caps = [caps] if isinstance(caps, str) else caps
             if not isinstance(caps, list) or not caps:
                 raise FolderError(f"{where}: expected a caption string or a non-empty list of them")
+            if any(isinstance(c, dict) for c in caps):
+                raise FolderError(f"{where}: holds objects, not caption strings; a Karpathy split file keeps its "
+                                  "pictures under 'images', each with 'filename', 'split' and 'sentences'")
             rows += [{"image": image, "caption": c, "split": None, "where": f"{where} caption {j + 1}"}
                      for j, c in enumerate(caps)]
     elif isinstance(data, list):
@@ -327,7 +339,8 @@ def plan(images_dir, captions_file):
     extraction order (sorted), names of the uncaptioned ones).
 
     Raises one FolderError naming every captions row whose picture is missing, hidden or
-    not a picture file.
+    not a picture file, or naming the first picture whose name holds a line break (which
+    the data set's urls files cannot store).
     """
     images = list_images(images_dir)
     rows = read_captions(captions_file)
@@ -344,9 +357,17 @@ def plan(images_dir, captions_file):
                 what = f"is not a picture file ({', '.join(IMAGE_SUFFIXES)})"
             else:
                 what = f"is not in {images_dir}"
+                spaced = [n for n in images if n.strip() == r["image"].strip()]
+                if spaced:  # names are kept exactly, spaces too
+                    what += f" (there is a picture '{spaced[0]}')"
             missing[r["image"]] = f"{r['where']}: image '{r['image']}' {what}"
     if missing:
         raise FolderError("; ".join(missing.values()))
+    broken = [r for r in rows if fmt.has_line_break(r["image"])]
+    if broken:  # found here, not when the data set's urls files are written after the extraction
+        count = len({r["image"] for r in broken})
+        raise FolderError(f"{broken[0]['where']}: image {broken[0]['image']!r} has a line break in its name, which "
+                          f"a line of {fmt.urls_file('train')} cannot hold ({count} such picture(s)); rename it")
     captioned = {r["image"] for r in rows}
     names = [n for n in images if n in captioned]
     return images, rows, names, [n for n in images if n not in captioned]
@@ -431,7 +452,10 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     make = _make_encoder(encoder, weights, image_size, pca, grid, grid_pca)
     fmt.check_writable_dataset_dir(out_dir)
     out_dir = Path(out_dir).resolve()
+    inputs = [images_dir, captions_file, *([weights] if weights else []), *(features_files or [])]
+    check_not_inside(out_dir, inputs, "output data set")  # replacing it would delete them
     images, rows, order, uncaptioned = plan(images_dir, captions_file)
+    check_not_inside(out_dir, [images[n] for n in order], "output data set")  # also through symbolic links
     split_of = assign_splits(rows, val_fraction, seed, same={n: images[n].resolve() for n in order})
     if uncaptioned:
         shown = ", ".join(uncaptioned[:5]) + (", ..." if len(uncaptioned) > 5 else "")
@@ -448,6 +472,9 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
         raise FolderError(f"no train word occurs at least {min_count} times; lower --min-count")
     model = make()
     model.check_grid(grid)
+    if pca is not None and pca > model.feature_dim:  # the projection would pad zero columns
+        raise FolderError(f"--pca {pca} is wider than the features of encoder {encoder} ({model.feature_dim}); "
+                          f"choose at most {model.feature_dim}, or 'none'")
     work = out_dir.parent / f".{out_dir.name}.features.h5"  # ours: capmodel.datasets.extraction marks it
     given = features_files is not None
     if not given:

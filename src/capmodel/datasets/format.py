@@ -219,11 +219,17 @@ def _url_entries(base, locations):
         entry = Path(os.path.relpath(os.path.abspath(location), base)).as_posix()
         if _has_scheme(entry):  # a file named like 'photo:1.png' in the dataset directory itself
             entry = f"./{entry}"
-        if entry != entry.strip() or len(entry.splitlines()) > 1:  # the reader takes stripped lines
+        if entry != entry.strip() or has_line_break(entry):  # the reader takes stripped lines
             raise ValueError(f"image {str(location)!r}: a path with a line break or that starts or ends with a "
                              f"space cannot be stored in a line of {urls_file('train')}; rename the file")
         entries.append(entry)
     return entries
+
+
+def has_line_break(text):
+    """Whether text holds a line break of any kind (str.splitlines': \\n, \\r, \\v, \\f,
+    U+2028, ...), which one line of a urls file cannot hold."""
+    return len(f"{text}.".splitlines()) > 1
 
 
 def image_location(data_dir, entry):
@@ -362,14 +368,34 @@ def _gather(base_dir, kinds, regions="check"):
     return data, found + problems_in_data(data, base)
 
 
-def problems(base_dir, pca_features=None):
+def problems(base_dir, pca_features=None, pictures=False):
     """Every way in which base_dir deviates from the format, as one message per problem.
 
-    pca_features None checks both feature sets; True or False checks only that one.
-    Returns an empty list for a valid dataset.
+    pca_features None checks both feature sets; True or False checks only that one. With
+    pictures, every local picture the urls files name must exist too (a stat each; http(s)
+    URLs are not fetched): training needs only the features, captioning and reports the
+    pictures. Returns an empty list for a valid dataset.
     """
     kinds = (True, False) if pca_features is None else (bool(pca_features),)
-    return _gather(base_dir, kinds)[1]
+    data, found = _gather(base_dir, kinds)
+    if pictures:
+        found += _missing_pictures(Path(base_dir), data)
+    return found
+
+
+def _missing_pictures(base, data):
+    """One message per urls file that names local pictures that do not exist."""
+    found = []
+    for split in ALL_SPLITS:
+        entries = data.get(f"{split}_urls")
+        if entries is None:
+            continue
+        missing = [i for i, url in enumerate(image_locations(base, entries)) if url.startswith("file:")
+                   and not os.path.isfile(urllib.request.url2pathname(urllib.parse.urlparse(url).path))]
+        if missing:
+            found.append(f"{base}/{urls_file(split)}: {len(missing)} pictures do not exist (first: line "
+                         f"{missing[0] + 1}, {entries[missing[0]]})")
+    return found
 
 
 def problems_in_data(data, where="data"):
