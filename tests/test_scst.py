@@ -83,7 +83,7 @@ def test_scst_loss_is_minus_advantage_times_log_probability(cell, extra, baselin
     features, idxs = data["train_features"][:4], np.arange(4)
     K = 3
     objective = SelfCritical(_FixedRewards(), samples=K, baseline=baseline, max_length=10)
-    loss, grads, stats = objective(model, features, idxs, np.random.default_rng(7))
+    loss, grads, stats = objective.batch_loss(model, idxs, np.random.default_rng(7), features=features)
     sampled = decoding.temperature_sample(model, np.repeat(features, K, axis=0), max_length=10, temperature=1.0,
                                           rng=np.random.default_rng(7))
     rewards = _FixedRewards().score_ids(sampled, np.repeat(idxs, K))

@@ -129,7 +129,7 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path):
     s.train()
     good = {k: v.copy() for k, v in model.params.items()}
     real_loss = model.loss
-    model.loss = lambda f, c: (float("nan"), real_loss(f, c)[1])  # the 5th step diverges
+    model.loss = lambda features, captions: (float("nan"), real_loss(features, captions)[1])  # the 5th step diverges
     s2 = _solver(data, model, tmp_path)
     with pytest.raises(TrainingError, match="non-finite loss at iteration 5"):
         s2.train()
@@ -180,3 +180,4 @@ def test_dropout_is_deterministic_given_the_seed_and_off_when_sampling():
     assert all(np.array_equal(runs[0].params[k], runs[1].params[k]) for k in runs[0].params)
     f = data["val_features"]
     assert np.array_equal(runs[0].sample(f, 10), runs[0].sample(f, 10))
+

@@ -75,14 +75,16 @@ class CheckpointDir:
 
     def __init__(self, path, keep=2):
         if int(keep) < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+            raise ValueError(f"a checkpoint directory keeps at least 1 checkpoint, got keep={keep}")
         self.path = Path(path)
-        self.keep = int(keep)
+        self.keep = int(keep)  # checkpoints kept while training; older ones are pruned
+        self.claimed = False
 
     def claim(self, fingerprint=None, restart=False, warn=print):
         """Create or take the directory; with a fingerprint, refuse one of another run, or
         with restart remove that run's checkpoints (capmodel's own files) and start over."""
         ownership.claim(self.path, "checkpoints", "checkpoint directory")
+        self.claimed = True
         if fingerprint is None:
             return
         record = json.loads(json.dumps(fingerprint))

@@ -13,19 +13,23 @@ on the samples with per-caption weights:
     loss = -sum_i advantage_i * log p(sample_i, <END> included) / (N * K)
 
 Works for every model family of capmodel.models through ``decoder()`` and
-``loss(features, captions, weights=...)``. Dimension letters: N images, K samples per
-image, M = N * K rows, T caption length, D feature dimension.
+``loss(features, captions, weights=...)``. SelfCritical is an objective of capmodel.objectives: an epoch runs over the
+training images, validation scores CIDEr-D, the start is validated as epoch 0, and a
+validation CIDEr-D below half the start's stops the run (a collapsed policy).
+Dimension letters: N images, K samples per image, M = N * K rows, T caption length,
+D feature dimension.
 """
 
 import numpy as np
 
 from capmodel import decoding
+from capmodel.objectives import Objective
 from capmodel.vocab import END, START
 
 BASELINES = ("greedy", "mean")
 
 
-class SelfCritical:
+class SelfCritical(Objective):
     """The SCST objective: sampled captions, CIDEr-D rewards, weighted teacher-forced loss.
 
     Inputs:
@@ -34,6 +38,12 @@ class SelfCritical:
     - baseline: 'greedy' or 'mean'
     - max_length: longest sampled caption (words, <END> included)
     """
+
+    unit = "images"
+    metric = "cider"  # the validation metric: the reward's
+    fine_tunes = True
+    collapse_fraction = 0.5
+    generator_required = True  # the sampling stream lives in checkpoints
 
     def __init__(self, scorer, samples=5, baseline="greedy", max_length=16):
         if baseline not in BASELINES:
@@ -45,16 +55,33 @@ class SelfCritical:
         self.samples = int(samples)
         self.baseline = baseline
         self.max_length = int(max_length)
+        self._images = (None, None)  # (train_image_idxs, its distinct images)
 
-    def __call__(self, model, features, image_idxs, rng):
-        """One SCST minibatch: loss, gradients and what happened.
+    def images(self, data):
+        """The training images (sorted, distinct): those that have captions to reward against."""
+        idxs, images = self._images
+        if idxs is not data["train_image_idxs"]:
+            self._images = data["train_image_idxs"], np.unique(data["train_image_idxs"])
+        return self._images[1]
+
+    def epoch_size(self, data):
+        return len(self.images(data))
+
+    def __call__(self, model, data, batch_size, rng):
+        """One SCST minibatch of batch_size training images, drawn with replacement by rng;
+        returns batch_loss's (loss, grads, stats)."""
+        image_idxs = rng.choice(self.images(data), batch_size)  # (N,)
+        return self.batch_loss(model, image_idxs, rng, features=data["train_features"][image_idxs])
+
+    def batch_loss(self, model, image_idxs, rng, features):
+        """SCST loss of given images: loss, gradients and what happened.
 
         Inputs:
         - model: a model of capmodel.models
-        - features: image features, of shape (N, D)
         - image_idxs: the images' indices in the training split, of shape (N,) (they pick
           the references of the reward)
         - rng: np.random.Generator for the sampling
+        - features: image features, of shape (N, D)
 
         Returns a tuple of:
         - loss: scalar, -sum(advantage * log p(sample)) / (N * K)
