@@ -2,8 +2,8 @@
 
 capmodel.captioning_solver runs one loop for every objective. The objective decides:
 - the loss of a batch: ``objective(model, data, batch_size, rng) -> (loss, grads, stats)``
-  draws a minibatch from the training split of data (load_coco_data's format) and
-  returns the loss, the gradients
+  draws a minibatch from the training split of data (load_coco_data's format), feeds the
+  model through capmodel.models.image_inputs and returns the loss, the gradients
   (parallel to model.params) and stats, a dict of floats for the progress lines and
   history.csv (empty for cross-entropy);
 - what an epoch iterates over: ``unit`` ('captions' or 'images') and
@@ -20,6 +20,7 @@ A new objective is one new subclass of Objective. Cross-entropy is CrossEntropy 
 self-critical training is capmodel.scst.SelfCritical.
 """
 
+from capmodel import models
 from capmodel.coco_utils import minibatch_rows
 
 
@@ -69,6 +70,6 @@ class CrossEntropy(Objective):
 
     def __call__(self, model, data, batch_size, rng):
         rows = minibatch_rows(data, batch_size, split="train", rng=rng)  # (N,)
-        features = data["train_features"][data["train_image_idxs"][rows]]
-        loss, grads = model.loss(features, data["train_captions"][rows])
+        inputs = models.image_inputs(model, data, "train", data["train_image_idxs"][rows])
+        loss, grads = model.loss(captions=data["train_captions"][rows], **inputs)
         return loss, grads, {}
