@@ -1,11 +1,13 @@
 """capmodel.models.image_inputs and its callers: a model that attends to image regions gets
 the regions of the right images wherever it is fed from a data dict (training objectives,
-validation, the validation metric) and through every decoder."""
+validation, the validation metric, sampling) and through every decoder."""
 
 import numpy as np
 import pytest
 
 from capmodel import decoding
+from capmodel.app import samples
+from capmodel.app import settings as S
 from capmodel.captioning_solver import CaptioningSolver
 from capmodel.models import image_inputs
 from capmodel.scst import SelfCritical
@@ -148,6 +150,21 @@ def test_validator_alone_feeds_the_regions():
     record = Validator(data, metric="cider", val_size=7, metric_images=5)(model)
     assert set(record) == {"val_loss", "cider"}
     assert model.images_seen("decoder") == set(range(VAL_OFFSET, VAL_OFFSET + 5))
+
+
+@pytest.mark.parametrize("method, options", [("greedy", {}), ("beam", {"beam_size": 3}),
+                                             ("temperature", {"temperature": 1.0, "seed": 0})])
+def test_samples_are_decoded_with_the_regions_of_their_images(method, options):
+    """The samples file's captions, by every decoder (40 images: greedy and beam run in
+    blocks of images when BLAS has threads to spare; beam search repeats and reorders the
+    state's regions)."""
+    data = regions_data()
+    model = RegionsModel(data["word_to_idx"], 16)
+    ids = np.arange(40)
+    record = S.decode_record({"method": method, "max_length": 5, **options})
+    caps = samples.caption_images(model, data, "val", ids, record, batch_size=100)
+    assert caps.shape == (40, 5)
+    assert model.images_seen("step") == set(range(VAL_OFFSET, VAL_OFFSET + 40))
 
 
 @pytest.mark.parametrize("method, options", [("greedy", {}), ("beam", {"beam_size": 3}),

@@ -148,11 +148,11 @@ def cmd_train(args):
 
 
 def cmd_sample(args):
-    from capmodel.app import pipeline
+    from capmodel.app import pipeline, samples
 
     settings = pipeline.read_settings_file(args.settings) if args.settings else {}
     settings.update(S.from_args(args, S.DECODE))
-    rows = pipeline.sample(args.model, args.data, args.out, settings)
+    rows = samples.sample(args.model, args.data, args.out, settings)
     print(f"{len(rows)} captions -> {args.out}")
     return 0
 
@@ -176,18 +176,18 @@ def cmd_caption(args):
 
 
 def cmd_baseline(args):
-    from capmodel.app import pipeline
+    from capmodel.app import samples
 
-    caption = pipeline.baseline(args.data, args.out, split=args.split, num_images=args.num_images)
+    caption = samples.baseline(args.data, args.out, split=args.split, num_images=args.num_images)
     print(f"most frequent training caption: '{caption}' -> {args.out}")
     return 0
 
 
 def cmd_evaluate(args):
-    from capmodel.app import pipeline
+    from capmodel.app import samples
 
     use_java = False if args.no_java else None
-    result = pipeline.evaluate(args.samples, args.out, use_java=use_java, name=args.name, scores_csv=args.scores)
+    result = samples.evaluate(args.samples, args.out, use_java=use_java, name=args.name, scores_csv=args.scores)
     shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
     print(json.dumps(shown))
     return 0

@@ -15,7 +15,7 @@ from capmodel import models
 from capmodel.datasets.format import ALL_SPLITS
 from capmodel.decoding import METHODS as DECODING_METHODS
 from capmodel.optim import RULES
-from capmodel.scst import BASELINES as SCST_BASELINES
+from capmodel.scst import BASELINES as SCST_BASELINES, SelfCritical
 from capmodel.setting import Setting, SettingError
 from capmodel.schedules import SCHEDULES as LR_SCHEDULES
 from capmodel.validation import METRICS as VAL_METRICS
@@ -74,7 +74,7 @@ SCST = (
 SCST_TRAIN_KEYS = {"num_epochs": "num_epochs", "learning_rate": "learning_rate", "samples": "scst_samples",
                    "baseline": "scst_baseline"}
 # The fine-tuned model's validation metric: CIDEr-D on val, the metric it is trained for.
-SCST_VAL_METRIC = "cider"
+SCST_VAL_METRIC = SelfCritical.metric
 
 # How captions are decoded and which images (capmodel sample, config `sample:`).
 DECODE = (
