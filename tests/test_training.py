@@ -181,3 +181,30 @@ def test_dropout_is_deterministic_given_the_seed_and_off_when_sampling():
     f = data["val_features"]
     assert np.array_equal(runs[0].sample(f, 10), runs[0].sample(f, 10))
 
+
+START = {"cell_type": "lstm", "hidden_dim": 16, "wordvec_dim": 8, "batch_size": 25, "seed": 0, "print_every": 1000}
+
+
+@pytest.fixture(scope="module")
+def start_model(shapes_dir, tmp_path_factory):
+    """A small cross-entropy LSTM on the shapes data, the start of --init-from runs."""
+    from capmodel.app import pipeline
+
+    out = tmp_path_factory.mktemp("start") / "a"
+    pipeline.train(shapes_dir, out, {**START, "num_epochs": 6, "learning_rate": 0.01}, verbose=False)
+    return out
+
+
+def test_a_cross_entropy_run_from_a_model_keeps_it_when_no_epoch_beats_it(shapes_dir, start_model, tmp_path):
+    """--init-from with --objective xe validates the start as epoch 0, as self-critical
+    training does: a learning rate that makes every epoch worse returns the start."""
+    from capmodel.app import pipeline
+
+    out = tmp_path / "b"
+    pipeline.train(shapes_dir, out, {**START, "num_epochs": 2, "learning_rate": 1.0}, init_from=start_model,
+                   verbose=False)
+    val = (out / "val.csv").read_text().splitlines()
+    assert val[1].startswith("0,0,") and val[1].endswith(",1")  # the start, validated before any update
+    assert [line[-1] for line in val[2:]] == ["0", "0"]  # both epochs worse
+    start, got = _params(start_model), _params(out)
+    assert all(np.array_equal(start[k], got[k]) for k in start)

@@ -127,7 +127,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     must have been made by capmodel with the same settings (with restart_on_change, the
     checkpoints of a run with other settings are removed and training starts over). It is
     removed after success (only capmodel's own files) unless keep_checkpoints (a bool). With
-    init_from (a trained model) training starts from its weights; objective "scst" needs one.
+    init_from (a trained model) training starts from its weights, validated first as epoch 0
+    and kept when no epoch beats it; objective "scst" needs one.
     """
     s = S.check_train(settings)
     if s["objective"] == "scst" and init_from is None:
@@ -153,8 +154,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     solver_kwargs = {k: s[k] for k in solver_keys() if s[k] is not None}
     progress = verbose and sys.stderr.isatty()  # a bar in a terminal, timed lines in a log
     solver = CaptioningSolver(model, data, optim_config={"learning_rate": s["learning_rate"]}, objective=objective,
-                              validate=validator, verbose=verbose, progress=progress, checkpoint_dir=ckpt,
-                              **solver_kwargs)
+                              validate=validator, validate_start=start is not None, verbose=verbose,
+                              progress=progress, checkpoint_dir=ckpt, **solver_kwargs)
     began = time.perf_counter()
     solver.train()
     seconds = time.perf_counter() - began
