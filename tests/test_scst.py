@@ -383,3 +383,40 @@ def test_running_out_of_memory_is_one_line(shapes_dir, xe_model, tmp_path, capsy
     assert err.startswith("capmodel train: error: out of memory") and err.count("\n") == 1, err
     assert "make --batch-size (and --scst-samples with --objective scst) smaller" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, tmp_path, capsys):
+    """What no estimate foresaw: a MemoryError is one line with the settings to lower."""
+    from capmodel.app import pipeline
+    from capmodel.app.cli import main
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 9.3 GiB")
+
+    monkeypatch.setattr(pipeline, "train", no_memory)
+    assert main(["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err
+    assert err == ("capmodel train: error: out of memory (Unable to allocate 9.3 GiB); make --batch-size (and "
+                   "--scst-samples with --objective scst) smaller\n")
+
+def test_self_critical_training_has_its_own_defaults(shapes_dir, xe_model, tmp_path):
+    """`train --init-from A --objective scst` with no other flag fine-tunes with the
+    workflow's scst: defaults (learning rate 5e-4, 2 epochs), not cross-entropy's 5e-3."""
+    from capmodel.app import settings as S
+    from capmodel.app.cli import build_parser
+
+    scst = S.defaults(S.SCST)
+    s = S.check_train({"objective": "scst"})
+    assert (s["learning_rate"], s["num_epochs"]) == (scst["learning_rate"], scst["num_epochs"]) == (5e-4, 2)
+    assert S.check_train({"objective": "scst", "learning_rate": 0.01, "num_epochs": 3})["learning_rate"] == 0.01
+    assert (S.check_train({})["learning_rate"], S.check_train({})["num_epochs"]) == (5e-3, 10)
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
+                 if a.dest == "learning_rate")
+    assert train.help.endswith("default 0.005, 0.0005 with --objective scst)")
+    out = tmp_path / "o"
+    done = subprocess.run(_cli("train", "--data", shapes_dir, "--out-dir", out, "--init-from", xe_model, *SMALL,
+                               "--objective", "scst", "--val-metric-images", "12"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    settings = json.loads((out / "model.json").read_text())["settings"]
+    assert (settings["learning_rate"], settings["num_epochs"]) == (5e-4, 2)
