@@ -1,6 +1,7 @@
 """Training that survives and improves: resume after kill -9, corrupt checkpoints,
 validation, early stopping, schedules and dropout in the solver."""
 
+import json
 import os
 import signal
 import subprocess
@@ -195,16 +196,30 @@ def start_model(shapes_dir, tmp_path_factory):
     return out
 
 
-def test_a_cross_entropy_run_from_a_model_keeps_it_when_no_epoch_beats_it(shapes_dir, start_model, tmp_path):
+def test_a_cross_entropy_run_from_a_model_keeps_it_when_no_epoch_beats_it(shapes_dir, start_model, tmp_path, capsys):
     """--init-from with --objective xe validates the start as epoch 0, as self-critical
-    training does: a learning rate that makes every epoch worse returns the start."""
+    training does: a learning rate that makes every epoch worse returns the start, and
+    the run says so in one line and in model.json."""
     from capmodel.app import pipeline
 
     out = tmp_path / "b"
-    pipeline.train(shapes_dir, out, {**START, "num_epochs": 2, "learning_rate": 1.0}, init_from=start_model,
-                   verbose=False)
+    pipeline.train(shapes_dir, out, {**START, "num_epochs": 2, "learning_rate": 1.0}, init_from=start_model)
     val = (out / "val.csv").read_text().splitlines()
     assert val[1].startswith("0,0,") and val[1].endswith(",1")  # the start, validated before any update
     assert [line[-1] for line in val[2:]] == ["0", "0"]  # both epochs worse
     start, got = _params(start_model), _params(out)
     assert all(np.array_equal(start[k], got[k]) for k in start)
+    said = [line for line in capsys.readouterr().out.splitlines() if "no epoch beat the start" in line]
+    assert len(said) == 1 and said[0].startswith("no epoch beat the start (validation val_loss ") and \
+        said[0].endswith(f"at epoch 0): the model written is the --init-from model {start_model}, unchanged")
+    assert json.loads((out / "model.json").read_text())["improved_on_start"] is False
+
+
+def test_model_json_says_whether_a_run_improved_on_its_start(shapes_dir, start_model, tmp_path, capsys):
+    from capmodel.app import pipeline
+
+    pipeline.train(shapes_dir, tmp_path / "c", {**START, "num_epochs": 1, "learning_rate": 0.01},
+                   init_from=start_model)
+    assert json.loads((tmp_path / "c" / "model.json").read_text())["improved_on_start"] is True
+    assert "no epoch beat the start" not in capsys.readouterr().out
+    assert json.loads((start_model / "model.json").read_text())["improved_on_start"] is None  # no start

@@ -100,8 +100,9 @@ class CaptioningSolver:
           validation metric when val_metric is not given.
         - validate_start: Validate the model before any update, as epoch 0, so that the
           start is kept when no epoch beats it (for a model trained before; default: the
-          objective's fine_tunes). With the objective's collapse_fraction, training stops
-          with TrainingError when the metric falls below that fraction of the start's.
+          objective's fine_tunes; start_kept() tells afterwards). With the objective's
+          collapse_fraction, training stops with TrainingError when the metric falls below
+          that fraction of the start's.
         """
         unknown = sorted(set(kwargs) - set(CS231N_KWARGS) - set(EXTRA_KWARGS))
         if unknown:
@@ -245,6 +246,11 @@ class CaptioningSolver:
         return {k: f"{v:.4f}" for k, v in self.stats_history[-1].items()}
 
     # ---------------------------------------------------------- validation
+
+    def start_kept(self):
+        """True when the start was validated (epoch 0) and no later validation beat it."""
+        first = self.val_history[0] if self.val_history else {}
+        return first.get("iteration") == 0 and not any(r["best"] for r in self.val_history[1:])
 
     def _metric(self):
         """The validation metric's name (the validator's own when one was given), or None."""

@@ -128,7 +128,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     checkpoints of a run with other settings are removed and training starts over). It is
     removed after success (only capmodel's own files) unless keep_checkpoints (a bool). With
     init_from (a trained model) training starts from its weights, validated first as epoch 0
-    and kept when no epoch beats it; objective "scst" needs one.
+    and kept when no epoch beats it (said in one line, and in model.json's
+    improved_on_start); objective "scst" needs one.
     """
     s = S.check_train(settings)
     if s["objective"] == "scst" and init_from is None:
@@ -159,9 +160,16 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     began = time.perf_counter()
     solver.train()
     seconds = time.perf_counter() - began
+    improved = None if start is None else not solver.start_kept()
+    if improved is False and verbose:
+        first = solver.val_history[0]
+        name = solver.validator.metric or "val_loss"
+        print(f"no epoch beat the start (validation {name} {first[name]:.4f} at epoch 0): the model written is "
+              f"the --init-from model {init_from}, unchanged", flush=True)
     write_model(out_dir, model, solver, record, {
         "settings": s, "data_dir": str(data_dir), "train_seconds_this_run": round(seconds, 3),
         "init_from": None if start is None else {"path": str(init_from), "sha256": start_sha},
+        "improved_on_start": improved,
     })
     if ckpt is not None and not keep_checkpoints:
         ckpt.remove()
@@ -194,7 +202,7 @@ def write_model(out_dir, model, solver, record, info):
         "num_params": int(sum(v.size for v in model.params.values())),
         "final_train_loss": solver.loss_history[-1] if solver.loss_history else None,
         "train_seconds_this_run": info["train_seconds_this_run"], "init_from": info["init_from"],
-        "encoder": encoder,
+        "improved_on_start": info["improved_on_start"], "encoder": encoder,
     })
 
 
