@@ -420,3 +420,38 @@ def test_self_critical_training_has_its_own_defaults(shapes_dir, xe_model, tmp_p
     assert done.returncode == 0, done.stderr
     settings = json.loads((out / "model.json").read_text())["settings"]
     assert (settings["learning_rate"], settings["num_epochs"]) == (5e-4, 2)
+
+
+def test_rewards_without_signal_stop_the_run_with_one_line(shapes_dir, tmp_path, capsys):
+    """One training image: every CIDEr-D reward is 0 (each n-gram is in every reference
+    set), so every advantage is 0 and SCST cannot change the model."""
+    from capmodel.app.cli import main
+    from capmodel.datasets import shapes
+
+    data = tmp_path / "one"
+    shapes.generate(data, num_train=1, num_val=6, seed=3)
+    start = tmp_path / "a"
+    assert main(["train", "--data", str(data), "--out-dir", str(start), *SMALL, "--num-epochs", "2"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "o"
+    assert main(["train", "--data", str(data), "--out-dir", str(out), "--init-from", str(start), *SMALL,
+                 "--objective", "scst", "--batch-size", "4", "--scst-samples", "3"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("capmodel train: error: epoch 1: every gradient of the epoch was exactly 0") and \
+        "the rewards carry no signal" in err, err
+    assert not out.exists()
+
+
+def test_zero_advantages_stop_the_solver():
+    class Flat(_FixedRewards):
+        def score_ids(self, captions, image_idxs):
+            return np.zeros(len(captions))
+
+    data = random_data()
+    model = _model(data, "lstm", {}, dtype=np.float32)
+    solver = CaptioningSolver(model, data, batch_size=5, num_epochs=2, seed=0, verbose=False,
+                              objective=SelfCritical(Flat(), samples=2, baseline="mean", max_length=8))
+    with pytest.raises(TrainingError, match=r"^epoch 1: .*every advantage 0\), so the rewards carry no signal"):
+        solver.train()
+    assert solver.iteration == 4

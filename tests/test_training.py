@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from capmodel import checkpoints
-from capmodel.captioning_solver import CaptioningSolver
+from capmodel.captioning_solver import CaptioningSolver, TrainingError
 from capmodel.classifiers.rnn import CaptioningRNN
 from synthetic import random_data
 
@@ -121,8 +121,6 @@ def test_cli_refuses_a_checkpoint_dir_of_other_settings(shapes_dir, tmp_path, ca
 
 
 def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path):
-    from capmodel.captioning_solver import TrainingError
-
     data = random_data()
     model = _small_model(data)
     s = _solver(data, model, tmp_path, checkpoint_every=1, optim_config={"learning_rate": 1e-3})
@@ -223,3 +221,20 @@ def test_model_json_says_whether_a_run_improved_on_its_start(shapes_dir, start_m
     assert json.loads((tmp_path / "c" / "model.json").read_text())["improved_on_start"] is True
     assert "no epoch beat the start" not in capsys.readouterr().out
     assert json.loads((start_model / "model.json").read_text())["improved_on_start"] is None  # no start
+
+
+def test_a_first_epoch_without_any_gradient_stops_training(tiny_data):
+    """Nothing can change the model: the run stops after its first epoch instead of
+    returning the start as if it had trained."""
+
+    class Flat:
+        params = {"w": np.zeros(3)}
+
+        def loss(self, features, captions):
+            return 1.0, {"w": np.zeros(3)}
+
+    solver = CaptioningSolver(Flat(), tiny_data, batch_size=10, num_epochs=3, verbose=False)
+    with pytest.raises(TrainingError, match=r"^epoch 1: every gradient of the epoch was exactly 0, so training "
+                                            r"cannot change the model: the loss does not depend on the parameters$"):
+        solver.train()
+    assert solver.iteration == 4  # one epoch: 40 captions / 10

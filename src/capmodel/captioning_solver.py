@@ -103,6 +103,9 @@ class CaptioningSolver:
           objective's fine_tunes; start_kept() tells afterwards). With the objective's
           collapse_fraction, training stops with TrainingError when the metric falls below
           that fraction of the start's.
+
+        Training stops with TrainingError after a first epoch whose gradients were all
+        exactly 0 (nothing could change the model; the objective's no_signal says why).
         """
         unknown = sorted(set(kwargs) - set(CS231N_KWARGS) - set(EXTRA_KWARGS))
         if unknown:
@@ -179,6 +182,7 @@ class CaptioningSolver:
         self.val_history = []
         self.lr_history = []
         self.stats_history = []
+        self.signal = False  # a gradient that was not exactly 0 was seen
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
         # Without a seed, checkpoints or an objective that needs one, minibatches come
         # from the global NumPy state, as in CS231n.
@@ -209,6 +213,7 @@ class CaptioningSolver:
         if stats:
             self.stats_history.append(stats)
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+        self.signal = self.signal or norm != 0.0
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = "loss" if not math.isfinite(loss) else "gradient"
             raise TrainingError(
@@ -310,6 +315,7 @@ class CaptioningSolver:
             "lr_history": self.lr_history,
             "val_history": self.val_history,
             "stats_history": self.stats_history,
+            "signal": self.signal,
             "optim_scalars": optim_scalars,
             "solver_rng": None if self.rng is None else self.rng.bit_generator.state,
             "model_rng": self.model.rng.bit_generator.state if hasattr(self.model, "rng") else None,
@@ -338,6 +344,7 @@ class CaptioningSolver:
                     "lr_history", "val_history"):
             setattr(self, key, meta[key])
         self.stats_history = meta.get("stats_history", [])
+        self.signal = meta.get("signal", True)
         if meta["solver_rng"] is not None:
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = meta["solver_rng"]
@@ -401,6 +408,9 @@ class CaptioningSolver:
                 epoch_end = (t + 1) % iterations_per_epoch == 0
                 if epoch_end:
                     self.epoch += 1
+                    if self.epoch == 1 and not self.signal:
+                        raise TrainingError(f"epoch 1: every gradient of the epoch was exactly 0, so training "
+                                            f"cannot change the model: {self.objective.no_signal}")
                     if self.lr_schedule is None:
                         for k in self.optim_configs:
                             self.optim_configs[k]["learning_rate"] *= self.lr_decay

@@ -14,7 +14,9 @@ capmodel.captioning_solver runs one loop for every objective. The objective deci
   starts from a trained model (the solver then validates the start as epoch 0, so a
   fine-tuning that never improves returns its start); ``divergence_factor`` and
   ``collapse_fraction`` (see the Objective attributes); ``generator_required``, True when
-  it cannot draw from the global NumPy random state.
+  it cannot draw from the global NumPy random state; ``no_signal``, what it means when a
+  whole epoch's gradients are exactly 0 (the solver then stops: training could not change
+  the model).
 
 A new objective is one new subclass of Objective. Cross-entropy is CrossEntropy below;
 self-critical training is capmodel.scst.SelfCritical.
@@ -37,6 +39,8 @@ class Objective:
       below this fraction of the start's (epoch 0); None: no such check
     - generator_required: minibatches need an np.random.Generator (a solver without a
       seed makes one), where None would mean the global NumPy state
+    - no_signal: why every gradient of an epoch can be exactly 0 with this objective,
+      for the error that stops such a run
     """
 
     unit = "captions"
@@ -45,6 +49,7 @@ class Objective:
     divergence_factor = None
     collapse_fraction = None
     generator_required = False
+    no_signal = "the loss does not depend on the parameters"
 
     def epoch_size(self, data):
         """Number of units (captions or images) in one epoch of data's training split."""

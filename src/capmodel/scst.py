@@ -45,6 +45,9 @@ class SelfCritical(Objective):
     fine_tunes = True
     collapse_fraction = 0.5
     generator_required = True  # the sampling stream lives in checkpoints
+    no_signal = ("every sampled caption was rewarded exactly as its baseline (every advantage 0), so the "
+                 "rewards carry no signal: the training references cannot tell captions apart (identical "
+                 "references, or a single training image)")
 
     def __init__(self, scorer, samples=5, baseline="greedy", max_length=16):
         if baseline not in BASELINES:
