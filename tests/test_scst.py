@@ -345,10 +345,11 @@ def test_a_cross_entropy_run_is_resumed_whatever_the_unused_scst_settings(shapes
     from capmodel.app import settings as S
 
     s = S.check_train({"cell_type": "lstm"})
-    fingerprint = pipeline.run_fingerprint(shapes_dir, s, None)
+    data = {"sha256": "cd", "encoder": None}
+    fingerprint = pipeline.run_fingerprint(data, s, None)
     assert {"objective", "scst_samples", "scst_baseline"}.isdisjoint(fingerprint["settings"])
     assert "init_from_sha256" not in fingerprint and fingerprint["settings"]["hidden_dim"] == s["hidden_dim"]
-    tuned = pipeline.run_fingerprint(shapes_dir, S.check_train({"objective": "scst"}), "ab")
+    tuned = pipeline.run_fingerprint(data, S.check_train({"objective": "scst"}), "ab")
     assert tuned["settings"]["scst_samples"] == 5 and tuned["init_from_sha256"] == "ab"
     ckpt = tmp_path / "ckpt"
     pipeline.train(shapes_dir, tmp_path / "a", {**s, "max_iterations": 2}, checkpoint_dir=ckpt, keep_checkpoints=True,

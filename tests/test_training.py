@@ -3,6 +3,7 @@ validation, early stopping, schedules and dropout in the solver."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -238,3 +239,50 @@ def test_a_first_epoch_without_any_gradient_stops_training(tiny_data):
                                             r"cannot change the model: the loss does not depend on the parameters$"):
         solver.train()
     assert solver.iteration == 4  # one epoch: 40 captions / 10
+
+
+def test_a_start_trained_on_other_features_is_refused(shapes_dir, start_model, tmp_path, capsys):
+    """Both model.json files record the encoder (and its PCA's SHA-256): a start whose
+    features came from another encoder or PCA is refused before training."""
+    from capmodel.app.cli import main
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in start_model.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((other / "model.json").read_text())
+    meta["encoder"]["pca_sha256"] = "0" * 64
+    (other / "model.json").write_text(json.dumps(meta))
+    argv = ["--cell-type", "lstm", "--hidden-dim", "16", "--wordvec-dim", "8", "--num-epochs", "1"]
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), "--init-from", str(other),
+                 *argv]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(
+        rf"^capmodel train: error: --init-from {other}: the model was trained on other features than the data "
+        r"set's \(pca_sha256 '0{64}' \(the data set's: '[0-9a-f]{64}'\)\)", err), err
+    assert not (tmp_path / "o").exists()
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), "--init-from",
+                 str(start_model), *argv]) == 0  # its own data set's features
+
+
+def test_checkpoints_know_their_data_set_by_content(tmp_path, capsys):
+    """A data set made again in place between a kill and the rerun is another data set (its
+    checkpoints are refused); the same data set at another path is the same one."""
+    import shutil
+
+    from capmodel.app.cli import main
+    from capmodel.datasets import shapes
+
+    data = tmp_path / "data"
+    shapes.generate(data, num_train=20, num_val=6, seed=3)
+    args = ["train", "--checkpoint-dir", str(tmp_path / "ckpt"), "--keep-checkpoints", "--max-iterations", "1",
+            "--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "10"]
+    assert main([*args, "--data", str(data), "--out-dir", str(tmp_path / "a")]) == 0
+    shutil.copytree(data, tmp_path / "moved")
+    assert main([*args, "--data", str(tmp_path / "moved"), "--out-dir", str(tmp_path / "b")]) == 0
+    assert "Resumed from" in capsys.readouterr().out
+    shapes.generate(data, num_train=20, num_val=6, seed=4)  # made again in place
+    assert main([*args, "--data", str(data), "--out-dir", str(tmp_path / "c")]) != 0
+    assert "belongs to a run with other settings (data differ)" in capsys.readouterr().err
+    a, b = (json.loads((tmp_path / d / "model.json").read_text()) for d in "ab")
+    assert a["data_sha256"] == b["data_sha256"] and a["data_dir"] != b["data_dir"]

@@ -7,6 +7,7 @@ design: results/models/<model>/{model.npz,model.json,history.csv,val.csv,
 encoder.json,encoder_pca.h5,samples_<split>.csv,metrics.json}, results/summary.{csv,md}.
 """
 
+import hashlib
 import json
 import sys
 import time
@@ -62,14 +63,22 @@ def resolve_start(init_from, out_dir):
     return base
 
 
-def load_start(model, start, init_from):
+def load_start(model, start, init_from, encoder):
     """Set model's parameters to those of the trained model at start (resolve_start's
     base of init_from, which errors name); the two must be of the same family, sizes and
-    vocabulary, and its parameters finite. Returns the SHA-256 of the start's parameter file."""
+    vocabulary, the start trained on features of the same encoder (its model.json's
+    'encoder' equal to encoder, the identity of the data set's record, when it records
+    one), and its parameters finite. Returns the SHA-256 of the start's parameter file."""
     try:
-        given_model, _ = checkpoints.load_model(start)
+        given_model, meta = checkpoints.load_model(start)
     except checkpoints.CheckpointError as e:
         raise ValueError(f"--init-from {init_from}: {e}") from e
+    if "encoder" in meta and meta["encoder"] != encoder:
+        theirs = meta["encoder"] or {}
+        differ = sorted(k for k in set(theirs) | set(encoder or {}) if theirs.get(k) != (encoder or {}).get(k))
+        shown = ", ".join(f"{k} {theirs.get(k)!r} (the data set's: {(encoder or {}).get(k)!r})" for k in differ)
+        raise ValueError(f"--init-from {init_from}: the model was trained on other features than the data set's "
+                         f"({shown}); fine-tune on features of the encoder it was trained on")
     built, given = model.describe(), given_model.describe()
     differ = sorted(k for k in set(built) | set(given) if k not in ("dtype", "dropout") and built.get(k) != given.get(k))
     if built.get("cell_type") != given.get("cell_type"):
@@ -101,12 +110,28 @@ def read_settings_file(path, what="settings file"):
     return values
 
 
-def run_fingerprint(data_dir, s, start_sha):
-    """What a resumed run must share with the checkpoints' run: the data, the settings that
-    matter (a cross-entropy run's does not include the unused self-critical settings, so its
-    checkpoints from before they existed still resume) and the start model."""
+def data_sha256(data):
+    """SHA-256 of what a data dict holds (every array, its dtype and shape, the vocabulary and
+    stored references; the image locations aside): the data set's identity by content, the
+    same wherever the data set lies, and another after the data set is made again in place."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in data if not k.endswith("_urls")):
+        value = data[key]
+        h.update(f"{key}\0".encode())
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            h.update(f"{value.dtype.str}{value.shape}\0".encode())
+            h.update(np.ascontiguousarray(value).data)
+        else:
+            h.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def run_fingerprint(data, s, start_sha):
+    """What a resumed run must share with the checkpoints' run: the data (by content:
+    {'sha256': data_sha256, 'encoder': the record's identity}), the settings that matter (a
+    cross-entropy run's does not include the unused self-critical settings) and the start model."""
     unused = ("objective", "scst_samples", "scst_baseline") if s["objective"] == "xe" else ()
-    record = {"data_dir": str(Path(data_dir).resolve()), "settings": {k: v for k, v in s.items() if k not in unused}}
+    record = {"data": data, "settings": {k: v for k, v in s.items() if k not in unused}}
     if start_sha is not None:
         record["init_from_sha256"] = start_sha
     return record
@@ -124,12 +149,13 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     settings, the output and checkpoint locations, the data set (consistent, finite, a
     usable val split) and the metrics toolkit when a val_metric is asked for. With a
     checkpoint_dir the run resumes from the newest valid checkpoint there; that directory
-    must have been made by capmodel with the same settings (with restart_on_change, the
-    checkpoints of a run with other settings are removed and training starts over). It is
-    removed after success (only capmodel's own files) unless keep_checkpoints (a bool). With
-    init_from (a trained model) training starts from its weights, validated first as epoch 0
-    and kept when no epoch beats it (said in one line, and in model.json's
-    improved_on_start); objective "scst" needs one.
+    must have been made by capmodel with the same settings and data set, known by its
+    content (data_sha256; with restart_on_change, the checkpoints of another run are
+    removed and training starts over). It is removed after success (only capmodel's own
+    files) unless keep_checkpoints (a bool). With init_from (a trained model of the same
+    encoder's features) training starts from its weights, validated first as epoch 0 and
+    kept when no epoch beats it (said in one line, and in model.json's improved_on_start);
+    objective "scst" needs one.
     """
     s = S.check_train(settings)
     if s["objective"] == "scst" and init_from is None:
@@ -145,12 +171,14 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
         ownership.check_owned(ckpt.path, "checkpoints", "checkpoint directory")
     data = load_coco_data(data_dir, max_train=s["max_train"], pca_features=s["pca_features"], rng=s["seed"])
     record = feat.snapshot_record(data_dir)  # the encoder the model's features came from, kept beside it
+    encoder = None if record is None else feat.identity(record[0])
     model = models.build(data["word_to_idx"], data["train_features"].shape[1], s)
-    start_sha = None if start is None else load_start(model, start, init_from)
+    start_sha = None if start is None else load_start(model, start, init_from, encoder)
     objective = OBJECTIVES[s["objective"]](data, s)
     validator = Validator(data, metric=s["val_metric"], val_size=s["val_size"], metric_images=s["val_metric_images"])
+    data_id = {"sha256": data_sha256(data), "encoder": encoder}
     if ckpt is not None:
-        ckpt.claim(run_fingerprint(data_dir, s, start_sha), restart=restart_on_change,
+        ckpt.claim(run_fingerprint(data_id, s, start_sha), restart=restart_on_change,
                    warn=print if verbose else lambda _: None)
     solver_kwargs = {k: s[k] for k in solver_keys() if s[k] is not None}
     progress = verbose and sys.stderr.isatty()  # a bar in a terminal, timed lines in a log
@@ -167,7 +195,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
         print(f"no epoch beat the start (validation {name} {first[name]:.4f} at epoch 0): the model written is "
               f"the --init-from model {init_from}, unchanged", flush=True)
     write_model(out_dir, model, solver, record, {
-        "settings": s, "data_dir": str(data_dir), "train_seconds_this_run": round(seconds, 3),
+        "settings": s, "data_dir": str(data_dir), "data_sha256": data_id["sha256"],
+        "train_seconds_this_run": round(seconds, 3),
         "init_from": None if start is None else {"path": str(init_from), "sha256": start_sha},
         "improved_on_start": improved,
     })
@@ -196,7 +225,8 @@ def write_model(out_dir, model, solver, record, info):
     best = next((r for r in reversed(solver.val_history) if r["best"]), None)
     encoder = None if record is None else feat.write_model_record(out_dir, *record)
     checkpoints.save_model(out_dir / "model", model, extra={
-        "settings": info["settings"], "data_dir": info["data_dir"], "iterations": solver.iteration,
+        "settings": info["settings"], "data_dir": info["data_dir"], "data_sha256": info["data_sha256"],
+        "iterations": solver.iteration,
         "epochs": solver.epoch, "early_stopped": bool(solver.finished), "best_epoch": best["epoch"] if best else None,
         "best_val_loss": best["val_loss"] if best else None,
         "num_params": int(sum(v.size for v in model.params.values())),
