@@ -59,6 +59,10 @@ class Objective:
         """Draw a minibatch of batch_size units and return (loss, grads, stats)."""
         raise NotImplementedError
 
+    def rows(self, batch_size):
+        """Caption rows the loss of one minibatch runs over (what sizes a step's memory)."""
+        return batch_size
+
 
 class CrossEntropy(Objective):
     """CS231n's objective: the model's own loss (the cross-entropy of each next word) on

@@ -71,6 +71,9 @@ class SelfCritical(Objective):
     def epoch_size(self, data):
         return len(self.images(data))
 
+    def rows(self, batch_size):
+        return batch_size * self.samples
+
     def __call__(self, model, data, batch_size, rng):
         """One SCST minibatch of batch_size training images, drawn with replacement by rng;
         returns batch_loss's (loss, grads, stats)."""

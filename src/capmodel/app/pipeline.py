@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from capmodel import checkpoints, metrics, models
+from capmodel.app import memory
 from capmodel.app import settings as S
 from capmodel.app.tables import read_csv, write_csv
 from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS, CaptioningSolver
@@ -147,7 +148,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     settings: dict over capmodel.app.settings.train_settings() (unknown keys or values out of
     range raise SettingError). Everything that can fail is checked before training: the
     settings, the output and checkpoint locations, the data set (consistent, finite, a
-    usable val split) and the metrics toolkit when a val_metric is asked for. With a
+    usable val split), the memory a training step needs
+    (capmodel.app.memory) and the metrics toolkit when a val_metric is asked for. With a
     checkpoint_dir the run resumes from the newest valid checkpoint there; that directory
     must have been made by capmodel with the same settings and data set, known by its
     content (data_sha256; with restart_on_change, the checkpoints of another run are
@@ -163,6 +165,7 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     out_dir = Path(out_dir)
     check_writable(out_dir, "output directory", directory=True)
     start = resolve_start(init_from, out_dir)
+    memory.check_max_train(s["max_train"])
     if verbose:
         print(f"BLAS threads: {blas_threads()}", flush=True)
     ckpt = None
@@ -175,6 +178,7 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     model = models.build(data["word_to_idx"], data["train_features"].shape[1], s)
     start_sha = None if start is None else load_start(model, start, init_from, encoder)
     objective = OBJECTIVES[s["objective"]](data, s)
+    memory.check_training(model, data, s, objective)
     validator = Validator(data, metric=s["val_metric"], val_size=s["val_size"], metric_images=s["val_metric_images"])
     data_id = {"sha256": data_sha256(data), "encoder": encoder}
     if ckpt is not None:
