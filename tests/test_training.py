@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +287,90 @@ def test_checkpoints_know_their_data_set_by_content(tmp_path, capsys):
     assert "belongs to a run with other settings (data differ)" in capsys.readouterr().err
     a, b = (json.loads((tmp_path / d / "model.json").read_text()) for d in "ab")
     assert a["data_sha256"] == b["data_sha256"] and a["data_dir"] != b["data_dir"]
+
+
+def _no_space(monkeypatch, after=0):
+    """Make the (after+1)-th np.savez of a checkpoint pair fail as a full disk does."""
+    calls = []
+    real = checkpoints.np.savez
+
+    def savez(path, **arrays):
+        calls.append(path)
+        if len(calls) > after:
+            Path(path).write_bytes(b"PK")  # what a full disk leaves: a partial file
+            raise OSError(28, "No space left on device")
+        return real(path, **arrays)
+
+    monkeypatch.setattr(checkpoints.np, "savez", savez)
+
+
+def test_a_full_disk_after_training_leaves_no_outputs_and_names_the_file(shapes_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    from capmodel.app.cli import main
+
+    out = tmp_path / "m"
+    _no_space(monkeypatch)
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(out), "--hidden-dim", "16", "--wordvec-dim",
+                 "8", "--num-epochs", "1"]) != 0
+    err = capsys.readouterr().err
+    assert err == (f"capmodel train: error: {out / 'model.npz'}: No space left on device (training finished, but "
+                   "none of its outputs was written)\n")
+    assert not out.exists()  # history.csv and val.csv went with the model
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(out), "--hidden-dim", "16", "--wordvec-dim",
+                 "8", "--num-epochs", "1"]) != 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_full_disk_while_checkpointing_names_the_checkpoint(shapes_dir, tmp_path, monkeypatch, capsys):
+    from capmodel.app.cli import main
+
+    _no_space(monkeypatch)
+    assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "m"), "--checkpoint-dir",
+                 str(tmp_path / "c"), "--hidden-dim", "16", "--wordvec-dim", "8", "--num-epochs", "1"]) != 0
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"capmodel train: error: {tmp_path / 'c'}/\S+: No space left on device\n", err), err
+
+
+@pytest.mark.parametrize("name", ["history.csv", "val.csv", "model.json", "encoder.json"])
+def test_the_output_directory_keeps_files_capmodel_did_not_write(shapes_dir, start_model, tmp_path, capsys, name):
+    """--out-dir replaces only the outputs capmodel wrote there for a model: a user's file of
+    the same name, or one changed since, is refused before training."""
+    from capmodel.app.cli import main
+
+    argv = ["train", "--data", str(shapes_dir), "--hidden-dim", "16", "--wordvec-dim", "8", "--num-epochs", "1"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / name).write_text("my own file\n")
+    assert main([*argv, "--out-dir", str(mine)]) != 0
+    assert f"--out-dir {mine} holds {name}, which capmodel did not write there for a model (no model.json of " \
+        "capmodel's there records it)" in capsys.readouterr().err
+    assert (mine / name).read_text() == "my own file\n" and len(list(mine.iterdir())) == 1
+
+    ours = tmp_path / "ours"
+    assert main([*argv, "--out-dir", str(ours)]) == 0
+    assert main([*argv, "--out-dir", str(ours), "--seed", "1"]) == 0  # capmodel's own model: replaced
+    for declared in ("model.npz", "model.json", "history.csv", "val.csv"):  # what the workflow deletes first
+        (ours / declared).unlink()
+    assert main([*argv, "--out-dir", str(ours)]) == 0  # the encoder record left behind is capmodel's
+    if name != "model.json":
+        (ours / name).write_text("edited\n")
+        assert main([*argv, "--out-dir", str(ours)]) != 0
+        assert f"holds {name}, which capmodel did not write there for a model (it changed since)" in \
+            capsys.readouterr().err
+
+
+def test_kept_checkpoints_lose_the_temporary_files_of_a_killed_run(shapes_dir, tmp_path):
+    from capmodel.app import pipeline
+
+    ckpt = tmp_path / "ckpt"
+    settings = {**START, "num_epochs": 1, "max_iterations": 1}
+    pipeline.train(shapes_dir, tmp_path / "a", settings, checkpoint_dir=ckpt, keep_checkpoints=True, verbose=False)
+    stale = [ckpt / ".ckpt-000000002.npz.k1ll3d.tmp.npz", ckpt / ".run_config.json.x9y8z7.tmp"]
+    for f in stale:
+        f.write_bytes(b"half")  # what a kill during a write leaves
+    (ckpt / "notes.txt").write_text("mine")
+    pipeline.train(shapes_dir, tmp_path / "b", settings, checkpoint_dir=ckpt, keep_checkpoints=True, verbose=False)
+    assert not any(f.exists() for f in stale)
+    assert (ckpt / "notes.txt").exists() and list(ckpt.glob("ckpt-*.npz"))

@@ -381,8 +381,8 @@ def main(argv=None):
         print(f"capmodel {name}: error: out of memory ({e}){hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        print(f"capmodel {name}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"capmodel {name}: error:{where} {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
