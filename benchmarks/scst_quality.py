@@ -50,6 +50,7 @@ def main(argv=None):
     from capmodel.app import pipeline
     from capmodel.app import settings as S
     from capmodel.app import workflow_config as wc
+    from capmodel.app.samples import evaluate, sample
     from capmodel.datasets import shapes
 
     config = yaml.safe_load(args.config.read_text())
@@ -73,8 +74,8 @@ def main(argv=None):
             print(f"trained {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         samples_csv = out / f"samples_{decode['split']}.csv"
         if not (out / "metrics.json").exists():
-            pipeline.sample(out / "model.npz", data, samples_csv, decode)
-            pipeline.evaluate(samples_csv, out / "metrics.json", name=name, use_java=False if args.no_java else None)
+            sample(out / "model.npz", data, samples_csv, decode)
+            evaluate(samples_csv, out / "metrics.json", name=name, use_java=False if args.no_java else None)
         return json.loads((out / "metrics.json").read_text())
 
     rows = []

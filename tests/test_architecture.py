@@ -177,3 +177,51 @@ def test_no_unused_imports_or_variables():
                            "--output-format", "concise", "src", "tests", "benchmarks", "workflow/notebooks"],
                           cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _names(node):
+    """The identifier a Name or Attribute node ends with ('objective' for self.objective)."""
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
+def test_the_solver_has_one_training_path():
+    """Cross-entropy is an objective like the others (capmodel.objectives): no code asks
+    whether there is an objective to pick another path."""
+    bad = []
+    for path in (SRC / "capmodel").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Compare) and any(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops):
+                operands = [node.left, *node.comparators]
+                if any(_names(o) == "objective" for o in operands) and any(
+                        isinstance(o, ast.Constant) and o.value is None for o in operands):
+                    bad.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not bad, "objective is None branches: " + ", ".join(bad)
+
+
+def _split_features_key(node):
+    """True for data["train_features"] or data[f"{split}_features"] keys."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value.endswith("_features")
+    if isinstance(node, ast.JoinedStr) and node.values:
+        last = node.values[-1]
+        return isinstance(last, ast.Constant) and str(last.value).endswith("_features")
+    return False
+
+
+# CS231n's sample_coco_minibatch returns features itself; image_inputs is the one other place.
+FEEDS_FROM_DATA = ("capmodel.models", "capmodel.coco_utils")
+
+
+def test_models_are_fed_from_a_data_dict_only_through_image_inputs():
+    """Indexing a split's features by images (data["val_features"][idxs]) happens in
+    capmodel.models.image_inputs, which adds the regions of a model that uses them."""
+    bad = []
+    for path in (SRC / "capmodel").rglob("*.py"):
+        name = _module_name(path, SRC)
+        if name in FEEDS_FROM_DATA or _within(name, "capmodel.datasets"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Subscript)
+                    and _split_features_key(node.value.slice)):
+                bad.append(f"{name} line {node.lineno}")
+    assert not bad, "features indexed outside capmodel.models.image_inputs: " + ", ".join(bad)

@@ -138,6 +138,54 @@ def test_score_ids_equals_score_on_the_decoded_strings():
     assert "" in decoded and any("<UNK>" in d for d in decoded)
 
 
+def _distinct_unknowns(texts, counter):
+    """Each <UNK> of the caption strings replaced by a new word of its own (u0, u1, ...)."""
+    out = []
+    for t in texts:
+        words = []
+        for w in t.split():
+            if w == "<UNK>":
+                w = f"u{next(counter)}"
+            words.append(w)
+        out.append(" ".join(words))
+    return out
+
+
+def test_unk_is_never_a_match():
+    """The reward scores as evaluation does, against the words people wrote: a <UNK> of a
+    sample or a reference is a word of its own, so CIDEr-D on ids equals pycocoevalcap's
+    with every <UNK> replaced by a distinct new word (df from all the training images)."""
+    import itertools
+
+    rng = np.random.default_rng(5)
+    refs = [[" ".join(w if rng.random() > 0.1 else f"r{rng.integers(2000)}" for w in c.split()) for c in r]
+            for r in corpus(rng, 120)]  # with rare words, which become <UNK>
+    word_to_idx, idx_to_word = build_vocab([c for r in refs for c in r], min_count=2)
+    image_idxs = np.repeat(np.arange(len(refs)), [len(r) for r in refs])
+    captions = encode_captions([c for r in refs for c in r], word_to_idx)
+    assert (captions == word_to_idx["<UNK>"]).sum() > 100
+    scorer = CiderD.from_captions(captions, image_idxs, word_to_idx)
+    sampled, _ = sampled_captions(rng, captions, image_idxs, len(refs), len(idx_to_word))
+    sampled[::5, 2] = word_to_idx["<UNK>"]  # more <UNK> in the samples
+    ours = scorer.score_ids(sampled, np.arange(len(refs)))
+
+    counter = itertools.count()
+    texts = _distinct_unknowns(decode_captions(captions, idx_to_word, strip_special=True), counter)
+    gts = {i: [t for t, j in zip(texts, image_idxs) if j == i] for i in range(len(refs))}
+    cands = _distinct_unknowns(decode_captions(sampled, idx_to_word, strip_special=True), counter)
+    _, theirs = Cider().compute_score(gts, {i: [c] for i, c in enumerate(cands)})
+    assert np.abs(ours - theirs).max() < 1e-9
+    # the strings scorer agrees, with "<UNK>" as it decodes
+    decoded = [[t for t, j in zip(decode_captions(captions, idx_to_word, strip_special=True), image_idxs) if j == i]
+               for i in range(len(refs))]
+    assert np.abs(CiderD(decoded).score(decode_captions(sampled, idx_to_word, strip_special=True), decoded)
+                  - ours).max() < 1e-9
+    # a copy of a reference with <UNK> in it is no perfect match: its <UNK> matches nothing
+    one = CiderD([["a <UNK> dog runs", "a cat sits"], ["a man walks"]])
+    assert one.score(["a <UNK> dog runs"], [["a <UNK> dog runs", "a cat sits"]])[0] < \
+        one.score(["a brown dog runs"], [["a brown dog runs", "a cat sits"]])[0]
+
+
 def test_end_is_not_a_token_of_the_reward():
     w2i, _ = build_vocab(["a b c", "a b d"])
     scorer = CiderD.from_captions(encode_captions(["a b c", "a b d", "c d"], w2i), [0, 0, 1], w2i)

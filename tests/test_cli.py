@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from capmodel.app.cli import build_parser, main
-from capmodel.app.pipeline import REF_SEP, sample_image_urls
+from capmodel.app.samples import REF_SEP, sample_image_urls
 
 
 def run(*args):

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from capmodel.app import report_html
-from capmodel.app.pipeline import sample_image_urls
+from capmodel.app.samples import sample_image_urls
 from capmodel.image_utils import THUMBNAIL_SIDE
 
 

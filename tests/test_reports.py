@@ -22,7 +22,7 @@ from bs4 import BeautifulSoup
 
 import capmodel
 from capmodel.app import report_html
-from capmodel.app.pipeline import REF_SEP
+from capmodel.app.samples import REF_SEP
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"

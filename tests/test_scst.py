@@ -83,7 +83,7 @@ def test_scst_loss_is_minus_advantage_times_log_probability(cell, extra, baselin
     features, idxs = data["train_features"][:4], np.arange(4)
     K = 3
     objective = SelfCritical(_FixedRewards(), samples=K, baseline=baseline, max_length=10)
-    loss, grads, stats = objective(model, features, idxs, np.random.default_rng(7))
+    loss, grads, stats = objective.batch_loss(model, idxs, np.random.default_rng(7), features=features)
     sampled = decoding.temperature_sample(model, np.repeat(features, K, axis=0), max_length=10, temperature=1.0,
                                           rng=np.random.default_rng(7))
     rewards = _FixedRewards().score_ids(sampled, np.repeat(idxs, K))
@@ -345,10 +345,11 @@ def test_a_cross_entropy_run_is_resumed_whatever_the_unused_scst_settings(shapes
     from capmodel.app import settings as S
 
     s = S.check_train({"cell_type": "lstm"})
-    fingerprint = pipeline.run_fingerprint(shapes_dir, s, None)
+    data = {"sha256": "cd", "encoder": None}
+    fingerprint = pipeline.run_fingerprint(data, s, None)
     assert {"objective", "scst_samples", "scst_baseline"}.isdisjoint(fingerprint["settings"])
     assert "init_from_sha256" not in fingerprint and fingerprint["settings"]["hidden_dim"] == s["hidden_dim"]
-    tuned = pipeline.run_fingerprint(shapes_dir, S.check_train({"objective": "scst"}), "ab")
+    tuned = pipeline.run_fingerprint(data, S.check_train({"objective": "scst"}), "ab")
     assert tuned["settings"]["scst_samples"] == 5 and tuned["init_from_sha256"] == "ab"
     ckpt = tmp_path / "ckpt"
     pipeline.train(shapes_dir, tmp_path / "a", {**s, "max_iterations": 2}, checkpoint_dir=ckpt, keep_checkpoints=True,
@@ -373,13 +374,112 @@ def test_changed_settings_restart_the_checkpoints_only_when_asked(shapes_dir, xe
     assert main([*args, "--out-dir", str(tmp_path / "c"), "--learning-rate", "0.002"]) == 0  # now the same run
 
 
-def test_running_out_of_memory_is_one_line(shapes_dir, xe_model, tmp_path, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--objective", "scst", "--scst-samples", "100000", "--batch-size", "100"],
+     r"--scst-samples 100000 with --batch-size 100: one training step over 10000000 sampled captions needs about "
+     r"[0-9.]+ GB, more than the [0-9.]+ GB of memory available; at most \d+ samples per image fit with "
+     r"--batch-size 100$"),
+    (["--batch-size", "1000000000"], r"--batch-size 1000000000: one training step over 1000000000 captions needs "
+                                     r"about [0-9.]+ GB, more than the [0-9.]+ GB of memory available; at most "
+                                     r"\d+ captions per batch fit$"),
+    (["--max-train", "100000000000"], r"--max-train 100000000000: the subsampled captions need about [0-9.]+ GB"),
+])
+def test_sizes_beyond_memory_are_refused_before_training(shapes_dir, xe_model, tmp_path, capsys, argv, message):
+    """The kernel's OOM killer would end such a run without a word (--scst-samples 100000
+    was killed at 23.7 GB): the estimate of one step refuses it in one line up front."""
     from capmodel.app.cli import main
 
+    start = time.monotonic()
     assert main(["train", "--data", str(shapes_dir), "--out-dir", str(tmp_path / "o"), "--init-from", str(xe_model),
-                 *SMALL, "--objective", "scst", "--scst-samples", "100000000", "--batch-size", "100",
-                 "--val-metric-images", "12"]) != 0
+                 *SMALL, "--val-metric-images", "12", *argv]) != 0
     err = capsys.readouterr().err
-    assert err.startswith("capmodel train: error: out of memory") and err.count("\n") == 1, err
-    assert "make --batch-size (and --scst-samples with --objective scst) smaller" in err
-    assert not (tmp_path / "o").exists()
+    assert err.count("\n") == 1 and re.search("^capmodel train: error: " + message, err), err
+    assert time.monotonic() - start < 30 and not (tmp_path / "o").exists()
+
+
+def test_the_memory_estimate_allows_what_fits():
+    from capmodel.app import memory
+    from capmodel.objectives import CrossEntropy
+
+    data = random_data()
+    model = _model(data, "lstm", {}, dtype=np.float32)
+    per_row = memory.bytes_per_row(model, data["train_captions"].shape[1] - 1)
+    scst = SelfCritical(_FixedRewards(), samples=5)
+    memory.check_training(model, data, {"batch_size": 10}, scst, available=50 * per_row)
+    with pytest.raises(ValueError, match=r"at most 4 samples per image fit with --batch-size 10$"):
+        memory.check_training(model, data, {"batch_size": 10}, scst, available=49 * per_row)
+    memory.check_training(model, data, {"batch_size": 10}, CrossEntropy(), available=10 * per_row)
+    with pytest.raises(ValueError, match=r"at most 9 captions per batch fit$"):
+        memory.check_training(model, data, {"batch_size": 10}, CrossEntropy(), available=9.5 * per_row)
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, tmp_path, capsys):
+    """What no estimate foresaw: a MemoryError is one line with the settings to lower."""
+    from capmodel.app import pipeline
+    from capmodel.app.cli import main
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 9.3 GiB")
+
+    monkeypatch.setattr(pipeline, "train", no_memory)
+    assert main(["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err
+    assert err == ("capmodel train: error: out of memory (Unable to allocate 9.3 GiB); make --batch-size (and "
+                   "--scst-samples with --objective scst) smaller\n")
+
+def test_self_critical_training_has_its_own_defaults(shapes_dir, xe_model, tmp_path):
+    """`train --init-from A --objective scst` with no other flag fine-tunes with the
+    workflow's scst: defaults (learning rate 5e-4, 2 epochs), not cross-entropy's 5e-3."""
+    from capmodel.app import settings as S
+    from capmodel.app.cli import build_parser
+
+    scst = S.defaults(S.SCST)
+    s = S.check_train({"objective": "scst"})
+    assert (s["learning_rate"], s["num_epochs"]) == (scst["learning_rate"], scst["num_epochs"]) == (5e-4, 2)
+    assert S.check_train({"objective": "scst", "learning_rate": 0.01, "num_epochs": 3})["learning_rate"] == 0.01
+    assert (S.check_train({})["learning_rate"], S.check_train({})["num_epochs"]) == (5e-3, 10)
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
+                 if a.dest == "learning_rate")
+    assert train.help.endswith("default 0.005, 0.0005 with --objective scst)")
+    out = tmp_path / "o"
+    done = subprocess.run(_cli("train", "--data", shapes_dir, "--out-dir", out, "--init-from", xe_model, *SMALL,
+                               "--objective", "scst", "--val-metric-images", "12"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    settings = json.loads((out / "model.json").read_text())["settings"]
+    assert (settings["learning_rate"], settings["num_epochs"]) == (5e-4, 2)
+
+
+def test_rewards_without_signal_stop_the_run_with_one_line(shapes_dir, tmp_path, capsys):
+    """One training image: every CIDEr-D reward is 0 (each n-gram is in every reference
+    set), so every advantage is 0 and SCST cannot change the model."""
+    from capmodel.app.cli import main
+    from capmodel.datasets import shapes
+
+    data = tmp_path / "one"
+    shapes.generate(data, num_train=1, num_val=6, seed=3)
+    start = tmp_path / "a"
+    assert main(["train", "--data", str(data), "--out-dir", str(start), *SMALL, "--num-epochs", "2"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "o"
+    assert main(["train", "--data", str(data), "--out-dir", str(out), "--init-from", str(start), *SMALL,
+                 "--objective", "scst", "--batch-size", "4", "--scst-samples", "3"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("capmodel train: error: epoch 1: every gradient of the epoch was exactly 0") and \
+        "the rewards carry no signal" in err, err
+    assert not out.exists()
+
+
+def test_zero_advantages_stop_the_solver():
+    class Flat(_FixedRewards):
+        def score_ids(self, captions, image_idxs):
+            return np.zeros(len(captions))
+
+    data = random_data()
+    model = _model(data, "lstm", {}, dtype=np.float32)
+    solver = CaptioningSolver(model, data, batch_size=5, num_epochs=2, seed=0, verbose=False,
+                              objective=SelfCritical(Flat(), samples=2, baseline="mean", max_length=8))
+    with pytest.raises(TrainingError, match=r"^epoch 1: .*every advantage 0\), so the rewards carry no signal"):
+        solver.train()
+    assert solver.iteration == 4

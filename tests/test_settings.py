@@ -64,6 +64,9 @@ def test_every_setting_is_a_flag_with_its_default_in_the_help(command, group):
                                text=True, env={"COLUMNS": "1000", "PATH": ""}).stdout
     for s in GROUPS[group]:
         shown = "null (off)" if s.default is None else s.default
+        for objective, values in S.OBJECTIVE_DEFAULTS.items() if group == "train" else ():
+            if s.name in values and values[s.name] != s.default:  # e.g. SCST's learning rate
+                shown = f"{shown}, {values[s.name]} with --objective {objective}"
         assert s.flag in help_text and f"default {shown})" in help_text, s.name
 
 

@@ -2,13 +2,17 @@
 
 With only the CS231n keyword arguments it behaves exactly like CS231n's solver: one
 ``model.loss`` call per iteration, ``num_epochs * max(num_train // batch_size, 1)``
-iterations, minibatches drawn with replacement by ``sample_coco_minibatch`` from the
-global NumPy random state, and the learning rate multiplied by ``lr_decay`` after each
-epoch. Everything else is opt-in (see ``__init__``).
+iterations, minibatches of captions drawn with replacement from the global NumPy random
+state as ``sample_coco_minibatch`` draws them (capmodel.objectives.CrossEntropy), and the
+learning rate multiplied by ``lr_decay`` after each epoch. Everything else is opt-in
+(see ``__init__``).
 
-The solver knows nothing of images or sentences: it needs a model with ``params`` and
-``loss(features, captions)`` (the interface of capmodel.models), minibatches drawn from a
-data dict in the format of ``load_coco_data``, and, to validate, a callable
+The solver knows nothing of images or sentences: it runs one loop for every training
+objective (capmodel.objectives; cross-entropy by default, self-critical training with
+capmodel.scst.SelfCritical), which draws the minibatches from a data dict in the format of
+``load_coco_data`` and decides the loss of a batch, the validation metric and what an
+epoch iterates over. It needs a model with ``params`` and ``loss(features, captions)``
+(the interface of capmodel.models) and, to validate, a callable
 ``validate(model) -> dict of scores`` (capmodel.validation.Validator by default).
 """
 
@@ -18,7 +22,7 @@ import time
 import numpy as np
 
 from capmodel import checkpoints, optim, schedules
-from capmodel.coco_utils import sample_coco_minibatch
+from capmodel.objectives import CrossEntropy
 from capmodel.progress import clock
 from capmodel.validation import Validator
 
@@ -26,14 +30,8 @@ CS231N_KWARGS = ("update_rule", "optim_config", "lr_decay", "batch_size", "num_e
 EXTRA_KWARGS = (
     "seed", "grad_clip", "validate", "val_size", "val_metric", "val_metric_images", "val_max_length",
     "patience", "lr_schedule", "lr_step_size", "lr_gamma", "warmup_iterations", "min_lr",
-    "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "progress", "max_iterations", "objective",
+    "checkpoint_dir", "checkpoint_every", "progress", "max_iterations", "objective", "validate_start",
 )
-# Training stops when the loss exceeds this multiple of the first iteration's loss: at
-# initialisation a captioning model predicts nearly uniformly, so no healthy run gets there.
-DIVERGENCE_FACTOR = 10.0
-# With an objective such as self-critical training, the validation metric after an epoch
-# below this fraction of the starting model's means the policy collapsed.
-COLLAPSE_FRACTION = 0.5
 
 
 class TrainingError(RuntimeError):
@@ -85,21 +83,29 @@ class CaptioningSolver:
         - lr_step_size, lr_gamma: Epochs per step and the factor, for 'step'.
         - warmup_iterations: Linear warm-up of the learning rate.
         - min_lr: Final learning rate of 'cosine'.
-        - checkpoint_dir: Directory for resumable checkpoints; train() resumes from the
-          newest valid one found there.
+        - checkpoint_dir: Directory for resumable checkpoints, a path or a
+          capmodel.checkpoints.CheckpointDir (which says how many are kept; a path keeps
+          two); train() claims it unless its owner already did, and resumes from the
+          newest valid checkpoint found there.
         - checkpoint_every: Also checkpoint every this many iterations (besides every
           epoch end).
-        - keep_checkpoints: How many checkpoints to keep (default 2).
         - progress: Show a tqdm progress bar (when verbose).
-        - max_iterations: Stop after this many iterations in total.
-        - objective: A callable objective(model, features, image_idxs, rng) -> (loss,
-          grads, stats) replacing the cross-entropy of model.loss, such as
-          capmodel.scst.SelfCritical. Minibatches are then batch_size training images
-          (with replacement, among the images that have training captions) and an epoch
-          is (number of those images) // batch_size iterations;
-          stats (a dict of floats) go to stats_history and the progress lines. With a
-          val_metric, the starting model is validated first (epoch 0), and training
-          stops with TrainingError when the metric falls below COLLAPSE_FRACTION of it.
+        - max_iterations: Stop after this many iterations in total. When that ends the
+          run inside an epoch, the last updates are validated too (when validating).
+        - objective: The training objective (capmodel.objectives), default CrossEntropy():
+          it draws each minibatch of batch_size units (captions, or images for
+          capmodel.scst.SelfCritical) and returns (loss, grads, stats); an epoch is
+          max(objective.epoch_size(data) // batch_size, 1) iterations; stats (a dict of
+          floats) go to stats_history and the progress lines. Its metric is the
+          validation metric when val_metric is not given.
+        - validate_start: Validate the model before any update, as epoch 0, so that the
+          start is kept when no epoch beats it (for a model trained before; default: the
+          objective's fine_tunes; start_kept() tells afterwards). With the objective's
+          collapse_fraction, training stops with TrainingError when the metric falls below
+          that fraction of the start's.
+
+        Training stops with TrainingError after a first epoch whose gradients were all
+        exactly 0 (nothing could change the model; the objective's no_signal says why).
         """
         unknown = sorted(set(kwargs) - set(CS231N_KWARGS) - set(EXTRA_KWARGS))
         if unknown:
@@ -119,8 +125,9 @@ class CaptioningSolver:
 
         self.seed = kwargs.get("seed")
         self.grad_clip = kwargs.get("grad_clip")
-        self.val_metric = kwargs.get("val_metric")
+        self.objective = kwargs.get("objective") or CrossEntropy()
         validate = kwargs.get("validate", False)
+        self.val_metric = kwargs.get("val_metric") or (self.objective.metric if validate is True else None)
         self.val_size = int(kwargs.get("val_size", 5000))
         self.val_metric_images = int(kwargs.get("val_metric_images", 200))
         self.val_max_length = int(kwargs.get("val_max_length", 16))
@@ -134,14 +141,13 @@ class CaptioningSolver:
             "warmup_iterations": int(kwargs.get("warmup_iterations", 0)),
             "min_lr": float(kwargs.get("min_lr", 0.0)),
         }
-        self.checkpoint_dir = kwargs.get("checkpoint_dir")
+        ckpt = kwargs.get("checkpoint_dir")
+        self.checkpoints = (ckpt if ckpt is None or isinstance(ckpt, checkpoints.CheckpointDir)
+                            else checkpoints.CheckpointDir(ckpt))
         self.checkpoint_every = kwargs.get("checkpoint_every")
-        self.keep_checkpoints = int(kwargs.get("keep_checkpoints", 2))
-        self.checkpoints = (None if self.checkpoint_dir is None
-                            else checkpoints.CheckpointDir(self.checkpoint_dir, self.keep_checkpoints))
         self.progress = bool(kwargs.get("progress", False))
         self.max_iterations = kwargs.get("max_iterations")
-        self.objective = kwargs.get("objective")
+        self.validate_start = bool(kwargs.get("validate_start", self.objective.fine_tunes))
         self._check_options()
         if self.validate and self.validator is None:
             self.validator = Validator(data, metric=self.val_metric, val_size=self.val_size,
@@ -159,6 +165,10 @@ class CaptioningSolver:
             raise ValueError(f'Invalid lr_schedule "{self.lr_schedule}"; choose one of {schedules.SCHEDULES}')
         if self.checkpoint_every is not None and int(self.checkpoint_every) < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        wanted = self.objective.metric
+        if wanted is not None and self.val_metric not in (None, wanted):
+            raise ValueError(f"val_metric must be {wanted} (or unset) with objective "
+                             f"{type(self.objective).__name__}, got {self.val_metric!r}")
 
     def _reset(self):
         """Set up book-keeping variables for optimization."""
@@ -172,9 +182,22 @@ class CaptioningSolver:
         self.val_history = []
         self.lr_history = []
         self.stats_history = []
+        self.signal = False  # a gradient that was not exactly 0 was seen
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
-        use_rng = self.seed is not None or self.checkpoint_dir is not None or self.objective is not None
+        # Without a seed, checkpoints or an objective that needs one, minibatches come
+        # from the global NumPy state, as in CS231n.
+        use_rng = self.seed is not None or self.checkpoints is not None or self.objective.generator_required
         self.rng = np.random.default_rng(self.seed) if use_rng else None
+
+    # ------------------------------------------------------------- epochs
+
+    def iterations_per_epoch(self):
+        """Iterations of one epoch: the objective's units per epoch // batch_size, at least 1."""
+        return max(self.objective.epoch_size(self.data) // self.batch_size, 1)
+
+    def epoch_of(self, iteration):
+        """The epoch (0-based) during which the given iteration (1-based) ran."""
+        return (iteration - 1) // self.iterations_per_epoch()
 
     # ------------------------------------------------------------ one step
 
@@ -183,28 +206,24 @@ class CaptioningSolver:
 
     def _step(self, t, num_iterations, iterations_per_epoch):
         """Make a single gradient update. This is called by train() and should not be called manually."""
-        if self.objective is None:
-            captions, features, _ = sample_coco_minibatch(self.data, batch_size=self.batch_size, split="train",
-                                                          rng=self.rng)
-            loss, grads = self.model.loss(features, captions)
-        else:
-            image_idxs = self.rng.choice(self._images, self.batch_size)
-            try:
-                loss, grads, stats = self.objective(self.model, self.data["train_features"][image_idxs],
-                                                    image_idxs, self.rng)
-            except FloatingPointError as e:
-                raise TrainingError(f"iteration {t + 1}: {e}") from e
+        try:
+            loss, grads, stats = self.objective(self.model, self.data, self.batch_size, self.rng)
+        except FloatingPointError as e:
+            raise TrainingError(f"iteration {t + 1}: {e}") from e
+        if stats:
             self.stats_history.append(stats)
         norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+        self.signal = self.signal or norm != 0.0
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = "loss" if not math.isfinite(loss) else "gradient"
             raise TrainingError(
                 f"non-finite {what} at iteration {t + 1} (loss {loss}, gradient norm {norm}); "
                 "try a lower learning rate or grad_clip"
             )
-        if self.objective is None and self.loss_history and loss > DIVERGENCE_FACTOR * self.loss_history[0]:
+        factor = self.objective.divergence_factor
+        if factor is not None and self.loss_history and loss > factor * self.loss_history[0]:
             raise TrainingError(
-                f"training diverged at iteration {t + 1}: loss {loss:.6g} is more than {DIVERGENCE_FACTOR:g} "
+                f"training diverged at iteration {t + 1}: loss {loss:.6g} is more than {factor:g} "
                 f"times the first iteration's {self.loss_history[0]:.6g}; try a lower learning rate or grad_clip"
             )
         self.loss_history.append(loss)
@@ -233,6 +252,11 @@ class CaptioningSolver:
 
     # ---------------------------------------------------------- validation
 
+    def start_kept(self):
+        """True when the start was validated (epoch 0) and no later validation beat it."""
+        first = self.val_history[0] if self.val_history else {}
+        return first.get("iteration") == 0 and not any(r["best"] for r in self.val_history[1:])
+
     def _metric(self):
         """The validation metric's name (the validator's own when one was given), or None."""
         return self.val_metric or getattr(self.validator, "metric", None)
@@ -256,12 +280,12 @@ class CaptioningSolver:
         if self.verbose:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
             print(f"(Epoch {self.epoch}) {shown}{' (best)' if record['best'] else ''}")
-        metric = self._metric()
-        if self.objective is not None and metric is not None:
+        metric, fraction = self._metric(), self.objective.collapse_fraction
+        if fraction is not None and metric is not None and self.val_history[0]["iteration"] == 0:
             first, now = self.val_history[0][metric], record[metric]
-            if now < COLLAPSE_FRACTION * first:
+            if now < fraction * first:
                 raise TrainingError(f"epoch {self.epoch}: validation {metric} collapsed from {first:.4f} "
-                                    f"to {now:.4f} (below {COLLAPSE_FRACTION:g} of the start); try a lower "
+                                    f"to {now:.4f} (below {fraction:g} of the start); try a lower "
                                     "learning rate")
 
     # --------------------------------------------------------- checkpoints
@@ -291,6 +315,7 @@ class CaptioningSolver:
             "lr_history": self.lr_history,
             "val_history": self.val_history,
             "stats_history": self.stats_history,
+            "signal": self.signal,
             "optim_scalars": optim_scalars,
             "solver_rng": None if self.rng is None else self.rng.bit_generator.state,
             "model_rng": self.model.rng.bit_generator.state if hasattr(self.model, "rng") else None,
@@ -303,7 +328,7 @@ class CaptioningSolver:
         self.checkpoints.save(self.iteration, arrays, meta)
 
     def _restore(self, arrays, meta):
-        checkpoints.check_model_fits(self.model, meta, arrays, self.checkpoint_dir)
+        checkpoints.check_model_fits(self.model, meta, arrays, self.checkpoints.path)
         for k in self.model.params:
             self.model.params[k] = arrays[f"params/{k}"].copy()
         self.optim_configs = {}
@@ -319,6 +344,7 @@ class CaptioningSolver:
                     "lr_history", "val_history"):
             setattr(self, key, meta[key])
         self.stats_history = meta.get("stats_history", [])
+        self.signal = meta.get("signal", True)
         if meta["solver_rng"] is not None:
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = meta["solver_rng"]
@@ -344,23 +370,22 @@ class CaptioningSolver:
 
     def train(self):
         """Run optimization to train the model."""
-        self._images = np.unique(self.data["train_image_idxs"])  # the images an objective draws from
-        num_train = self.data["train_captions"].shape[0] if self.objective is None else len(self._images)
-        iterations_per_epoch = max(num_train // self.batch_size, 1)
+        iterations_per_epoch = self.iterations_per_epoch()
         num_iterations = self.num_epochs * iterations_per_epoch
         if self.max_iterations is not None:
             num_iterations = min(num_iterations, int(self.max_iterations))
         if self.checkpoints is not None:
-            self.checkpoints.claim()
+            if not self.checkpoints.claimed:
+                self.checkpoints.claim()
             self.resume()
         bar = None
         if self.verbose and self.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=num_iterations, initial=self.iteration, unit="it", dynamic_ncols=True)
-        if self.objective is not None and self._metric() is not None and not self.val_history:
-            self._validate()  # epoch 0: the starting model, which a collapse is measured against
-            if self.checkpoint_dir is not None:
+        if self.validate_start and self.validate and not self.val_history:
+            self._validate()  # epoch 0: the start, kept unless an epoch beats it
+            if self.checkpoints is not None:
                 self.save_checkpoint()
         start, first = time.perf_counter(), self.iteration
         try:
@@ -383,6 +408,9 @@ class CaptioningSolver:
                 epoch_end = (t + 1) % iterations_per_epoch == 0
                 if epoch_end:
                     self.epoch += 1
+                    if self.epoch == 1 and not self.signal:
+                        raise TrainingError(f"epoch 1: every gradient of the epoch was exactly 0, so training "
+                                            f"cannot change the model: {self.objective.no_signal}")
                     if self.lr_schedule is None:
                         for k in self.optim_configs:
                             self.optim_configs[k]["learning_rate"] *= self.lr_decay
@@ -392,7 +420,7 @@ class CaptioningSolver:
                             self.finished = True
                             if self.verbose:
                                 print(f"Early stopping after epoch {self.epoch}: no improvement in {self.patience} epochs")
-                if self.checkpoint_dir is not None and (
+                if self.checkpoints is not None and (
                     epoch_end or self.finished or t + 1 == num_iterations
                     or (self.checkpoint_every and (t + 1) % int(self.checkpoint_every) == 0)
                 ):
@@ -400,7 +428,7 @@ class CaptioningSolver:
         finally:
             if bar is not None:
                 bar.close()
-        if self.objective is not None and self.val_history and self.val_history[-1]["iteration"] != self.iteration:
+        if self.validate and self.val_history and self.val_history[-1]["iteration"] != self.iteration:
             # Stopped inside an epoch (max_iterations): the updates since the last validation
             # compete with the kept epoch instead of being thrown away for it.
             self._validate()

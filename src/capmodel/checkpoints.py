@@ -75,14 +75,16 @@ class CheckpointDir:
 
     def __init__(self, path, keep=2):
         if int(keep) < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+            raise ValueError(f"a checkpoint directory keeps at least 1 checkpoint, got keep={keep}")
         self.path = Path(path)
-        self.keep = int(keep)
+        self.keep = int(keep)  # checkpoints kept while training; older ones are pruned
+        self.claimed = False
 
     def claim(self, fingerprint=None, restart=False, warn=print):
         """Create or take the directory; with a fingerprint, refuse one of another run, or
         with restart remove that run's checkpoints (capmodel's own files) and start over."""
         ownership.claim(self.path, "checkpoints", "checkpoint directory")
+        self.claimed = True
         if fingerprint is None:
             return
         record = json.loads(json.dumps(fingerprint))
@@ -111,8 +113,15 @@ class CheckpointDir:
             )
 
     def save(self, iteration, arrays, meta):
-        """Write checkpoint ckpt-<iteration>, then prune all but the newest `keep`."""
-        save(self.path / f"ckpt-{iteration:09d}", arrays, meta)
+        """Write checkpoint ckpt-<iteration>, then prune all but the newest `keep`; an
+        OSError (a full disk) names the checkpoint."""
+        base = self.path / f"ckpt-{iteration:09d}"
+        try:
+            save(base, arrays, meta)
+        except OSError as e:
+            if getattr(e, "filename", None) and Path(e.filename).parent == self.path:
+                raise
+            raise OSError(e.errno, e.strerror or str(e), str(base.with_suffix(".npz"))) from e
         for js in self._checkpoints()[: -self.keep]:
             js.with_suffix(".npz").unlink(missing_ok=True)
             js.unlink(missing_ok=True)
@@ -147,6 +156,12 @@ class CheckpointDir:
             except (OSError, ValueError, AttributeError):
                 return False
         return False
+
+    def remove_temporary(self):
+        """Delete the temporary files that writes killed halfway left here (TEMPORARY)."""
+        for f in self.path.iterdir():
+            if self.TEMPORARY.fullmatch(f.name) and f.is_file() and not f.is_symlink():
+                f.unlink()
 
     def remove(self):
         """Delete the checkpoints (only capmodel's own files); True if the directory went too."""

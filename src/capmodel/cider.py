@@ -25,7 +25,15 @@ score_ids equals score on the decoded strings. <END> is not a token of the rewar
 references that evaluation scores against have no <END>; counting it (as some
 self-critical code does) adds an n-gram "... <END>" shared by every caption and its
 references and inflates CIDEr-D, so training would maximise a different number from the
-one reported. <UNK> counts as a word, as in the decoded strings.
+one reported.
+
+<UNK> is never a match. Evaluation scores a caption against the words people wrote,
+where a rare word is itself, not <UNK>, and a generated <UNK> matches none of them. So
+here each <UNK> of a caption or a reference (the id of <UNK>, or the string "<UNK>")
+stands for a word of its own: an n-gram containing it counts in its caption's length
+and tf-idf norm with the idf of an n-gram found in one reference set only, log(S) (for a
+candidate: in none, also log(S)), and never in a match or a document frequency. This is
+pycocoevalcap's CIDEr-D with every <UNK> replaced by a distinct new word.
 
 Evaluation stays with capmodel.metrics (pycocoevalcap, document frequencies from the
 evaluated set); this module is for rewards. Each n-gram is encoded as one int64 key, its
@@ -38,7 +46,7 @@ references of one set, T time.
 
 import numpy as np
 
-from capmodel.vocab import END, NULL, START
+from capmodel.vocab import END, NULL, START, UNK
 
 MAX_N = 4  # 1- to 4-grams
 SIGMA = 6.0  # standard deviation of the length penalty, in words
@@ -46,7 +54,7 @@ BASE = 55108  # the largest base whose 4-digit numbers fit in int64
 MAX_VOCAB = BASE - 1  # ids are shifted by one so that an n-gram's key has n digits
 
 
-def ngram_keys(flat, lengths):
+def ngram_keys(flat, lengths, unk=None):
     """Encode every n-gram (n = 1..MAX_N) of ragged word-id sequences as one int64 key.
 
     The key of the n-gram (w_1, ..., w_n) is sum_i (w_i + 1) * BASE^(n - i): different
@@ -55,10 +63,13 @@ def ngram_keys(flat, lengths):
     Inputs:
     - flat: Word ids of all M sequences one after the other, of shape (W,), in [0, MAX_VOCAB)
     - lengths: Number of words of each sequence, of shape (M,)
+    - unk: The id of <UNK> (None: none); n-grams containing it get no key (each is a
+      word of its own, which matches nothing) and are only counted
 
-    Returns a list of MAX_N tuples (rows, keys), the n-th for the n-grams:
-    - rows: Sequence of each n-gram occurrence, of shape (P_n,)
+    Returns a list of MAX_N tuples (rows, keys, unknown), the n-th for the n-grams:
+    - rows: Sequence of each n-gram occurrence without <UNK>, of shape (P_n,)
     - keys: Its key, of shape (P_n,)
+    - unknown: Number of n-grams with <UNK> in each sequence, of shape (M,)
     """
     flat = np.asarray(flat, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -66,11 +77,16 @@ def ngram_keys(flat, lengths):
     starts = np.cumsum(lengths) - lengths
     left = lengths[rows] - (np.arange(len(flat)) - starts[rows])  # words from here to the sequence's end
     keys = np.zeros(len(flat), dtype=np.int64)
+    has_unk = np.zeros(len(flat), dtype=bool)  # the n-gram starting here contains <UNK>
     out = []
     for n in range(1, MAX_N + 1):
         at = np.flatnonzero(left >= n)  # the (n-1)-gram keys here are already in place
         keys[at] = keys[at] * BASE + flat[at + n - 1] + 1
-        out.append((rows[at], keys[at]))
+        if unk is not None:
+            has_unk[at] |= flat[at + n - 1] == unk
+        known = at[~has_unk[at]]
+        unknown = np.bincount(rows[at[has_unk[at]]], minlength=len(lengths))
+        out.append((rows[known], keys[known], unknown))
     return out
 
 
@@ -80,12 +96,15 @@ class _References:
     For each n: keys[n] (G,) the sorted distinct n-gram keys, idf[n] (G,) their idf,
     cells[n] (U,) sorted set * G + rank of every (set, n-gram) present, counts[n] (U, R)
     the n-gram's count in each reference of the set, norms[n] (S, R) each reference's
-    tf-idf norm. lengths (S, R) are the references' bigram counts, num_refs (S,).
+    tf-idf norm (its n-grams with <UNK> included, at idf absent_idf). lengths (S, R) are
+    the references' bigram counts, num_refs (S,).
     """
 
-    def __init__(self, flat, lengths, sets, slots, num_sets, idf_of=None):
+    def __init__(self, flat, lengths, sets, slots, num_sets, idf_of=None, unk=None, absent_idf=None):
         """Build the tables; idf_of(n, keys) gives the corpus idf, or None: these sets are
-        the corpus and their document frequencies give the idf."""
+        the corpus and their document frequencies give the idf. unk: the id of <UNK> or
+        None; absent_idf: the corpus idf of an n-gram in one set or none, log(S) of the
+        corpus (default: of these sets)."""
         sets = np.asarray(sets, dtype=np.int64)
         slots = np.asarray(slots, dtype=np.int64)
         lengths = np.asarray(lengths, dtype=np.int64)
@@ -94,9 +113,10 @@ class _References:
         self.lengths = np.zeros((num_sets, R), dtype=np.int64)
         self.lengths[sets, slots] = np.maximum(lengths - 1, 0)  # the toolkit's length: bigrams
         self.log_size = np.log(float(num_sets))
+        absent_idf = self.log_size if absent_idf is None else absent_idf
         self.keys, self.idf, self.cells, self.counts = [], [], [], []
         self.norms = np.zeros((MAX_N, num_sets, R))
-        for n, (rows, keys) in enumerate(ngram_keys(flat, lengths)):
+        for n, (rows, keys, unknown) in enumerate(ngram_keys(flat, lengths, unk)):
             ukeys, rank = np.unique(keys, return_inverse=True)
             G = max(len(ukeys), 1)
             if num_sets * G * R >= 2**63:
@@ -115,8 +135,10 @@ class _References:
             else:
                 idf = idf_of(n, ukeys)
             vec = tf * idf[cell % G]
-            self.norms[n] = np.sqrt(np.bincount(cell // G * R + slot, weights=vec**2,
-                                                minlength=num_sets * R)).reshape(num_sets, R)
+            squares = np.bincount(cell // G * R + slot, weights=vec**2,
+                                  minlength=num_sets * R).reshape(num_sets, R).astype(np.float64)  # int when empty
+            squares[sets, slots] += unknown * absent_idf**2  # each n-gram with <UNK>: tf 1
+            self.norms[n] = np.sqrt(squares)
             self.keys.append(ukeys)
             self.idf.append(idf)
             self.cells.append(cells)
@@ -138,10 +160,11 @@ class CiderD:
         - refs: List of S reference sets, one per image, each a non-empty list of
           tokenized caption strings (words separated by white space)
         """
-        self._word_to_id = {}
-        self._next_id = 0
+        self._word_to_id = {UNK: 0}
+        self._next_id = 1
+        self._unk = 0
         flat, lengths, sets, slots = self._encode_refs(refs, "refs", grow=True)
-        self._set_corpus(_References(flat, lengths, sets, slots, len(refs)))
+        self._set_corpus(_References(flat, lengths, sets, slots, len(refs), unk=self._unk))
         self._images = None
 
     @classmethod
@@ -169,6 +192,7 @@ class CiderD:
         if self._next_id > MAX_VOCAB:
             raise ValueError(f"CiderD handles word ids below {MAX_VOCAB}, word_to_idx has ids up to {self._next_id - 1}")
         self._special = tuple(word_to_idx[t] for t in (NULL, START, END))
+        self._unk = word_to_idx.get(UNK)
         captions = self._check_ids(captions, "captions")
         image_idxs = self._check_image_idxs(image_idxs, len(captions), "captions")
         if len(captions) == 0:
@@ -179,7 +203,7 @@ class CiderD:
         slots = np.empty(len(sets), dtype=np.int64)
         slots[order] = np.arange(len(sets)) - (np.cumsum(num_refs) - num_refs)[sets[order]]
         flat, lengths = self._strip(captions)
-        self._images = _References(flat, lengths, sets, slots, len(images))
+        self._images = _References(flat, lengths, sets, slots, len(images), unk=self._unk)
         self._image_ids = images
         self._set_corpus(self._images)
         return self
@@ -204,7 +228,8 @@ class CiderD:
         new = {}  # words outside the corpus, shared by candidates and references of this call
         flat, lengths = self._encode(candidates, "candidates", new)
         ref_flat, ref_lengths, sets, slots = self._encode_refs(refs, "refs", new=new)
-        table = _References(ref_flat, ref_lengths, sets, slots, len(refs), idf_of=self._idf_of)
+        table = _References(ref_flat, ref_lengths, sets, slots, len(refs), idf_of=self._idf_of, unk=self._unk,
+                            absent_idf=self._log_size)
         return self._score(table, flat, lengths, np.arange(len(candidates)))
 
     def score_ids(self, sampled, image_idxs):
@@ -247,14 +272,15 @@ class CiderD:
         """CIDEr-D of K candidates, the k-th against the references of set sets[k] of table."""
         K, R = len(lengths), table.lengths.shape[1]
         total = np.zeros((K, R))
-        for n, (rows, keys) in enumerate(ngram_keys(flat, lengths)):
+        for n, (rows, keys, unknown) in enumerate(ngram_keys(flat, lengths, self._unk)):
             ukeys, rank = np.unique(keys, return_inverse=True)
             G = max(len(ukeys), 1)
             pairs, tf = np.unique(rows * G + rank, return_counts=True)  # one per (candidate, n-gram)
             cand, rank = pairs // G, pairs % G
             idf = self._idf_of(n, ukeys)[rank]
             vec = tf * idf
-            norm = np.sqrt(np.bincount(cand, weights=vec**2, minlength=K))  # (K,)
+            # an n-gram with <UNK> is in no reference set: idf log(S), tf 1
+            norm = np.sqrt(np.bincount(cand, weights=vec**2, minlength=K) + unknown * self._log_size**2)  # (K,)
             # the n-grams each candidate shares with the references of its set
             ref_keys, cells = table.keys[n], table.cells[n]
             if len(cells) == 0:

@@ -75,6 +75,24 @@ def decode_captions(captions, idx_to_word, strip_special=False):
     return decoded[0] if singleton else decoded
 
 
+def minibatch_rows(data, batch_size=100, split="train", rng=None):
+    """Draw the captions of a minibatch: N rows of a split's captions, with replacement.
+
+    Inputs: as sample_coco_minibatch.
+
+    Returns:
+    - mask: (N,) ints, rows of data[split + '_captions']
+    """
+    if split not in fmt.ALL_SPLITS:
+        raise ValueError(f'split must be one of {fmt.ALL_SPLITS}, got "{split}"')
+    if f"{split}_captions" not in data:
+        raise ValueError(f"the data set has no {split} split")
+    split_size = data[f"{split}_captions"].shape[0]
+    if rng is None:
+        return np.random.choice(split_size, batch_size)
+    return rng.integers(split_size, size=batch_size)
+
+
 def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     """Sample captions (with replacement) and their images' features and URLs.
 
@@ -89,15 +107,7 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     - image_features: (N, D)
     - urls: (N,) strings
     """
-    if split not in fmt.ALL_SPLITS:
-        raise ValueError(f'split must be one of {fmt.ALL_SPLITS}, got "{split}"')
-    if f"{split}_captions" not in data:
-        raise ValueError(f"the data set has no {split} split")
-    split_size = data[f"{split}_captions"].shape[0]
-    if rng is None:
-        mask = np.random.choice(split_size, batch_size)
-    else:
-        mask = rng.integers(split_size, size=batch_size)
+    mask = minibatch_rows(data, batch_size, split, rng)
     captions = data[f"{split}_captions"][mask]
     image_idxs = data[f"{split}_image_idxs"][mask]
     image_features = data[f"{split}_features"][image_idxs]

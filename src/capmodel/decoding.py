@@ -1,7 +1,9 @@
 """Caption decoding: greedy, batched beam search and temperature sampling.
 
 Every decoder drives a model through ``model.decoder(features) -> (state, step)`` (see
-CaptioningRNN.decoder), so it works for all cell types. Outputs are (N, max_length) int
+CaptioningRNN.decoder), so it works for all cell types; for a model that attends to image
+regions, every function takes them as ``regions`` (N, L, C) and hands them to
+``model.decoder(features, regions=regions)``, which keeps them in its state. Outputs are (N, max_length) int
 arrays without <START>; after <END> a row holds <NULL>. <START> and <NULL> are never
 generated. Dimension letters: N images, k beam width, V vocabulary, H hidden size.
 """
@@ -19,6 +21,14 @@ def _special_ids(model):
     if START not in w2i:
         raise ValueError(f"cannot decode: the vocabulary has no {START} token")
     return w2i[START], w2i.get(END), w2i[NULL]
+
+
+def _start(model, features, regions):
+    """model.decoder's (state, step); regions are passed only when given, so a model
+    without regions keeps its decoder(features) signature."""
+    if regions is None:
+        return model.decoder(features)
+    return model.decoder(features, regions=regions)
 
 
 def _log_softmax_inplace(scores, banned):
@@ -48,7 +58,7 @@ def _top_k(values, k):
     return np.take_along_axis(top, order, axis=1)
 
 
-def _word_by_word(model, features, max_length, pick):
+def _word_by_word(model, features, max_length, pick, regions=None):
     """Decode one word per step for every caption: pick(scores (N, V), start, null) -> word
     ids (N,). A caption that produced <END> gets <NULL> from then on; decoding stops when
     all have ended.
@@ -57,7 +67,7 @@ def _word_by_word(model, features, max_length, pick):
     - captions: Int array of shape (N, max_length)
     """
     start, end, null = _special_ids(model)
-    state, step = model.decoder(features)
+    state, step = _start(model, features, regions)
     N = state[0].shape[0]
     captions = np.full((N, max_length), null, dtype=np.int64)
     words = np.full(N, start, dtype=np.int64)
@@ -75,7 +85,7 @@ def _word_by_word(model, features, max_length, pick):
     return captions
 
 
-def greedy(model, features, max_length=30):
+def greedy(model, features, max_length=30, regions=None):
     """Greedy decoding: at each step take the highest-scoring word.
 
     Returns:
@@ -85,10 +95,10 @@ def greedy(model, features, max_length=30):
         scores[:, [start, null]] = -np.inf
         return scores.argmax(axis=1)
 
-    return _word_by_word(model, features, max_length, highest)
+    return _word_by_word(model, features, max_length, highest, regions)
 
 
-def temperature_sample(model, features, max_length=30, temperature=1.0, rng=None):
+def temperature_sample(model, features, max_length=30, temperature=1.0, rng=None, regions=None):
     """Sample each word from softmax(scores / temperature).
 
     Inputs:
@@ -108,10 +118,10 @@ def temperature_sample(model, features, max_length=30, temperature=1.0, rng=None
         u = rng.random(len(cdf)) * cdf[:, -1]
         return np.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)
 
-    return _word_by_word(model, features, max_length, sampled)
+    return _word_by_word(model, features, max_length, sampled, regions)
 
 
-def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, return_all=False):
+def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, return_all=False, regions=None):
     """Beam search over all images at once (N * k hypotheses per step).
 
     Hypotheses are ranked by total log-probability while searching; a finished one (it
@@ -137,7 +147,7 @@ def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, re
         raise ValueError(f"length_norm must be >= 0, got {length_norm}")
     k = int(beam_size)
     start, end, null = _special_ids(model)
-    state, step = model.decoder(features)
+    state, step = _start(model, features, regions)
     N = state[0].shape[0]
     state = tuple(np.repeat(s, k, axis=0) for s in state)  # (N*k, H)
     words = np.full(N * k, start, dtype=np.int64)
@@ -250,7 +260,7 @@ class _Shadows:
         self.state, self.words = state, words
 
 
-def sequence_log_prob(model, features, captions):
+def sequence_log_prob(model, features, captions, regions=None):
     """Model log-probability of each caption (words up to and including <END>).
 
     Inputs:
@@ -261,7 +271,7 @@ def sequence_log_prob(model, features, captions):
     """
     start, end, null = _special_ids(model)
     captions = np.asarray(captions)
-    state, step = model.decoder(features)
+    state, step = _start(model, features, regions)
     N, L = captions.shape
     words = np.full(N, start, dtype=np.int64)
     total = np.zeros(N)
@@ -278,23 +288,37 @@ def sequence_log_prob(model, features, captions):
     return total
 
 
-def decode(model, features, max_length=30, method="greedy", **options):
+def _in_blocks(decode_block, features, regions):
+    """decode_block(features, regions) over blocks of consecutive images, in threads
+    (capmodel.kernels.parallel); the blocks' captions concatenated."""
+    def block(rows):  # (n,) consecutive image indices
+        s = slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) else slice(0, 0)
+        return decode_block(features[s], None if regions is None else regions[s])
+
+    return parallel.map_rows(block, np.arange(len(features)))
+
+
+def decode(model, features, max_length=30, method="greedy", regions=None, **options):
     """Dispatch to one decoder by name ('greedy', 'beam' or 'temperature').
 
     Greedy and beam search decode each image on its own, so they run over blocks of
     images in parallel threads (capmodel.kernels.parallel: as many as BLAS has threads, each
     with a one-thread BLAS); a failing or interrupted block stops the others at their
     next step. Temperature sampling draws from one random stream in image order, so it
-    runs in the calling thread.
+    runs in the calling thread. regions (N, L, C), for a model that attends to them, go
+    to model.decoder with the features.
     """
+    if regions is not None and len(regions) != len(features):
+        raise ValueError(f"regions must have one row per image: {len(features)} images, regions of shape "
+                         f"{np.shape(regions)}")
     if method == "greedy":
         if options:
             raise ValueError(f"greedy decoding takes no options, got {sorted(options)}")
         features = model.check_features(features)  # errors name the caller's shape, not a block's
-        return parallel.map_rows(lambda f: greedy(model, f, max_length), features)
+        return _in_blocks(lambda f, r: greedy(model, f, max_length, regions=r), features, regions)
     if method == "beam":
         features = model.check_features(features)
-        return parallel.map_rows(lambda f: beam_search(model, f, max_length, **options), features)
+        return _in_blocks(lambda f, r: beam_search(model, f, max_length, regions=r, **options), features, regions)
     if method == "temperature":
-        return temperature_sample(model, features, max_length, **options)
+        return temperature_sample(model, features, max_length, regions=regions, **options)
     raise ValueError(f'unknown decoding method "{method}"; choose one of {METHODS}')

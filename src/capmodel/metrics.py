@@ -22,6 +22,7 @@ from collections import Counter
 import numpy as np
 
 from capmodel.coco_utils import decode_captions
+from capmodel.models import image_inputs
 from capmodel.vocab import tokenize
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -189,7 +190,7 @@ def score_split(model, data, split, metric, num_images=200, max_length=16, refs=
     if refs is None:
         refs = references_by_image(data, split, num_images)
     ids = np.array(list(refs))
-    caps = model.sample(data[f"{split}_features"][ids], max_length=max_length)
+    caps = model.sample(max_length=max_length, **image_inputs(model, data, split, ids))
     texts = decode_captions(caps, data["idx_to_word"], strip_special=True)
     name = {"bleu4": "Bleu_4", "cider": "CIDEr"}[metric]
     cands = dict(zip(ids.tolist(), texts))

@@ -17,6 +17,11 @@ A model family is a class with:
 - ``check_features(features)``: features (N, D) as an array of the model's dtype, or a
   ValueError naming the shape that does not fit
 - ``sample(features, max_length, method=..., **options)``: capmodel.decoding.decode
+- ``uses_regions`` (optional, False when absent): the model also takes image regions
+  (N, L, C) as ``regions=`` in ``loss``, ``decoder`` and ``sample``
+
+Whatever feeds a model from a data dict (the training objectives, validation, metrics,
+sampling) takes its inputs from ``image_inputs`` and passes them as keyword arguments.
 - ``gradient_checks(rng)`` (optional): rows for the gradient-check table, see
   capmodel.app.gradcheck_suite
 
@@ -59,3 +64,26 @@ def from_description(desc):
         if fam.FAMILY == family:
             return fam.from_description(desc)
     raise ValueError(f'unknown model family "{family}"; known: {", ".join(f.FAMILY for f in FAMILIES)}')
+
+
+def image_inputs(model, data, split, image_idxs):
+    """The image inputs of model for some images of a split of a data dict.
+
+    Inputs:
+    - model: a model of this interface
+    - data: dict in the format of capmodel.coco_utils.load_coco_data
+    - split: 'train', 'val' or 'test'
+    - image_idxs: Int array of shape (N,), images of the split (repeats allowed)
+
+    Returns a dict of keyword arguments for model.loss, model.decoder and model.sample:
+    - features: (N, D), data[split + '_features'] of the images
+    - regions: (N, L, C), only when the model uses regions (``uses_regions``)
+    """
+    inputs = {"features": data[f"{split}_features"][image_idxs]}
+    if getattr(model, "uses_regions", False):
+        regions = data.get(f"{split}_regions")
+        if regions is None:
+            raise ValueError(f"the model attends to image regions, but the data set has no {split} regions "
+                             f"({split}2014_grid.h5); build the data set with a grid")
+        inputs["regions"] = regions[image_idxs]
+    return inputs

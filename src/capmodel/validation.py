@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from capmodel import metrics
+from capmodel import metrics, models
 
 METRICS = ("bleu4", "cider")
 
@@ -19,6 +19,8 @@ class Validator:
 
     Inputs:
     - data: dict with val_captions (Nc, T + 1), val_image_idxs (Nc,), val_features (Ni, D)
+      (and val_regions (Ni, L, C) for a model that attends to regions; see
+      capmodel.models.image_inputs)
     - metric: None (the validation loss decides), 'bleu4' or 'cider'
     - val_size: Number of validation captions for the loss, a fixed subset (seed 0)
     - metric_images: Number of validation images for the metric
@@ -46,9 +48,8 @@ class Validator:
         total = 0.0
         for s in range(0, len(self.idx), batch_size):
             b = self.idx[s : s + batch_size]
-            captions = self.data["val_captions"][b]
-            features = self.data["val_features"][self.data["val_image_idxs"][b]]
-            loss, _ = model.loss(features, captions, training=False)
+            inputs = models.image_inputs(model, self.data, "val", self.data["val_image_idxs"][b])
+            loss, _ = model.loss(captions=self.data["val_captions"][b], training=False, **inputs)
             total += loss * len(b)
         return total / len(self.idx)
 

@@ -157,11 +157,11 @@ def cmd_train(args):
 
 
 def cmd_sample(args):
-    from capmodel.app import pipeline
+    from capmodel.app import pipeline, samples
 
     settings = pipeline.read_settings_file(args.settings) if args.settings else {}
     settings.update(S.from_args(args, S.DECODE))
-    rows = pipeline.sample(args.model, args.data, args.out, settings)
+    rows = samples.sample(args.model, args.data, args.out, settings)
     print(f"{len(rows)} captions -> {args.out}")
     return 0
 
@@ -182,18 +182,18 @@ def cmd_caption(args):
 
 
 def cmd_baseline(args):
-    from capmodel.app import pipeline
+    from capmodel.app import samples
 
-    caption = pipeline.baseline(args.data, args.out, split=args.split, num_images=args.num_images)
+    caption = samples.baseline(args.data, args.out, split=args.split, num_images=args.num_images)
     print(f"most frequent training caption: '{caption}' -> {args.out}")
     return 0
 
 
 def cmd_evaluate(args):
-    from capmodel.app import pipeline
+    from capmodel.app import samples
 
     use_java = False if args.no_java else None
-    result = pipeline.evaluate(args.samples, args.out, use_java=use_java, name=args.name, scores_csv=args.scores)
+    result = samples.evaluate(args.samples, args.out, use_java=use_java, name=args.name, scores_csv=args.scores)
     shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
     print(json.dumps(shown))
     return 0
@@ -311,7 +311,7 @@ def build_parser():
                    "--objective scst")
     t.add_argument("--settings", help="JSON file of training settings (the workflow writes one per model); "
                    "flags given here override it")
-    S.add_arguments(t, S.train_settings())
+    S.add_arguments(t, S.train_settings(), by_objective=S.OBJECTIVE_DEFAULTS)
     t.set_defaults(func=cmd_train)
 
     sm = sub.add_parser("sample", help="caption the images of a split with a trained model")
@@ -394,8 +394,8 @@ def main(argv=None):
         print(f"capmodel {name}: error: out of memory ({e}){hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        print(f"capmodel {name}: error:{where}: {e.strerror or e}", file=sys.stderr)
+        where = f" {e.filename}:" if e.filename else ""
+        print(f"capmodel {name}: error:{where} {e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -18,7 +18,7 @@ from capmodel.datasets import shapes
 from capmodel.datasets.format import ALL_SPLITS, GRID_PCA_DIM
 from capmodel.decoding import METHODS as DECODING_METHODS
 from capmodel.optim import RULES
-from capmodel.scst import BASELINES as SCST_BASELINES
+from capmodel.scst import BASELINES as SCST_BASELINES, SelfCritical
 from capmodel.setting import Setting, SettingError
 from capmodel.schedules import SCHEDULES as LR_SCHEDULES
 from capmodel.validation import METRICS as VAL_METRICS
@@ -77,7 +77,10 @@ SCST = (
 SCST_TRAIN_KEYS = {"num_epochs": "num_epochs", "learning_rate": "learning_rate", "samples": "scst_samples",
                    "baseline": "scst_baseline"}
 # The fine-tuned model's validation metric: CIDEr-D on val, the metric it is trained for.
-SCST_VAL_METRIC = "cider"
+SCST_VAL_METRIC = SelfCritical.metric
+# The defaults that depend on the objective: `capmodel train --objective scst` without
+# --learning-rate or --num-epochs takes those of the workflow's `scst:` section (SCST above).
+OBJECTIVE_DEFAULTS = {"xe": {}, "scst": {SCST_TRAIN_KEYS[s.name]: s.default for s in SCST}}
 
 # How captions are decoded and which images (capmodel sample, config `sample:`).
 DECODE = (
@@ -158,9 +161,11 @@ def check_all(values, settings, where="settings"):
 
 
 def check_train(values, where="settings"):
-    """check_all over train_settings(), plus what one setting alone cannot say: the mean
-    baseline needs at least two samples per image."""
+    """check_all over train_settings(), with the objective's own defaults
+    (OBJECTIVE_DEFAULTS) for the settings values leaves out, plus what one setting alone
+    cannot say: the mean baseline needs at least two samples per image."""
     s = check_all(values, train_settings(), where)
+    s.update({k: v for k, v in OBJECTIVE_DEFAULTS[s["objective"]].items() if k not in values})
     if s["scst_baseline"] == "mean" and s["scst_samples"] < 2:
         raise SettingError(f"{where}.scst_samples must be >= 2 with scst_baseline mean, got {s['scst_samples']}")
     if s["objective"] == "scst":  # validated by the metric it trains for
@@ -207,14 +212,18 @@ def decode_label(record):
     return method
 
 
-def add_arguments(parser, settings):
+def add_arguments(parser, settings, by_objective=None):
     """Add one flag per setting to an argparse parser, with its range and default in the help.
 
     The flags default to None, so that only the flags a user gave override a settings
-    file; the help still shows the setting's default.
+    file; the help still shows the setting's default, and with by_objective
+    (OBJECTIVE_DEFAULTS) the default each objective gives it.
     """
     for s in settings:
         shown = "null (off)" if s.default is None else s.default
+        for objective, values in (by_objective or {}).items():
+            if s.name in values and values[s.name] != s.default:
+                shown = f"{shown}, {values[s.name]} with --objective {objective}"
         help_text = f"{s.help} ({s.allowed()}; default {shown})"
         if s.kind is bool:
             parser.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
