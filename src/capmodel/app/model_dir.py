@@ -21,7 +21,9 @@ from capmodel.datasets import features as feat
 from capmodel.safety import ownership
 from capmodel.safety.atomic import sha256_of
 
-OUTPUTS = ("history.csv", "val.csv", feat.MODEL_PCA_FILE, feat.MODEL_RECORD_FILE, "model.npz", "model.json")
+OUTPUTS = ("history.csv", "val.csv", feat.MODEL_PCA_FILE, feat.MODEL_GRID_PCA_FILE, feat.MODEL_RECORD_FILE, "model.npz",
+           "model.json")
+MODEL_FILES = ("model.npz", "model.json")  # the model itself; model.json records the SHA-256 of the rest
 STAGING = re.compile(r"\.capmodel-train-\w+\.tmp")  # where the outputs are written before they move in
 
 
@@ -31,7 +33,8 @@ def check_outputs(out_dir):
     its npz_sha256 and the files its 'outputs' record by SHA-256 (one from before that
     record, for its whole directory); without one (the workflow deletes a job's declared
     outputs before it reruns), an encoder.json that is a model's copy of an encoder record
-    and the encoder_pca.h5 of its pca_sha256 are capmodel's too."""
+    the encoder_pca.h5 of its pca_sha256 and the encoder_grid_pca.h5 of its grid_pca_sha256
+    are capmodel's too."""
     out_dir = Path(out_dir)
     present = [n for n in OUTPUTS if (out_dir / n).exists() or (out_dir / n).is_symlink()]
     if not present:
@@ -47,6 +50,8 @@ def check_outputs(out_dir):
         record = _json_object(out_dir / feat.MODEL_RECORD_FILE) or {}
         if record.get("pca_file", "") in (None, feat.MODEL_PCA_FILE) and "extractor" in record:
             recorded = {feat.MODEL_RECORD_FILE: None, feat.MODEL_PCA_FILE: record.get("pca_sha256")}
+            if record.get("grid_pca_file") == feat.MODEL_GRID_PCA_FILE:
+                recorded[feat.MODEL_GRID_PCA_FILE] = record.get("grid_pca_sha256")
     for name in present:
         path = out_dir / name
         if path.is_symlink() or not path.is_file():
@@ -144,7 +149,7 @@ def _write_outputs(out_dir, writing, model, solver, record, info):
     best = next((r for r in reversed(solver.val_history) if r["best"]), None)
     with writing(feat.MODEL_RECORD_FILE):
         encoder = None if record is None else feat.write_model_record(out_dir, *record)
-    outputs = {n: sha256_of(out_dir / n) for n in OUTPUTS[:4] if (out_dir / n).exists()}
+    outputs = {n: sha256_of(out_dir / n) for n in OUTPUTS if n not in MODEL_FILES and (out_dir / n).exists()}
     with writing("model.npz"):
         _save_model(out_dir, model, solver, info, best, outputs, encoder)
 
