@@ -8,7 +8,7 @@ side to `resize` with PIL bilinear (long side int(resize * long / short)), crop
 `crop` x `crop` at int(round((h - crop) / 2)), divide by 255 and normalise with the
 ImageNet mean and standard deviation, in float32.
 
-Dimension letters: N images, F feature dimension.
+Dimension letters: N images, F feature dimension, C grid channels.
 """
 
 from dataclasses import dataclass
@@ -31,6 +31,8 @@ class Network:
       hex digits of the file's SHA-256)
     - resize, crop: torchvision's preprocessing preset for those weights
     - feature_dim, layer: width of the features and the layer they come from
+    - grid_dim, native_grid, grid_layer: channels C and side of the grid of region features
+      at crop x crop, and the layer they come from
     """
 
     name: str
@@ -41,6 +43,10 @@ class Network:
     crop: int
     feature_dim: int
     layer: str
+    grid_dim: int
+    native_grid: int
+    grid_layer: str
+
 
     @property
     def preprocess_name(self):
@@ -54,17 +60,20 @@ class Network:
 
 _POOL5 = "global average pool after layer4 (the input of fc)"
 _FC7 = "fc7: classifier.4, the ReLU after the second 4096-wide linear layer (CS231n's feature)"
+_LAYER4 = "layer4 (7 x 7 at 224)"
+_CONV5_3 = "conv5_3 after its ReLU (features.29, 14 x 14 at 224), average-pooled to at most 7 x 7"
+_RESNET_GRID = (2048, 7, _LAYER4)
 NETWORKS = {n.name: n for n in [
     Network("resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V1",
-            "https://download.pytorch.org/models/resnet50-0676ba61.pth", 256, 224, 2048, _POOL5),
+            "https://download.pytorch.org/models/resnet50-0676ba61.pth", 256, 224, 2048, _POOL5, *_RESNET_GRID),
     Network("resnet50-v2", "resnet50", "ResNet50_Weights.IMAGENET1K_V2",
-            "https://download.pytorch.org/models/resnet50-11ad3fa6.pth", 232, 224, 2048, _POOL5),
+            "https://download.pytorch.org/models/resnet50-11ad3fa6.pth", 232, 224, 2048, _POOL5, *_RESNET_GRID),
     Network("resnet101", "resnet101", "ResNet101_Weights.IMAGENET1K_V1",
-            "https://download.pytorch.org/models/resnet101-63fe2227.pth", 256, 224, 2048, _POOL5),
+            "https://download.pytorch.org/models/resnet101-63fe2227.pth", 256, 224, 2048, _POOL5, *_RESNET_GRID),
     Network("resnet101-v2", "resnet101", "ResNet101_Weights.IMAGENET1K_V2",
-            "https://download.pytorch.org/models/resnet101-cd907fc2.pth", 232, 224, 2048, _POOL5),
+            "https://download.pytorch.org/models/resnet101-cd907fc2.pth", 232, 224, 2048, _POOL5, *_RESNET_GRID),
     Network("vgg16", "vgg16", "VGG16_Weights.IMAGENET1K_V1",
-            "https://download.pytorch.org/models/vgg16-397923af.pth", 256, 224, 4096, _FC7),
+            "https://download.pytorch.org/models/vgg16-397923af.pth", 256, 224, 4096, _FC7, 512, 7, _CONV5_3),
 ]}
 
 
