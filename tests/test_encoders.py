@@ -2,6 +2,7 @@
 held to torchvision's own preprocessing and forward pass, grid included (random weights, no
 download); weights files that are not usable weights. EfficientNet-Lite: tests/test_efficientnet.py."""
 
+import importlib
 import json
 import re
 
@@ -33,7 +34,8 @@ def pictures(tmp_path_factory):
 
 def test_registry_names_and_the_default():
     assert registry.DEFAULT == "randconv" and registry.NAMES[0] == "randconv"
-    assert {"resnet50", "resnet101", "vgg16"} <= set(registry.NAMES)
+    assert {"resnet50", "resnet101", "vgg16", "efficientnet-lite0", "efficientnet-lite1",
+            "efficientnet-lite2"} <= set(registry.NAMES)
     enc = registry.get_encoder()
     assert (enc.name, enc.feature_dim, enc.image_size) == ("randconv", 2328, 64)
     with pytest.raises(registry.EncoderError, match="unknown encoder 'alexnet'; choose one of randconv"):
@@ -270,12 +272,18 @@ def _one_line(err):
     return err.strip()
 
 
-@pytest.mark.parametrize("name, key", [("resnet50", "layer1.0.conv1.weight")])
+def _lite0_file():
+    return importlib.import_module("capmodel.encoders.efficientnet").package_file(
+        imagenet.LITE_NETWORKS["efficientnet-lite0"])
+
+
+@pytest.mark.parametrize("name, key", [("resnet50", "layer1.0.conv1.weight"),
+                                       ("efficientnet-lite0", "_blocks.3._expand_conv.weight")])
 def test_nan_weights_are_refused_when_loading(name, key, resnet50_file, tmp_path):
     """Today's failure: NaN features, or PCA's 'Eigenvalues did not converge', with exit 0."""
     import torch
 
-    sd = torch.load(resnet50_file, weights_only=True)
+    sd = torch.load(resnet50_file if name == "resnet50" else _lite0_file(), weights_only=True)
     sd[key][0, 0, 0, 0] = float("nan")  # conv weights (out, in, k, k)
     torch.save(sd, tmp_path / "nan.pt")
     code, err, left = _run_with_weights(tmp_path, "from-folder", name, tmp_path / "nan.pt")
@@ -317,7 +325,7 @@ def test_a_text_file_as_weights_gets_our_line_not_torchs_hint(tmp_path):
                                    "with b'imag')")
     torch.save({"conv1.weight": argparse.Namespace(x=1)}, tmp_path / "object.pt")
     with pytest.raises(registry.EncoderError) as e:
-        registry.get_encoder("resnet50", weights=tmp_path / "object.pt")
+        registry.get_encoder("efficientnet-lite0", weights=tmp_path / "object.pt")
     assert str(e.value) == (f"--weights {tmp_path / 'object.pt'}: torch's safe loader (weights_only) cannot read it: "
                             "it holds a argparse.Namespace object; only tensors and plain containers are read")
 
