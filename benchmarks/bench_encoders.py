@@ -1,13 +1,13 @@
 """Feature extraction throughput of each image encoder, and what it means for COCO.
 
 Each encoder (capmodel.encoders.registry) runs extract() on a batch of random,
-already-preprocessed inputs: 224 x 224 for the pretrained CNNs (random weights of the
-right shapes: the speed does not depend on their values), and for randconv at its default
-side 64 (as data sets use it) and at 224. Reported: images per second, the median of
+already-preprocessed inputs: at each pretrained CNN's input side (224 x 224; EfficientNet-Lite1
+240, Lite2 260) with random weights of the right shapes (the speed does not depend on their
+values), and for randconv at its default side 64 (as data sets use it) and at 224. Reported: images per second, the median of
 --rounds timed runs after one warm-up run, on --threads threads (torch.set_num_threads and
 the BLAS threads). Decoding and resizing the pictures are not included; the preprocessing
-column times capmodel.encoders.imagenet.preprocess of one 640 x 480 picture (COCO's
-typical size) for reference. The projection divides COCO 2014's 123,287 images by the
+column times the encoder's preprocess() of one 640 x 480 picture (COCO's typical size)
+for reference. The projection divides COCO 2014's 123,287 images by the
 rate, on one machine and split over 10 SLURM nodes of the same speed.
 
 Usage: python benchmarks/bench_encoders.py [--threads 2] [--rounds 3] [--batch 16] [--encoders NAME ...]
@@ -41,15 +41,17 @@ def hours(seconds):
 
 
 def random_encoder(name):
-    """The encoder with random weights of the shapes torchvision's weights have."""
+    """The pretrained encoder with random weights of the shapes its weights have."""
     import torch
 
-    from capmodel.encoders import imagenet, torchnets
+    from capmodel.encoders import efficientnet, imagenet, torchnets
 
-    network = imagenet.NETWORKS[name]
+    lite = imagenet.LITE_NETWORKS.get(name)
+    network = lite or imagenet.NETWORKS[name]
+    shapes = efficientnet.expected_shapes(network) if lite else torchnets.expected_shapes(network.arch)
     gen = torch.Generator().manual_seed(0)
     sd = {}
-    for k, shape in torchnets.expected_shapes(network.arch).items():
+    for k, shape in shapes.items():
         if k.endswith("num_batches_tracked"):
             sd[k] = torch.tensor(0)
         elif k.endswith("running_var"):
@@ -57,7 +59,8 @@ def random_encoder(name):
         else:
             fan_in = max(1, int(torch.tensor(shape[1:]).prod())) if len(shape) > 1 else 1
             sd[k] = torch.randn(shape, generator=gen) / fan_in ** 0.5
-    return torchnets.TorchEncoder(network, sd, None, "random")
+    cls = efficientnet.EfficientNetLiteEncoder if lite else torchnets.TorchEncoder
+    return cls(network, sd, None, "random")
 
 
 def time_extract(encoder, inputs, rounds):
@@ -87,7 +90,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    cases = [("randconv", 64), ("randconv", 224)] + [(n, 224) for n in imagenet.NETWORKS]
+    cases = [("randconv", 64), ("randconv", 224)] + [(n, net.resolution) for n, net in imagenet.LITE_NETWORKS.items()]
+    cases += [(n, net.crop) for n, net in imagenet.NETWORKS.items()]
     cases = [c for c in cases if args.encoders is None or c[0] in args.encoders]
     lines = ["# Image encoders: feature extraction throughput", "",
              f"- command: `{shlex.join(['python', 'benchmarks/bench_encoders.py', *sys.argv[1:]])}`",

@@ -141,12 +141,12 @@ def test_models_and_layers_import_light(module):
     assert out.strip() == ""
 
 
-TORCH_MODULES = ("capmodel.encoders.torchnets",)  # the optional `encoders` extra
+TORCH_MODULES = ("capmodel.encoders.torchnets", "capmodel.encoders.efficientnet")  # the optional torch extras
 
 
 def test_only_the_torch_encoders_import_torch():
-    """The NumPy library never imports torch; capmodel.encoders.torchnets (imported by the
-    registry only when a pretrained CNN is asked for) is the one module that does."""
+    """The NumPy library never imports torch; capmodel.encoders.torchnets and .efficientnet
+    (imported by the registry only when a pretrained CNN is asked for) are the modules that do."""
     bad = []
     for path in (SRC / "capmodel").rglob("*.py"):
         name = _module_name(path, SRC)

