@@ -167,8 +167,8 @@ def test_grid_pools_the_head_map_as_adaptive_avg_pool2d(pictures):
             np.testing.assert_allclose(regions[:, r * G + c], pooled[:, :, r, c], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(enc.extract(x, grid=8)[1].mean(axis=1), feats, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(enc.extract(x, grid=1)[1][:, 0], feats, rtol=1e-5, atol=1e-6)
-    with pytest.raises(registry.EncoderError, match=r"^grid 9: encoder efficientnet-lite1's grid layer is 8 x 8; "
-                                                    r"choose a grid of at most 8$"):
+    with pytest.raises(registry.EncoderError, match=r"^grid 9: encoder efficientnet-lite1's grid layer is a 8 x 8 map "
+                                                    r"at its input size; choose a grid of at most 8$"):
         enc.extract(x, grid=9)
     f0, r0 = enc.encode([], grid=2)
     assert f0.shape == (0, 1280) and r0.shape == (0, 4, 1280)

@@ -140,7 +140,7 @@ def test_weights_file_gives_torchvisions_features(name, pictures, torchvision, t
     if name != "vgg16":  # the features are the average pool of the grid layer
         np.testing.assert_allclose(enc.extract(x.numpy(), grid=7)[1].mean(axis=1), want, rtol=1e-5,
                                    atol=1e-5 * np.abs(want).max())
-    with pytest.raises(registry.EncoderError, match=f"^grid 8: encoder {name}'s grid layer is 7 x 7"):
+    with pytest.raises(registry.EncoderError, match=f"^grid 8: encoder {name}'s grid layer is a 7 x 7 map"):
         enc.extract(x.numpy(), grid=8)
 
 
