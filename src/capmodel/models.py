@@ -2,7 +2,7 @@
 
 A model family is a class with:
 - ``CELL_TYPES``: the values of the ``cell_type`` setting it serves (e.g. rnn, lstm, gru)
-- ``SETTINGS``: its own training settings (capmodel.setting.Setting), besides the common ones
+- ``SETTINGS``: its own training settings (capmodel.setting_spec.Setting), besides the common ones
 - ``from_settings(word_to_idx, input_dim, settings, dtype)``: a new model from a full
   training settings dict (capmodel.app.settings.train_settings())
 - ``describe()``: a JSON-able dict that rebuilds the model's shapes, with ``family`` and
