@@ -21,7 +21,6 @@ Dimension letters: N images, D feature dimension, L regions, C region channels.
 """
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from capmodel.datasets import folder
 from capmodel.datasets import format as fmt
 from capmodel.app.tables import csv_text
 from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb, thumbnail_uri
+from capmodel.safety.jsonfile import read_json
 from capmodel.safety.outputs import check_outputs, write_texts
 
 CSV_COLUMNS = ("image", "caption")
@@ -124,7 +124,8 @@ def data_set_record(data_dir, pca=True, input_dim=None):
 def check_vocabulary(data_dir, model):
     """Refuse a data set whose vocabulary is not the model's."""
     vocab_path = Path(data_dir) / fmt.VOCAB_FILE
-    if vocab_path.is_file() and json.loads(vocab_path.read_text()).get("word_to_idx") != model.word_to_idx:
+    vocab = read_json(vocab_path, "vocabulary file") if vocab_path.is_file() else None
+    if isinstance(vocab, dict) and vocab.get("word_to_idx") != model.word_to_idx:
         raise ValueError(f"the vocabulary of {data_dir} differs from the model's; pass --data with the data set "
                          "the model was trained on")
 

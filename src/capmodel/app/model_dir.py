@@ -9,7 +9,6 @@ all are complete (write_model); a failure, such as a full disk, leaves none of t
 raises an OSError naming the file.
 """
 
-import json
 import os
 import re
 import tempfile
@@ -20,6 +19,7 @@ from capmodel.app.tables import write_csv
 from capmodel.datasets import features as feat
 from capmodel.safety import ownership
 from capmodel.safety.atomic import sha256_of
+from capmodel.safety.jsonfile import JSONFileError, read_json
 
 OUTPUTS = ("history.csv", "val.csv", feat.MODEL_PCA_FILE, feat.MODEL_GRID_PCA_FILE, feat.MODEL_RECORD_FILE, "model.npz",
            "model.json")
@@ -69,8 +69,8 @@ def check_outputs(out_dir):
 def _json_object(path):
     """The JSON object in path, or None (missing, unreadable, not an object)."""
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        value = read_json(path)
+    except JSONFileError:
         return None
     return value if isinstance(value, dict) else None
 

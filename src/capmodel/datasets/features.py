@@ -33,6 +33,7 @@ import numpy as np
 from capmodel.datasets import format as fmt
 from capmodel.encoders import randconv
 from capmodel.safety.atomic import atomic_path, sha256_of, write_text
+from capmodel.safety.jsonfile import read_json
 
 
 def extract(images, batch_size=256, grid=None):
@@ -212,10 +213,7 @@ def load_record(path):
 
 def _record_fields(path):
     """The JSON fields of the record file at path, with the keys every record has."""
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})")
+    record = read_json(path, "encoder record")
     keys = ("extractor", "preprocess", "image_size", "feature_dim", "pca_dim", "pca_file", "pca_sha256")
     missing = [k for k in keys if not isinstance(record, dict) or k not in record]
     if not missing and record.get("grid") is not None:

@@ -24,7 +24,6 @@ error.
 """
 
 import csv
-import json
 import os
 import sys
 from pathlib import Path, PurePosixPath
@@ -37,6 +36,7 @@ from capmodel.datasets import format as fmt
 from capmodel import image_utils
 from capmodel.encoders import randconv, registry
 from capmodel.image_utils import IMAGE_SUFFIXES
+from capmodel.safety.jsonfile import JSONFileError, read_json
 from capmodel.safety.outputs import check_not_inside
 from capmodel.vocab import SPECIAL_TOKENS, build_vocab, encode_captions, tokenize
 
@@ -250,9 +250,9 @@ def _read_karpathy(path, data):
 
 def _read_json(path):
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FolderError(f"captions file {path} is not valid JSON ({e})")
+        data = read_json(path, "captions file")
+    except JSONFileError as e:
+        raise FolderError(str(e)) from None
     if is_karpathy(data):
         return _read_karpathy(path, data)
     rows = []

@@ -44,6 +44,7 @@ import numpy as np
 
 from capmodel.safety import ownership
 from capmodel.safety.atomic import check_writable, make_shareable
+from capmodel.safety.jsonfile import JSONFileError, read_json
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
 SPLITS = ("train", "val")  # every data set has these
@@ -596,14 +597,18 @@ def _read_grid(base, split, load=True):
     return values if load else np.broadcast_to(np.zeros((), GRID_DTYPE), (n, L, C))
 
 
+def _read_json(path, what):
+    try:
+        return read_json(path, what)
+    except JSONFileError as e:
+        raise DatasetError(str(e)) from None
+
+
 def _read_vocab(base):
     path = base / VOCAB_FILE
     if not path.exists():
         raise DatasetError(f"{path}: missing file")
-    try:
-        vocab = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})")
+    vocab = _read_json(path, "vocabulary file")
     if not isinstance(vocab, dict):
         raise DatasetError(f"{path}: must be a JSON object with idx_to_word and word_to_idx, "
                            f"got a {type(vocab).__name__}")
@@ -624,10 +629,7 @@ def _read_references(base, splits):
     path = base / REFERENCES_FILE
     if not path.exists():
         return {}
-    try:
-        refs = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})")
+    refs = _read_json(path, "references file")
     if not isinstance(refs, dict):
         raise DatasetError(f"{path}: must be a JSON object split -> list of reference lists")
     out = {}

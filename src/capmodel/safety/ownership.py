@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from capmodel import __version__
+from capmodel.safety.jsonfile import JSONFileError, read_json
 
 MARKER = ".capmodel-owned"
 KINDS = ("dataset", "checkpoints", "temporary")  # temporary: a data set being written
@@ -28,8 +29,8 @@ class OwnershipError(ValueError):
 def marker_of(path):
     """The marker dict of directory path, or None when it has none (or an unreadable one)."""
     try:
-        data = json.loads((Path(path) / MARKER).read_text())
-    except (OSError, ValueError):
+        data = read_json(Path(path) / MARKER)
+    except JSONFileError:
         return None
     return data if isinstance(data, dict) else None
 
