@@ -123,8 +123,7 @@ class CheckpointDir:
                 raise
             raise OSError(e.errno, e.strerror or str(e), str(base.with_suffix(".npz"))) from e
         for js in self._checkpoints()[: -self.keep]:
-            js.with_suffix(".npz").unlink(missing_ok=True)
-            js.unlink(missing_ok=True)
+            ownership.remove_files(self.path, "checkpoints", [js.with_suffix(".npz"), js])
 
     def _checkpoints(self):
         """The checkpoint JSON files, oldest first (by their iteration in the name)."""
@@ -160,9 +159,8 @@ class CheckpointDir:
 
     def remove_temporary(self):
         """Delete the temporary files that writes killed halfway left here (TEMPORARY)."""
-        for f in self.path.iterdir():
-            if self.TEMPORARY.fullmatch(f.name) and f.is_file() and not f.is_symlink():
-                f.unlink()
+        ownership.remove_files(self.path, "checkpoints",
+                               [f for f in self.path.iterdir() if self.TEMPORARY.fullmatch(f.name)])
 
     def remove(self):
         """Delete the checkpoints (only capmodel's own files); True if the directory went too."""

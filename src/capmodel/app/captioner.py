@@ -35,7 +35,8 @@ from capmodel.datasets import format as fmt
 from capmodel.app.tables import csv_text
 from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb, thumbnail_uri
 from capmodel.safety.jsonfile import read_json
-from capmodel.safety.outputs import check_outputs, write_texts
+from capmodel.safety.outputs import check_outputs
+from capmodel.safety.staging import write_texts
 
 CSV_COLUMNS = ("image", "caption")
 # How the outputs say that capmodel wrote them (capmodel.safety.outputs.kind_of): the CSV's

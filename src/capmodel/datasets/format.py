@@ -33,8 +33,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -42,9 +40,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from capmodel.safety import ownership
-from capmodel.safety.atomic import check_writable, make_shareable
 from capmodel.safety.jsonfile import JSONFileError, read_json
+from capmodel.safety.staging import check_replaceable_dir, staged_dir
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
 SPLITS = ("train", "val")  # every data set has these
@@ -60,6 +57,7 @@ GRID_DTYPE = np.float16
 GRID_PCA_DIM = 512  # default width of the PCA fitted on the train regions
 BLOCK_VALUES = 1 << 22  # values of a grid read or checked at a time (memory stays bounded)
 REMOTE_SCHEMES = ("http", "https")
+DATASET_DIR = "dataset directory"  # how messages name a data set being written
 
 
 def features_file(split, pca=True):
@@ -111,9 +109,10 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     """Write a complete dataset directory atomically.
 
     Everything is written into a temporary sibling directory that is renamed onto
-    out_dir at the end, so out_dir is either absent, the old dataset, or complete. The
-    new directory carries capmodel's ownership marker; an existing out_dir is replaced
-    only if it is empty or a dataset capmodel made (see capmodel.safety.ownership).
+    out_dir at the end (capmodel.safety.staging.staged_dir), so out_dir is either absent,
+    the old dataset, or complete. The new directory carries capmodel's ownership marker;
+    an existing out_dir is replaced only if it is empty or a dataset capmodel made, to which
+    nobody added a file since (see capmodel.safety.ownership).
 
     Inputs (dicts keyed by 'train', 'val' and optionally 'test', the splits written):
     - captions: int32 arrays (Nc, 17); image_idxs: int32 arrays (Nc,)
@@ -139,16 +138,9 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     if grids is not None and set(grids) != set(splits):
         raise ValueError(f"write_dataset: grids must cover the splits {', '.join(splits)}, got {', '.join(grids)}")
     out_dir = Path(out_dir)
-    check_writable_dataset_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    final = out_dir.parent.resolve() / out_dir.name  # where the rename below puts the dataset
-    entries = {s: _url_entries(final, urls[s]) for s in splits}
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed earlier run
-        if ownership.is_owned(stale, "temporary"):
-            shutil.rmtree(stale)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    ownership.mark(tmp, "temporary")
-    try:
+    with staged_dir(out_dir, "dataset", DATASET_DIR) as tmp:
+        final = out_dir.parent.resolve() / out_dir.name  # where the dataset will be
+        entries = {s: _url_entries(final, urls[s]) for s in splits}
         _write_h5(tmp / CAPTIONS_FILE, {
             f"{s}_{k}": np.asarray(v[s], dtype=np.int32)
             for s in splits for k, v in (("captions", captions), ("image_idxs", image_idxs))
@@ -174,11 +166,6 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
         (tmp / VOCAB_FILE).write_text(json.dumps(vocab))
         if extra is not None:
             extra(tmp)
-        ownership.mark(tmp, "dataset", manifest=True)
-        replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def url_entry(data_dir, location):
@@ -263,39 +250,12 @@ def _has_scheme(entry):
 
 def check_writable_dataset_dir(out_dir):
     """Raise OwnershipError unless out_dir may receive a dataset: absent, empty, or one of
-    ours to which nobody added a file since capmodel wrote it.
+    ours to which nobody added a file since capmodel wrote it
+    (capmodel.safety.staging.check_replaceable_dir).
 
     Call it before any expensive work, so a run that would be refused fails at once.
     """
-    ownership.check_owned(out_dir, "dataset", "dataset directory")
-    check_writable(Path(out_dir).parent / ".new-dataset", "dataset directory", directory=True)
-    added = ownership.unlisted_files(out_dir) if ownership.is_owned(out_dir, "dataset") else []
-    if added:
-        raise ownership.OwnershipError(
-            f"dataset directory {out_dir} holds {len(added)} file(s) capmodel did not write there (first: "
-            f"{added[0]}); move them away or choose another directory: capmodel never deletes files it did not make")
-
-
-def replace_dir(src, dst):
-    """Move the complete dataset directory src onto dst.
-
-    A previous dst is replaced only if it is empty or a dataset capmodel made (it carries
-    the ownership marker) to which nobody added a file since; anything else raises
-    OwnershipError and is left as it is.
-    """
-    dst = Path(dst)
-    check_writable_dataset_dir(dst)
-    make_shareable(src, directory=True)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        if ownership.is_owned(old, "dataset"):
-            shutil.rmtree(old)
-        else:  # it was checked to be empty
-            os.rmdir(old)
+    check_replaceable_dir(out_dir, "dataset", DATASET_DIR)
 
 
 def _write_h5(path, datasets):

@@ -13,10 +13,9 @@ expression (the whole first line matches).
 """
 
 import re
-from contextlib import ExitStack
 from pathlib import Path
 
-from capmodel.safety.atomic import atomic_path, check_writable
+from capmodel.safety.atomic import check_writable
 from capmodel.safety.jsonfile import JSONFileError, read_json
 
 HEAD_BYTES = 1 << 16  # how much of an existing file is read to tell what it is
@@ -103,12 +102,3 @@ def check_not_inside(directory, paths, what):
             raise ValueError(f"{p}{linked} is inside the {what} {directory}, which this command replaces (deleting "
                              "what is in it): choose an output directory outside its inputs")
 
-
-def write_texts(files):
-    """Write several text files ({path: text}) so that a failure while writing leaves none
-    of them: each goes to a temporary file first, and the files are renamed into place only
-    when all are written."""
-    with ExitStack() as stack:
-        tmps = [(stack.enter_context(atomic_path(path)), text) for path, text in files.items()]
-        for tmp, text in tmps:
-            tmp.write_text(text, encoding="utf-8")
