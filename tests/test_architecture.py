@@ -342,3 +342,10 @@ def test_no_two_modules_have_names_one_letter_apart():
     close = [f"{a} / {b}" for i, a in enumerate(names) for b in names[i + 1:] if _one_edit_apart(a, b)]
     assert not close, "module names one letter apart: " + ", ".join(close)
     assert _one_edit_apart("setting", "settings") and not _one_edit_apart("inputs", "outputs")
+
+
+def test_the_cs231n_layer_module_stays_cs231n_sized():
+    """rnn_layers is the learner's module: the readable layers, at most 500 lines; faster
+    versions live in capmodel.kernels."""
+    lines = len((SRC / "capmodel" / "rnn_layers.py").read_text().splitlines())
+    assert lines <= 500, f"rnn_layers.py has {lines} lines"
