@@ -25,11 +25,11 @@ MODEL_FILES = ("model.npz", "model.json")  # the model itself; model.json record
 def check_outputs(out_dir):
     """Refuse an output directory holding a file named as one of OUTPUTS that capmodel did
     not write there for a model. A model.json of kind 'model' vouches for the model.npz of
-    its npz_sha256 and the files its 'outputs' record by SHA-256 (one from before that
-    record, for its whole directory); without one (the workflow deletes a job's declared
-    outputs before it reruns), an encoder.json that is a model's copy of an encoder record
-    the encoder_pca.h5 of its pca_sha256 and the encoder_grid_pca.h5 of its grid_pca_sha256
-    are capmodel's too."""
+    its npz_sha256 and the files its 'outputs' record by SHA-256 (a model.json without an
+    'outputs' record vouches for every output in its directory); without a model.json (the
+    workflow deletes a job's declared outputs before it reruns), an encoder.json that is a
+    model's copy of an encoder record vouches for the encoder_pca.h5 of its pca_sha256 and
+    the encoder_grid_pca.h5 of its grid_pca_sha256."""
     out_dir = Path(out_dir)
     present = [n for n in OUTPUTS if (out_dir / n).exists() or (out_dir / n).is_symlink()]
     if not present:

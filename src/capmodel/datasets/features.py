@@ -292,8 +292,8 @@ def identity(record):
 
 def identity_differences(record, identity_):
     """The identity keys in which a record differs from an identity a model.json records (the
-    grid's keys only when that identity has a grid: a model trained before grids, or on a data
-    set without one, is not concerned by them)."""
+    grid's keys only when that identity has a grid: an identity without one, such as that of
+    a model of a data set without a grid, is not concerned by them)."""
     keys = IDENTITY_KEYS + (GRID_IDENTITY_KEYS if identity_.get("grid") is not None else ())
     return [k for k in keys if record.get(k) != identity_.get(k)]
 

@@ -9,8 +9,8 @@ A dataset directory holds:
   <START>=1, <END>=2, <UNK>=3
 - train2014_urls.txt / val2014_urls.txt: one image location per line, Ni lines: a POSIX
   path relative to the dataset directory (the images of a dataset capmodel made, e.g.
-  images/train/000001.png or ../photos/a.png), or an http(s) URL (CS231n's COCO); older
-  datasets hold absolute file:// URLs, still read as they are
+  images/train/000001.png or ../photos/a.png), or an http(s) URL (CS231n's COCO), or an
+  absolute file:// URL (which some data sets hold), read as it is
 
 Beyond CS231n (capmodel's own data sets; the loader reads them when present):
 - an optional `test` split: test_captions / test_image_idxs in the captions file, and
