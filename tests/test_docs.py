@@ -92,6 +92,17 @@ SOURCES = sorted([*(ROOT / "src").rglob("*.py"), *(ROOT / "benchmarks").glob("*.
                   *(p for p in (ROOT / "tests").glob("*.py") if p.name != "test_docs.py"), ROOT / "Makefile"])
 
 
+def test_code_names_only_capmodel_names_that_exist():
+    """Docstrings and comments name capmodel modules, functions and constants that exist
+    (capmodel.encoders.registry.get_encoder_for_record, not capmodel.encoders.get_...)."""
+    sources = [*SOURCES, *(ROOT / "workflow" / "notebooks").glob("*.ipynb"), *(ROOT / "config").glob("*.yaml"),
+               ROOT / "pyproject.toml"]
+    missing = sorted({f"{source.relative_to(ROOT)}: {name}" for source in sources
+                      for name in re.findall(r"\bcapmodel(?:\.[A-Za-z_]\w*)+", source.read_text())
+                      if not _exists("name", name, ROOT / "README.md")})
+    assert not missing, "\n".join(missing)
+
+
 def test_code_comments_name_only_files_that_exist():
     """Docstrings and comments cite tests, benchmarks and docs that are in the tree."""
     missing = []

@@ -4,7 +4,8 @@ sample, baseline and evaluate: capmodel.app.samples).
 Each reads files, calls the library and writes its outputs atomically; the CLI
 (capmodel.app.cli) only parses arguments and calls these. File layouts are those of the
 design: results/models/<model>/{model.npz,model.json,history.csv,val.csv,
-encoder.json,encoder_pca.h5,samples_<split>.csv,metrics.json}, results/summary.{csv,md}.
+encoder.json,encoder_pca.h5,encoder_grid_pca.h5,samples_<split>.csv,samples_<split>.json,
+metrics.json,scores_<split>.csv}, results/summary.{csv,md}.
 """
 
 import hashlib

@@ -190,7 +190,7 @@ def read_record(data_dir):
     None for a dataset made without PCA), and 'grid_mean' (C,) and 'grid_components' (C, K)
     (both None without a grid PCA; 'grid' is None for a dataset without a grid). Raises
     ValueError naming the file when the record is malformed or a PCA file is missing or
-    altered; whether capmodel has the extractor is capmodel.encoders.get_encoder_for_record's
+    altered; whether capmodel has the extractor is capmodel.encoders.registry.get_encoder_for_record's
     check.
     """
     path = Path(data_dir) / RECORD_FILE
