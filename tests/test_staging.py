@@ -74,11 +74,14 @@ def test_install_and_remove_file(tmp_path):
     assert _names(tmp_path) == ["w.h5"] and oct(os.stat(tmp_path / "w.h5").st_mode & 0o777) == oct(
         0o666 & ~_umask())
     (tmp_path / "link").symlink_to(tmp_path / "w.h5")
+    (tmp_path / "d").mkdir()
     assert not remove_file(tmp_path / "w.h5", lambda p: False)  # not proven ours: kept
-    assert not remove_file(tmp_path / "link", lambda p: True)  # a link is never removed
     assert not remove_file(tmp_path / "missing", lambda p: True)
+    assert not remove_file(tmp_path / "d", lambda p: True)  # a directory: never
+    assert remove_file(tmp_path / "link", lambda p: p.read_text() == "rows")  # the link only
+    assert _names(tmp_path) == ["d", "w.h5"]
     assert remove_file(tmp_path / "w.h5", lambda p: p.read_text() == "rows")
-    assert _names(tmp_path) == ["link"]
+    assert _names(tmp_path) == ["d"]
 
 
 def _umask():

@@ -40,11 +40,12 @@ def install(tmp, path):
 
 
 def remove_file(path, is_ours):
-    """Delete the plain file at path if is_ours(path) shows that capmodel wrote it (e.g.
-    a features file's own attributes); a missing file, a symbolic link, a directory or a
-    file is_ours rejects stays. Returns True if the file was deleted."""
+    """Delete the file at path if is_ours(path) shows that capmodel wrote it (e.g. a
+    features file's own attributes); of a symbolic link to such a file only the link goes,
+    never its target. A missing file, a directory or a file is_ours rejects stays. Returns
+    True if the file (or link) was deleted."""
     path = Path(path)
-    if path.is_file() and not path.is_symlink() and is_ours(path):
+    if path.is_file() and is_ours(path):
         path.unlink()
         return True
     return False
