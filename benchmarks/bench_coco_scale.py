@@ -21,7 +21,6 @@ Usage: python benchmarks/bench_coco_scale.py [--threads 2] [--max-iterations 60]
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from capmodel.datasets import format as fmt
+from capmodel.safety.jsonfile import read_json
 from report import cpu_model, write_results
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
@@ -143,7 +143,7 @@ def main():
                          "--hidden-dim", "512", "--wordvec-dim", "256", "--batch-size", str(BATCH),
                          "--num-epochs", "1", "--max-iterations", str(n), "--print-every", "10"],
                         env, logs / "train.log")
-        info = json.loads((model_dir / "model.json").read_text())
+        info = read_json(model_dir / "model.json", "model file")
         per_iter = info["train_seconds_this_run"] / info["iterations"]
         iters_per_epoch = SIZES["train"][1] // BATCH
         epoch_min = per_iter * iters_per_epoch / 60

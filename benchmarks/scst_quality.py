@@ -18,7 +18,6 @@ Usage: python benchmarks/scst_quality.py [--work DIR] [--families lstm transform
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -52,6 +51,7 @@ def main(argv=None):
     from capmodel.app import workflow_config as wc
     from capmodel.app.samples import evaluate, sample
     from capmodel.datasets import shapes
+    from capmodel.safety.jsonfile import read_json
 
     config = yaml.safe_load(args.config.read_text())
     models = wc.expand_models({"train_defaults": config.get("train_defaults"),
@@ -76,7 +76,7 @@ def main(argv=None):
         if not (out / "metrics.json").exists():
             sample(out / "model.npz", data, samples_csv, decode)
             evaluate(samples_csv, out / "metrics.json", name=name, use_java=False if args.no_java else None)
-        return json.loads((out / "metrics.json").read_text())
+        return read_json(out / "metrics.json", "metrics file")
 
     rows = []
     for family in args.families:

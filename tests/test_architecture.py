@@ -4,6 +4,11 @@ capmodel.app (the application: CLI, pipeline, settings, reports, gradient-check 
 may import the library; the library (everything else under src/capmodel) never imports
 the application; capmodel.kernels and capmodel.safety (low-level helpers) import neither.
 Every import statement counts, at module level or inside a function.
+
+Also the package's other rules of where things live: files are moved and deleted only in
+capmodel.safety, JSON files are read only by capmodel.safety.jsonfile.read_json, one
+training path (no `objective is None`), models fed from a data dict only through
+capmodel.models.image_inputs, no two modules named one letter apart.
 """
 
 import ast
@@ -225,3 +230,122 @@ def test_models_are_fed_from_a_data_dict_only_through_image_inputs():
                     and _split_features_key(node.value.slice)):
                 bad.append(f"{name} line {node.lineno}")
     assert not bad, "features indexed outside capmodel.models.image_inputs: " + ", ".join(bad)
+
+
+# Calls that move or delete files: os.* and shutil.* by name, and Path's methods (rename and
+# replace with one argument: str.replace takes two).
+_OS_MOVES = {"os": {"replace", "rename", "renames", "remove", "unlink", "rmdir", "removedirs"},
+             "shutil": {"rmtree", "move"}}
+_PATH_MOVES = {"unlink": None, "rmdir": None, "rename": 1, "replace": 1}  # method: positional args (None: any)
+# Modules outside capmodel.safety allowed to move or delete files, and why.
+MOVES_OUTSIDE_SAFETY = {
+    "capmodel.datasets.fetch": "a resumable download: its own .part file is renamed to the archive when complete, "
+                               "and removed when its checksum is wrong, as is an archive this run downloaded "
+                               "(never one placed by hand)",
+}
+
+
+def file_moves(path):
+    """(line, call) of every call in the file at path that moves or deletes a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module in _OS_MOVES:
+            found += [(node.lineno, f"from {node.module} import {a.name}") for a in node.names
+                      if a.name in _OS_MOVES[node.module]]
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        name, owner = node.func.attr, node.func.value
+        if isinstance(owner, ast.Name) and owner.id in _OS_MOVES:
+            if name in _OS_MOVES[owner.id]:
+                found.append((node.lineno, f"{owner.id}.{name}"))
+        elif name in _PATH_MOVES and (_PATH_MOVES[name] is None or (
+                len(node.args) == _PATH_MOVES[name] and not node.keywords)):
+            found.append((node.lineno, f".{name}()"))
+    return found
+
+
+def test_files_are_moved_and_deleted_only_in_safety():
+    """capmodel.safety holds the code that renames and deletes files (capmodel deletes only
+    what it created and can prove it did), so it can be reviewed in one place."""
+    bad = []
+    for path in (SRC / "capmodel").rglob("*.py"):
+        name = _module_name(path, SRC)
+        if _within(name, "capmodel.safety") or name in MOVES_OUTSIDE_SAFETY:
+            continue
+        bad += [f"{name} line {line}: {call}" for line, call in file_moves(path)]
+    assert not bad, "move or delete files through capmodel.safety:\n" + "\n".join(bad)
+
+
+def test_the_move_check_sees_every_form(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import os, shutil\nfrom os import unlink\nos.replace(a, b)\nshutil.rmtree(d)\n"
+                      "p.unlink(missing_ok=True)\np.replace(q)\nq.rmdir()\n"
+                      "s.replace('a', 'b')\nd.replace(year=1)\n")
+    assert [line for line, _ in file_moves(source)] == [2, 3, 4, 5, 6, 7]
+    assert all(name in {_module_name(p, SRC) for p in (SRC / "capmodel").rglob("*.py")}
+               and file_moves(SRC / (name.replace(".", "/") + ".py")) for name in MOVES_OUTSIDE_SAFETY)
+
+
+def _json_reads(path, strict):
+    """(line, call) of every json.load / json.loads in the file at path; strict=False counts
+    json.loads only of a file's text (x.read_text()), not of a string the code holds."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module == "json":
+            found += [(node.lineno, f"from json import {a.name}") for a in node.names if a.name in ("load", "loads")]
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in
+                ("load", "loads") and isinstance(node.func.value, ast.Name) and node.func.value.id == "json"):
+            continue
+        of_file = node.func.attr == "load" or any(
+            isinstance(a, ast.Call) and isinstance(a.func, ast.Attribute) and a.func.attr in ("read_text", "read_bytes",
+                                                                                            "read")
+            for a in node.args)
+        if strict or of_file:
+            found.append((node.lineno, f"json.{node.func.attr}"))
+    return found
+
+
+def test_json_files_are_read_by_the_one_reader():
+    """Every JSON file the package or a benchmark reads goes through
+    capmodel.safety.jsonfile.read_json (one error style); in the package, nothing else
+    decodes JSON either (a benchmark may parse a child process's printed JSON)."""
+    root = SRC.parent
+    bad = [f"{path.relative_to(root)} line {line}: {call}"
+           for strict, paths in ((True, (SRC / "capmodel").rglob("*.py")), (False, (root / "benchmarks").glob("*.py")))
+           for path in paths if path != SRC / "capmodel" / "safety" / "jsonfile.py"
+           for line, call in _json_reads(path, strict)]
+    assert not bad, "read JSON with capmodel.safety.jsonfile.read_json:\n" + "\n".join(bad)
+
+
+def test_the_json_check_sees_every_form(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import json\nfrom json import loads\njson.load(f)\njson.loads(p.read_text())\n"
+                      "json.loads(out.stdout)\n")
+    assert [line for line, _ in _json_reads(source, strict=False)] == [2, 3, 4]
+    assert [line for line, _ in _json_reads(source, strict=True)] == [2, 3, 4, 5]
+
+
+def _one_edit_apart(a, b):
+    """Whether a and b differ by one inserted, deleted or replaced character."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) == 1
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def test_no_two_modules_have_names_one_letter_apart():
+    """A name one letter from another (setting / settings) reads as a typo of it."""
+    names = sorted({p.stem for p in (SRC / "capmodel").rglob("*.py") if p.stem != "__init__"}
+                   | {p.name for p in (SRC / "capmodel").rglob("*") if p.is_dir() and p.name != "__pycache__"})
+    close = [f"{a} / {b}" for i, a in enumerate(names) for b in names[i + 1:] if _one_edit_apart(a, b)]
+    assert not close, "module names one letter apart: " + ", ".join(close)
+    assert _one_edit_apart("setting", "settings") and not _one_edit_apart("inputs", "outputs")
+
+
+def test_the_cs231n_layer_module_stays_cs231n_sized():
+    """rnn_layers is the learner's module: the readable layers, at most 500 lines; faster
+    versions live in capmodel.kernels."""
+    lines = len((SRC / "capmodel" / "rnn_layers.py").read_text().splitlines())
+    assert lines <= 500, f"rnn_layers.py has {lines} lines"

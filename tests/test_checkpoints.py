@@ -27,6 +27,16 @@ def test_model_round_trip_without_pickle(tmp_path):
     assert np.array_equal(loaded.sample(f, 8), m.sample(f, 8))
 
 
+def test_a_model_file_without_a_family_holds_an_rnn(tmp_path):
+    m = _model(cell_type="lstm")
+    checkpoints.save_model(tmp_path / "model", m)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    del meta["model"]["family"]  # as the model files of CaptioningRNN alone are
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    loaded, _ = checkpoints.load_model(tmp_path / "model")
+    assert isinstance(loaded, CaptioningRNN) and loaded.cell_type == "lstm"
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "model.npz").write_bytes((d / "model.npz").read_bytes()[:100]), "do not match the checksum"),
     (lambda d: (d / "model.json").write_text('{"npz_sha'), "not valid JSON"),

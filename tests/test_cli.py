@@ -70,7 +70,7 @@ def test_stages_by_hand(shapes_dir, tmp_path):
     (["train", "--data", "{shapes}", "--out-dir", "{tmp}/o", "--hidden-dim", "0"], "--hidden-dim: must be integer >= 1"),
     (["sample", "--model", "{tmp}/none", "--data", "{shapes}", "--out", "{tmp}/s.csv"], "none.npz does not exist"),
     (["evaluate", "--samples", "{tmp}/empty.csv", "--out", "{tmp}/m.json"], "has no captions to evaluate"),
-    (["train", "--data", "{shapes}", "--out-dir", "{tmp}/o", "--settings", "{tmp}/empty.csv"], "is not readable JSON"),
+    (["train", "--data", "{shapes}", "--out-dir", "{tmp}/o", "--settings", "{tmp}/empty.csv"], "is not valid JSON"),
     (["data", "shapes", "{tmp}/d", "--num-train", "0"], "--num-train: must be integer >= 1"),
     (["data", "check", "{tmp}/empty.csv"], "is a file, not a dataset directory"),
     (["evaluate", "--samples", "{tmp}/none.csv", "--out", "{tmp}/m.json"], "samples file"),

@@ -139,6 +139,7 @@ def test_a_users_file_is_never_replaced_by_a_features_file(karpathy, tmp_path, c
     assert "--shard 3/2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_extraction_killed_midway_resumes_and_equals_an_uninterrupted_one(tmp_path):
     """SIGKILL a `data features` run after some batches; the rerun continues from the work
     file (without redoing the finished batches) and the file equals one made in one go."""

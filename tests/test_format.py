@@ -211,7 +211,7 @@ def test_old_data_sets_with_absolute_file_urls_still_load(shapes_dir, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(shapes_dir, old)
     urls = [(old / e).as_uri() for e in (old / "val2014_urls.txt").read_text().splitlines()]
-    (old / "val2014_urls.txt").write_text("".join(u + "\n" for u in urls))  # as capmodel wrote them before
+    (old / "val2014_urls.txt").write_text("".join(u + "\n" for u in urls))  # absolute URLs
     assert fmt.problems(old) == []
     data = load_coco_data(old)
     assert list(data["val_urls"]) == urls and image_from_url(data["val_urls"][0]).shape == (64, 64, 3)

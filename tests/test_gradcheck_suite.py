@@ -18,7 +18,7 @@ def test_a_family_without_checks_is_refused(monkeypatch):
 
 
 def test_every_layer_and_cell_is_checked_and_passes(gradcheck_table):
-    rows = gradcheck_table  # `capmodel gradcheck`'s table: the suite runs once per session
+    rows = gradcheck_table  # `capmodel gradcheck`'s table, made once per session (conftest.py)
     assert all(r["ok"] == "True" for r in rows)
     layers = {(r["layer"], r["cell"]) for r in rows}
     for cell in ("rnn", "lstm", "gru"):

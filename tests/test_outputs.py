@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from capmodel.safety.outputs import check_not_inside, check_output, check_outputs, kind_of, write_texts
+from capmodel.safety.outputs import check_not_inside, check_output, check_outputs, kind_of
 
 
 def test_an_output_must_have_its_suffix_and_not_be_an_input(tmp_path):
@@ -63,12 +63,3 @@ def test_inputs_inside_a_directory_to_replace_are_refused(tmp_path):
         with pytest.raises(ValueError, match="is inside the output data set"):
             check_not_inside(tmp_path / "out", [inside], "output data set")
 
-
-def test_files_written_together_are_all_written_or_none(tmp_path):
-    write_texts({tmp_path / "a.csv": "a\n", tmp_path / "b.html": "b\n"})
-    assert (tmp_path / "a.csv").read_text() == "a\n" and (tmp_path / "b.html").read_text() == "b\n"
-    (tmp_path / "file").write_text("")
-    with pytest.raises(OSError):
-        write_texts({tmp_path / "a.csv": "new\n", tmp_path / "file" / "b.html": "b\n"})
-    assert (tmp_path / "a.csv").read_text() == "a\n"  # the old file, untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.html", "file"]  # no temporary file left

@@ -93,7 +93,7 @@ def test_overlapping_calls_put_the_blas_threads_back():
     assert blas_threads() == before
 
 
-def test_a_failing_block_stops_the_others_at_their_next_checkpoint():
+def test_a_failing_block_stops_the_others_at_their_next_step():
     import time
 
     steps = []
@@ -102,7 +102,7 @@ def test_a_failing_block_stops_the_others_at_their_next_checkpoint():
         if block[0] != 0:
             raise ValueError("second block failed")
         for i in range(2000):  # 20 s unless stopped
-            parallel.checkpoint()
+            parallel.raise_if_cancelled()
             steps.append(i)
             time.sleep(0.01)
         return block
@@ -125,7 +125,7 @@ def test_an_interrupted_caller_stops_the_other_blocks():
             raise KeyboardInterrupt
         try:
             for i in range(2000):
-                parallel.checkpoint()
+                parallel.raise_if_cancelled()
                 steps.append(i)
                 time.sleep(0.01)
         finally:

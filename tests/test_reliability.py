@@ -231,7 +231,7 @@ def test_a_broken_model_json_is_one_line(tiny_model, shapes_dir, tmp_path, capsy
     (["gradcheck", "--out", "{tmp}/g.csv"], "is a directory; give a file name"),
     (["data", "shapes", "{tmp}/f", "--num-train", "2", "--num-val", "1"], "f exists and is not a directory"),
     (["train", "--data", "{data}", "--out-dir", "{tmp}/f", *TINY_FLAGS], "exists and is not a directory"),
-    (["summarize", "--metrics", "{tmp}/f", "--out", "{tmp}/a.csv", "--markdown", "{tmp}/a.md"], "is not readable JSON"),
+    (["summarize", "--metrics", "{tmp}/f", "--out", "{tmp}/a.csv", "--markdown", "{tmp}/a.md"], "is not valid JSON"),
     (["summarize", "--metrics", "{tmp}/nomodel.json", "--out", "{tmp}/a.csv", "--markdown", "{tmp}/a.md"], "has no 'model' field"),
     (["train", "--data", "{data}", "--out-dir", "{tmp}/m", "--bogus"], "unrecognized arguments: --bogus"),
 ])

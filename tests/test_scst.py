@@ -187,6 +187,7 @@ def test_scst_training_starts_from_the_model_and_records_rewards(shapes_dir, xe_
     assert (out / feat.MODEL_RECORD_FILE).read_text() == (xe_model / feat.MODEL_RECORD_FILE).read_text()
 
 
+@pytest.mark.slow
 def test_scst_job_killed_twice_resumes_to_identical_parameters(shapes_dir, xe_model, tmp_path):
     """Two SIGKILLs, each after a new checkpoint appeared; the sampling generator is in the
     checkpoints, so the resumed run equals the uninterrupted one bit for bit."""

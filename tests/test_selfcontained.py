@@ -131,7 +131,7 @@ def trained(tmp_path_factory):
                         "copy the whole model directory")),
     ("record edited", ("{m}/encoder.json: not the encoder that {m}/model.json records (image_size, pca_sha256 "
                        "differ); the file was altered or comes from another model")),
-    ("record not JSON", "{m}/encoder.json: not valid JSON"),
+    ("record not JSON", "encoder record {m}/encoder.json is not valid JSON"),
 ])
 def test_an_altered_model_record_gives_one_line_naming_the_file(trained, tmp_path, capsys, case, message):
     m = tmp_path / "m"

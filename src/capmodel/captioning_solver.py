@@ -99,8 +99,8 @@ class CaptioningSolver:
           floats) go to stats_history and the progress lines. Its metric is the
           validation metric when val_metric is not given.
         - validate_start: Validate the model before any update, as epoch 0, so that the
-          start is kept when no epoch beats it (for a model trained before; default: the
-          objective's fine_tunes; start_kept() tells afterwards). With the objective's
+          start is kept when no epoch beats it (for a start that is a trained model, as
+          with --init-from; default: the objective's fine_tunes; start_kept() tells afterwards). With the objective's
           collapse_fraction, training stops with TrainingError when the metric falls below
           that fraction of the start's.
 

@@ -6,7 +6,6 @@ crash, a truncated file or a corrupt one is detected on load. Nothing is pickled
 load with ``allow_pickle=False``.
 """
 
-import json
 import re
 import zipfile
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from capmodel import models
 from capmodel.safety import ownership
 from capmodel.safety.atomic import atomic_path, sha256_of, write_json
+from capmodel.safety.jsonfile import JSONFileError, as_read_back, read_json
 
 FORMAT_VERSION = 1
 
@@ -41,9 +41,9 @@ def load(base):
         if not f.exists():
             raise CheckpointError(f"checkpoint file {f} does not exist")
     try:
-        meta = json.loads(js.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint metadata {js} is not valid JSON ({e}); the file is corrupt or truncated")
+        meta = read_json(js, "checkpoint metadata")
+    except JSONFileError as e:
+        raise CheckpointError(f"{e}; the file is corrupt or truncated") from None
     if not isinstance(meta, dict) or "npz_sha256" not in meta:
         raise CheckpointError(f"checkpoint metadata {js} has no npz_sha256 field; not a capmodel checkpoint")
     if sha256_of(npz) != meta["npz_sha256"]:
@@ -87,15 +87,15 @@ class CheckpointDir:
         self.claimed = True
         if fingerprint is None:
             return
-        record = json.loads(json.dumps(fingerprint))
+        record = as_read_back(fingerprint)
         path = self.path / "run_config.json"
         if not path.exists():
             write_json(path, record)
             return
         try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is unreadable ({e}); delete {self.path} to start over")
+            old = read_json(path, "run fingerprint")
+        except JSONFileError as e:
+            raise CheckpointError(f"{e}; delete {self.path} to start over") from None
         if old != record:
             changed = sorted(k for k in set(old) | set(record) if k != "settings" and old.get(k) != record.get(k))
             old_s, new_s = old.get("settings", {}), record.get("settings", {})
@@ -123,8 +123,7 @@ class CheckpointDir:
                 raise
             raise OSError(e.errno, e.strerror or str(e), str(base.with_suffix(".npz"))) from e
         for js in self._checkpoints()[: -self.keep]:
-            js.with_suffix(".npz").unlink(missing_ok=True)
-            js.unlink(missing_ok=True)
+            ownership.remove_files(self.path, "checkpoints", [js.with_suffix(".npz"), js])
 
     def _checkpoints(self):
         """The checkpoint JSON files, oldest first (by their iteration in the name)."""
@@ -152,16 +151,16 @@ class CheckpointDir:
             return True
         if f.suffix == ".json" and self.NAME.fullmatch(f.stem):
             try:
-                return json.loads(f.read_text()).get("kind") == "training_state"
-            except (OSError, ValueError, AttributeError):
+                meta = read_json(f)
+            except JSONFileError:
                 return False
+            return isinstance(meta, dict) and meta.get("kind") == "training_state"
         return False
 
     def remove_temporary(self):
         """Delete the temporary files that writes killed halfway left here (TEMPORARY)."""
-        for f in self.path.iterdir():
-            if self.TEMPORARY.fullmatch(f.name) and f.is_file() and not f.is_symlink():
-                f.unlink()
+        ownership.remove_files(self.path, "checkpoints",
+                               [f for f in self.path.iterdir() if self.TEMPORARY.fullmatch(f.name)])
 
     def remove(self):
         """Delete the checkpoints (only capmodel's own files); True if the directory went too."""

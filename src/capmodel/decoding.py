@@ -73,7 +73,7 @@ def _word_by_word(model, features, max_length, pick, regions=None):
     words = np.full(N, start, dtype=np.int64)
     done = np.zeros(N, dtype=bool)
     for t in range(max_length):
-        parallel.checkpoint()
+        parallel.raise_if_cancelled()
         state, scores = step(state, words)
         words = pick(scores, start, null)
         words[done] = null
@@ -163,7 +163,7 @@ def beam_search(model, features, max_length=30, beam_size=3, length_norm=0.0, re
     shadow = _Shadows(max_length, null)  # greedy paths that fell out of their beam
     banned = [start, null]
     for t in range(max_length):
-        parallel.checkpoint()
+        parallel.raise_if_cancelled()
         M = N * k
         new_state, scores = step(tuple(np.concatenate([s, h]) for s, h in zip(state, shadow.state))
                                  if shadow.size else state, np.concatenate([words, shadow.words]))

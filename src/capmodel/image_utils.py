@@ -40,7 +40,7 @@ def open_rgb(source):
     - Transparency (RGBA, LA, PA, or a palette/grey/RGB image with a transparent colour)
       is composited onto BACKGROUND (white).
     - Everything else is PIL's convert("RGB"), so an ordinary RGB PNG or JPEG gives
-      exactly the pixels it did before capmodel had this function.
+      exactly its stored pixels.
     Animated files give their first frame.
 
     Inputs:

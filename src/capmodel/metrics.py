@@ -60,14 +60,12 @@ def ptb_tokenize(captions_for_image):
     jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)), ptb.STANFORD_CORENLP_3_4_1_JAR)
     ids = [k for k, v in captions_for_image.items() for _ in v]
     text = "\n".join(one_line(c) for v in captions_for_image.values() for c in v)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(text)
-        path = f.name
-    try:
+    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer reads a file; the directory goes with it
+        path = os.path.join(tmp, "captions.txt")
+        with open(path, "w") as f:
+            f.write(text)
         out = subprocess.run(["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
                               "-lowerCase", path], capture_output=True, check=True).stdout.decode()
-    finally:
-        os.unlink(path)
     lines = out.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

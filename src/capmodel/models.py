@@ -1,32 +1,37 @@
 """Model families, registered in one place, and the interface they share.
 
 A model family is a class with:
+- ``FAMILY``: its name in model descriptions (and in capmodel.app.gradcheck_suite.FAMILY_CHECKS)
 - ``CELL_TYPES``: the values of the ``cell_type`` setting it serves (e.g. rnn, lstm, gru)
-- ``SETTINGS``: its own training settings (capmodel.setting.Setting), besides the common ones
+- ``SETTINGS``: its own training settings (capmodel.setting_spec.Setting), besides the common ones
 - ``from_settings(word_to_idx, input_dim, settings, dtype)``: a new model from a full
   training settings dict (capmodel.app.settings.train_settings())
 - ``describe()``: a JSON-able dict that rebuilds the model's shapes, with ``family`` and
   ``word_to_idx``; ``from_description(desc)``: the model back from it (parameters not set)
-- ``params``: dict of name -> array; ``dtype``; ``word_to_idx``; ``rng`` (np.random.Generator
-  for the initial weights and dropout masks, saved in checkpoints)
-- ``loss(features, captions, dropout_rng=None, training=True) -> (loss, grads)``, features
-  (N, D), captions (N, T + 1); training=False switches dropout off (validation)
+- ``params``: dict of name -> array; ``dtype``; ``word_to_idx``; ``input_dim`` (D);
+  ``rng`` (np.random.Generator for the initial weights and dropout masks, saved in checkpoints)
+- ``loss(features, captions, dropout_rng=None, training=True, weights=None) -> (loss, grads)``:
+  features (N, D), captions (N, T + 1); training=False switches dropout off (validation);
+  weights (N,) weighs each caption's loss (self-critical training, capmodel.scst)
 - ``decoder(features) -> (state, step)``: ``state`` is a tuple of arrays whose first axis
   is the row M (decoders repeat, reorder and concatenate rows); ``step(state, words)``
   with words (M,) returns ``(state, scores)``, scores (M, V) a fresh array
 - ``check_features(features)``: features (N, D) as an array of the model's dtype, or a
   ValueError naming the shape that does not fit
 - ``sample(features, max_length, method=..., **options)``: capmodel.decoding.decode
-- ``uses_regions`` (optional, False when absent): the model also takes image regions
-  (N, L, C) as ``regions=`` in ``loss``, ``decoder`` and ``sample``
+A family whose models can attend over image regions also has:
+- ``uses_regions``: True for a model that attends; it then takes the regions (N, L, C) as
+  ``regions=`` in ``loss``, ``decoder`` and ``sample`` (False, or absent, for any other)
+- ``attend(features, captions, regions)``: the attention weights (N, T, L) that each
+  position of the captions, read teacher-forced, puts on the L regions
 
-Whatever feeds a model from a data dict (the training objectives, validation, metrics,
-sampling) takes its inputs from ``image_inputs`` and passes them as keyword arguments.
-- ``gradient_checks(rng)`` (optional): rows for the gradient-check table, see
-  capmodel.app.gradcheck_suite
+Whatever feeds a model from a data dict (the training objectives, validation, sampling,
+the metrics of a split) takes its inputs from ``image_inputs`` below, which adds the
+regions for a model that uses them, and passes them as keyword arguments.
 
-The solver, decoding, the gradient-check suite and checkpoints use only this interface.
-To add a family: write its module and tests, and add the class to FAMILIES below.
+The solver, the objectives, validation, decoding and checkpoints use only this interface.
+To add a family: write its module and tests, add the class to FAMILIES below and its
+gradient checks to capmodel.app.gradcheck_suite.FAMILY_CHECKS.
 """
 
 from capmodel.classifiers.rnn import CaptioningRNN
@@ -59,7 +64,7 @@ def from_description(desc):
     """Rebuild a model (shapes, vocabulary, hyper-parameters) from its describe() dict."""
     if not isinstance(desc, dict):
         raise ValueError(f"a model description must be a JSON object, got {type(desc).__name__}")
-    family = desc.get("family", "rnn")  # files written before families existed are RNNs
+    family = desc.get("family", "rnn")  # model files without a family hold an RNN: CaptioningRNN reads them
     for fam in FAMILIES:
         if fam.FAMILY == family:
             return fam.from_description(desc)

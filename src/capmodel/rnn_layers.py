@@ -11,41 +11,13 @@ over its step function. The models train with the fast versions in
 ``capmodel.kernels.recurrent`` (packed sequences of different lengths, one matmul for
 the input projections of all timesteps, reused buffers) and ``capmodel.kernels.words``:
 the step functions here give the same bits as the kernels' step cores, the sequence
-functions the same values to rounding (tests hold them equal). The packed functions and
-the step cores are importable from here too.
+functions the same values to rounding (tests hold them equal).
 """
 
 import numpy as np
 
-from capmodel.kernels.recurrent import (
-    check_recurrent_inputs,
-    gru_core_backward,
-    gru_core_forward,
-    gru_packed_backward,
-    gru_packed_forward,
-    lstm_core_backward,
-    lstm_core_forward,
-    lstm_packed_backward,
-    lstm_packed_forward,
-    rnn_core_backward,
-    rnn_core_forward,
-    rnn_packed_backward,
-    rnn_packed_forward,
-)
-from capmodel.kernels.words import check_word_ids, kept_rows_softmax_loss
-
-__all__ = [
-    "rnn_step_forward", "rnn_step_backward", "rnn_forward", "rnn_backward",
-    "lstm_step_forward", "lstm_step_backward", "lstm_forward", "lstm_backward",
-    "gru_step_forward", "gru_step_backward", "gru_forward", "gru_backward",
-    "word_embedding_forward", "word_embedding_backward", "temporal_affine_forward", "temporal_affine_backward",
-    "temporal_softmax_loss",
-    # the fast versions, from capmodel.kernels
-    "rnn_core_forward", "rnn_core_backward", "rnn_packed_forward", "rnn_packed_backward",
-    "lstm_core_forward", "lstm_core_backward", "lstm_packed_forward", "lstm_packed_backward",
-    "gru_core_forward", "gru_core_backward", "gru_packed_forward", "gru_packed_backward",
-    "kept_rows_softmax_loss",
-]
+from capmodel.kernels.recurrent import check_recurrent_inputs
+from capmodel.kernels.words import check_word_ids
 
 
 def _sigmoid(a):
@@ -454,10 +426,8 @@ def temporal_affine_forward(x, w, b):
     - cache: Values needed for the backward pass
     """
     if x.ndim != 3 or w.shape[0] != x.shape[2] or b.shape != (w.shape[1],):
-        raise ValueError(
-            f"temporal_affine_forward: need x (N, T, D), w (D, M), b (M,); "
-            f"got x {x.shape}, w {w.shape}, b {b.shape}"
-        )
+        raise ValueError(f"temporal_affine_forward: need x (N, T, D), w (D, M), b (M,); "
+                         f"got x {x.shape}, w {w.shape}, b {b.shape}")
     N, T, D = x.shape
     out = (x.reshape(N * T, D) @ w + b).reshape(N, T, w.shape[1])
     return out, (x, w, b)
@@ -507,9 +477,8 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     N, T, V = x.shape
     y = np.asarray(y)
     if y.shape != (N, T) or np.shape(mask) != (N, T):
-        raise ValueError(
-            f"temporal_softmax_loss: y and mask must have shape {(N, T)}, got {y.shape} and {np.shape(mask)}"
-        )
+        raise ValueError(f"temporal_softmax_loss: y and mask must have shape {(N, T)}, "
+                         f"got {y.shape} and {np.shape(mask)}")
     if y.size and (y.min() < 0 or y.max() >= V):
         raise ValueError(f"temporal_softmax_loss: labels must be in [0, {V}), got [{y.min()}, {y.max()}]")
     x_flat, y_flat = x.reshape(N * T, V), y.reshape(N * T)

@@ -1,5 +1,5 @@
-# Stage 2: numeric gradient checks of every layer and of the model loss per cell type.
-# The job fails, naming the layer, when a relative error exceeds its tolerance.
+# Stage 2: numeric gradient checks of every layer and of every model family's loss.
+# The job fails, naming the layer, when an error exceeds its tolerance.
 
 
 rule gradcheck:

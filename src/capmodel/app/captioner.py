@@ -6,8 +6,8 @@ random-conv one or a pretrained CNN, whose weights file is checked against the r
 SHA-256) and PCA (capmodel.datasets.features.read_record), and a model trained on it keeps
 a copy of that record in its own directory, so that it captions without its data set.
 Another data set's record can be given explicitly; it must be the one the model records (a
-data set made again in place has another PCA). A model from before models kept the record
-uses the data set model.json names (`data_dir`). Datasets without the record, such as
+data set made again in place has another PCA). A model whose model.json records no encoder
+keeps no copy and uses the data set model.json names (`data_dir`). Datasets without the record, such as
 CS231n's COCO files (VGG-16 fc7 features after an unpublished PCA), have features capmodel
 cannot compute: then precomputed features, one row per image, are the way in. PCA or fc7
 features are used as the model was trained (settings.pca_features).
@@ -21,7 +21,6 @@ Dimension letters: N images, D feature dimension, L regions, C region channels.
 """
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,9 @@ from capmodel.datasets import folder
 from capmodel.datasets import format as fmt
 from capmodel.app.tables import csv_text
 from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb, thumbnail_uri
-from capmodel.safety.outputs import check_outputs, write_texts
+from capmodel.safety.jsonfile import read_json
+from capmodel.safety.outputs import check_outputs
+from capmodel.safety.staging import write_texts
 
 CSV_COLUMNS = ("image", "caption")
 # How the outputs say that capmodel wrote them (capmodel.safety.outputs.kind_of): the CSV's
@@ -124,7 +125,8 @@ def data_set_record(data_dir, pca=True, input_dim=None):
 def check_vocabulary(data_dir, model):
     """Refuse a data set whose vocabulary is not the model's."""
     vocab_path = Path(data_dir) / fmt.VOCAB_FILE
-    if vocab_path.is_file() and json.loads(vocab_path.read_text()).get("word_to_idx") != model.word_to_idx:
+    vocab = read_json(vocab_path, "vocabulary file") if vocab_path.is_file() else None
+    if isinstance(vocab, dict) and vocab.get("word_to_idx") != model.word_to_idx:
         raise ValueError(f"the vocabulary of {data_dir} differs from the model's; pass --data with the data set "
                          "the model was trained on")
 
@@ -133,8 +135,8 @@ def model_record(base, meta):
     """The copy of its data set's record a model keeps beside model.json (features.MODEL_RECORD_FILE
     and MODEL_PCA_FILE), which must be the encoder model.json records under 'encoder'.
 
-    Returns None for a model without one (trained before models kept it, or on a data set
-    without a record). Raises ValueError naming the file when it is missing or altered.
+    Returns None when model.json records no encoder (a model of a data set without a record,
+    or a model.json without the 'encoder' key). Raises ValueError naming the file when it is missing or altered.
     """
     identity = meta.get("encoder")
     if not identity:
@@ -156,7 +158,7 @@ def check_same_encoder(record, data_dir, base, meta):
     model.json records it): a data set made again in place has another PCA, and so other features."""
     identity = meta.get("encoder")
     if not identity:
-        return  # a model from before models recorded their encoder: nothing to compare
+        return  # model.json records no encoder: nothing to compare
     ours, theirs = identity.get("pca_sha256"), record.get("pca_sha256")
     if ours != theirs:
         named = lambda path, sha: f"{path} (sha256 {sha})" if sha else f"none ({path} records no PCA)"

@@ -333,7 +333,7 @@ def build_parser():
     cp.add_argument("model", help="model directory, model.npz, model.json or their path without extension")
     cp.add_argument("images", nargs="+", help="PNG/JPEG files or folders of them")
     cp.add_argument("--data", help="data set whose recorded feature extractor to use instead of the one the model "
-                    f"keeps ({captioner.feat.MODEL_RECORD_FILE}); it must be the same (for models trained before they kept it: their "
+                    f"keeps ({captioner.feat.MODEL_RECORD_FILE}); it must be the same (for a model that keeps none: its "
                     "data set, by default the one model.json names)")
     cp.add_argument("--features", help="precomputed features instead: .npy (N, D) or HDF5 with a 'features' "
                                        "dataset, one row per image in the order given")

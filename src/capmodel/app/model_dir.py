@@ -3,38 +3,33 @@ together or none, and which existing files it may replace.
 
 model.json, written last, records the SHA-256 of the other outputs ('outputs'), so a later
 run can tell the files capmodel wrote for a model from a user's files of the same names
-(check_outputs). The outputs are written into a staging directory inside the model's
-directory (marked as capmodel's, capmodel.safety.ownership) and renamed into place once
-all are complete (write_model); a failure, such as a full disk, leaves none of them and
-raises an OSError naming the file.
+(check_outputs). write_model writes the outputs through capmodel.safety.staging's
+files_together: a failure, such as a full disk, leaves none of them and raises an OSError
+naming the file.
 """
 
-import json
-import os
-import re
-import tempfile
 from pathlib import Path
 
 from capmodel import checkpoints
 from capmodel.app.tables import write_csv
 from capmodel.datasets import features as feat
-from capmodel.safety import ownership
 from capmodel.safety.atomic import sha256_of
+from capmodel.safety.jsonfile import JSONFileError, read_json
+from capmodel.safety.staging import files_together
 
 OUTPUTS = ("history.csv", "val.csv", feat.MODEL_PCA_FILE, feat.MODEL_GRID_PCA_FILE, feat.MODEL_RECORD_FILE, "model.npz",
            "model.json")
 MODEL_FILES = ("model.npz", "model.json")  # the model itself; model.json records the SHA-256 of the rest
-STAGING = re.compile(r"\.capmodel-train-\w+\.tmp")  # where the outputs are written before they move in
 
 
 def check_outputs(out_dir):
     """Refuse an output directory holding a file named as one of OUTPUTS that capmodel did
     not write there for a model. A model.json of kind 'model' vouches for the model.npz of
-    its npz_sha256 and the files its 'outputs' record by SHA-256 (one from before that
-    record, for its whole directory); without one (the workflow deletes a job's declared
-    outputs before it reruns), an encoder.json that is a model's copy of an encoder record
-    the encoder_pca.h5 of its pca_sha256 and the encoder_grid_pca.h5 of its grid_pca_sha256
-    are capmodel's too."""
+    its npz_sha256 and the files its 'outputs' record by SHA-256 (a model.json without an
+    'outputs' record vouches for every output in its directory); without a model.json (the
+    workflow deletes a job's declared outputs before it reruns), an encoder.json that is a
+    model's copy of an encoder record vouches for the encoder_pca.h5 of its pca_sha256 and
+    the encoder_grid_pca.h5 of its grid_pca_sha256."""
     out_dir = Path(out_dir)
     present = [n for n in OUTPUTS if (out_dir / n).exists() or (out_dir / n).is_symlink()]
     if not present:
@@ -69,17 +64,10 @@ def check_outputs(out_dir):
 def _json_object(path):
     """The JSON object in path, or None (missing, unreadable, not an object)."""
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        value = read_json(path)
+    except JSONFileError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def _remove_stale_staging(out_dir):
-    """Remove the staging directories a killed run left in out_dir (capmodel's own only)."""
-    for d in out_dir.glob(".capmodel-train-*.tmp") if out_dir.is_dir() else ():
-        if STAGING.fullmatch(d.name) and ownership.is_owned(d, "temporary"):
-            ownership.remove_owned(d, "temporary", lambda f: True)
 
 
 class _Writing:
@@ -104,27 +92,14 @@ class _Writing:
 
 
 def write_model(out_dir, model, solver, record, info):
-    """Write a trained model's files (OUTPUTS) into out_dir, all together or none: they are
-    written into a staging directory inside out_dir, then renamed into place, model.json
-    last; a failure (a full disk) removes them and raises an OSError naming the file.
-    Output files of an earlier model there that this one does not have go (check_outputs
-    has made sure they are capmodel's)."""
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".capmodel-train-", suffix=".tmp", dir=out_dir))
-    ownership.mark(staging, "temporary")
-    try:
-        _write_outputs(staging, _Writing(out_dir), model, solver, record, info)
-        for name in OUTPUTS:
-            if (staging / name).exists():
-                os.replace(staging / name, out_dir / name)
-            elif (out_dir / name).exists():
-                (out_dir / name).unlink()
-    finally:
-        ownership.remove_owned(staging, "temporary", lambda f: True)
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+    """Write a trained model's files (OUTPUTS) into out_dir, all together or none
+    (capmodel.safety.staging.files_together): model.json appears last; a failure (a full
+    disk) leaves out_dir as it was and raises an OSError naming the file. Output files of
+    an earlier model there that this one does not have go (check_outputs has made sure
+    they are capmodel's)."""
+    out_dir = Path(out_dir)
+    with files_together(out_dir / name for name in OUTPUTS) as staged:
+        _write_outputs(staged[out_dir / "model.json"].parent, _Writing(out_dir), model, solver, record, info)
 
 
 def _write_outputs(out_dir, writing, model, solver, record, info):

@@ -4,7 +4,8 @@ sample, baseline and evaluate: capmodel.app.samples).
 Each reads files, calls the library and writes its outputs atomically; the CLI
 (capmodel.app.cli) only parses arguments and calls these. File layouts are those of the
 design: results/models/<model>/{model.npz,model.json,history.csv,val.csv,
-encoder.json,encoder_pca.h5,samples_<split>.csv,metrics.json}, results/summary.{csv,md}.
+encoder.json,encoder_pca.h5,encoder_grid_pca.h5,samples_<split>.csv,samples_<split>.json,
+metrics.json,scores_<split>.csv}, results/summary.{csv,md}.
 """
 
 import hashlib
@@ -26,6 +27,7 @@ from capmodel.datasets import features as feat
 from capmodel.objectives import CrossEntropy
 from capmodel.safety import ownership
 from capmodel.safety.atomic import check_writable, sha256_of, write_text
+from capmodel.safety.jsonfile import read_json
 from capmodel.scst import SelfCritical
 from capmodel.validation import Validator
 
@@ -100,12 +102,7 @@ def load_start(model, start, init_from, encoder):
 def read_settings_file(path, what="settings file"):
     """A JSON object of settings from path (as the workflow writes them), named in errors."""
     path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{what} {path} does not exist")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{what} {path} is not readable JSON ({e})")
+    values = read_json(path, what)
     if not isinstance(values, dict):
         raise ValueError(f"{what} {path} must hold a JSON object of setting -> value")
     return values

@@ -7,7 +7,6 @@ image's reference captions joined by REF_SEP), with a JSON record beside it
 the pictures of a samples file through sample_image_urls.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from capmodel.datasets import format as fmt
 from capmodel.models import image_inputs
 from capmodel.progress import clock, track
 from capmodel.safety.atomic import write_json
+from capmodel.safety.jsonfile import read_json
 
 REF_SEP = " ||| "
 COLUMNS = ["image_idx", "url", "generated", "references"]
@@ -46,10 +46,10 @@ def sample_image_urls(record_json, entries):
     Returns a list of http(s) or absolute file:// URLs, one per entry.
     """
     path = Path(record_json)
-    try:
-        data_dir = json.loads(path.read_text(encoding="utf-8"))["data_dir"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"samples record {path}: cannot read its data_dir ({e})") from e
+    record = read_json(path, "samples record")
+    data_dir = record.get("data_dir") if isinstance(record, dict) else None
+    if not isinstance(data_dir, str):
+        raise ValueError(f"samples record {path} has no data_dir (a path string)")
     return fmt.image_locations(data_dir, entries)
 
 

@@ -1,6 +1,6 @@
 """Every setting of training, decoding and the shapes data set, defined once.
 
-Each ``Setting`` (capmodel.setting) carries its name, type, default, allowed range or
+Each ``Setting`` (capmodel.setting_spec) carries its name, type, default, allowed range or
 choices and help text. From these the ``capmodel`` flags are generated (``add_arguments``), values are checked
 (``check`` / ``check_all``: one message naming the setting, the bad value and what is
 allowed), the workflow's config schema is generated (``capmodel.app.config_schema``), and so
@@ -19,7 +19,7 @@ from capmodel.datasets.format import ALL_SPLITS, GRID_PCA_DIM
 from capmodel.decoding import METHODS as DECODING_METHODS
 from capmodel.optim import RULES
 from capmodel.scst import BASELINES as SCST_BASELINES, SelfCritical
-from capmodel.setting import Setting, SettingError
+from capmodel.setting_spec import Setting, SettingError
 from capmodel.schedules import SCHEDULES as LR_SCHEDULES
 from capmodel.validation import METRICS as VAL_METRICS
 

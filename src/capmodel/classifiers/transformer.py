@@ -20,7 +20,7 @@ from capmodel import transformer_layers as tl
 from capmodel.classifiers.inputs import check_captions, check_features, check_weights
 from capmodel.kernels import words as kw
 from capmodel.layers import dropout_mask
-from capmodel.setting import Setting
+from capmodel.setting_spec import Setting
 from capmodel.vocab import NULL
 
 FAMILY = "transformer"

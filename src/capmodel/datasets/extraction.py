@@ -35,7 +35,7 @@ import numpy as np
 from capmodel.datasets import format as fmt
 from capmodel.image_utils import open_rgb
 from capmodel.progress import track
-from capmodel.safety.atomic import check_writable
+from capmodel.safety.atomic import check_writable, install, remove_file
 
 KIND = "capmodel-features"
 PARTIAL_SUFFIX = ".partial"
@@ -135,7 +135,7 @@ def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=Tr
     if check is not None:
         check(paths[start + done : stop])  # before any file is made: a refused run leaves nothing
     if fresh:
-        partial.unlink(missing_ok=True)  # absent, or capmodel's work file of other work
+        remove_file(partial, is_ours)  # capmodel's work file of other work (check_replaceable refused any other)
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(partial, "w", track_order=False, libver="earliest") as f:
             f.create_dataset(fmt.FEATURES_KEY, shape=(stop - start, encoder.feature_dim), dtype=np.float32,
@@ -168,7 +168,7 @@ def extract_to_file(path, paths, names, encoder, start=0, stop=None, progress=Tr
             f.flush()  # the rows are on disk before `done` counts them
             f.attrs["done"] = e - start
             f.flush()
-    os.replace(partial, path)
+    install(partial, path)
     return path
 
 

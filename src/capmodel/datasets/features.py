@@ -33,6 +33,7 @@ import numpy as np
 from capmodel.datasets import format as fmt
 from capmodel.encoders import randconv
 from capmodel.safety.atomic import atomic_path, sha256_of, write_text
+from capmodel.safety.jsonfile import read_json
 
 
 def extract(images, batch_size=256, grid=None):
@@ -189,7 +190,7 @@ def read_record(data_dir):
     None for a dataset made without PCA), and 'grid_mean' (C,) and 'grid_components' (C, K)
     (both None without a grid PCA; 'grid' is None for a dataset without a grid). Raises
     ValueError naming the file when the record is malformed or a PCA file is missing or
-    altered; whether capmodel has the extractor is capmodel.encoders.get_encoder_for_record's
+    altered; whether capmodel has the extractor is capmodel.encoders.registry.get_encoder_for_record's
     check.
     """
     path = Path(data_dir) / RECORD_FILE
@@ -212,10 +213,7 @@ def load_record(path):
 
 def _record_fields(path):
     """The JSON fields of the record file at path, with the keys every record has."""
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})")
+    record = read_json(path, "encoder record")
     keys = ("extractor", "preprocess", "image_size", "feature_dim", "pca_dim", "pca_file", "pca_sha256")
     missing = [k for k in keys if not isinstance(record, dict) or k not in record]
     if not missing and record.get("grid") is not None:
@@ -294,8 +292,8 @@ def identity(record):
 
 def identity_differences(record, identity_):
     """The identity keys in which a record differs from an identity a model.json records (the
-    grid's keys only when that identity has a grid: a model trained before grids, or on a data
-    set without one, is not concerned by them)."""
+    grid's keys only when that identity has a grid: an identity without one, such as that of
+    a model of a data set without a grid, is not concerned by them)."""
     keys = IDENTITY_KEYS + (GRID_IDENTITY_KEYS if identity_.get("grid") is not None else ())
     return [k for k in keys if record.get(k) != identity_.get(k)]
 

@@ -7,9 +7,7 @@ temporary directory, validates the result against the on-disk format and only th
 moves it into place. Running it again when the data is present and valid does nothing.
 """
 
-import shutil
 import stat
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from capmodel.safety import ownership
 from capmodel.safety.atomic import sha256_of
+from capmodel.safety.staging import replace_dir, scratch_dir
 from capmodel.datasets import format as fmt
 
 DEFAULT_URL = "http://cs231n.stanford.edu/coco_captioning.zip"
@@ -101,8 +100,7 @@ def _safe_members(zf, archive):
 def _extract(archive, out_dir):
     """Extract archive into a temporary directory and move the dataset root to out_dir."""
     out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.extract-"))
-    try:
+    with scratch_dir(out_dir.parent, f".{out_dir.name}.extract-") as tmp:
         try:
             with zipfile.ZipFile(archive) as zf:
                 members = _safe_members(zf, archive)
@@ -123,9 +121,7 @@ def _extract(archive, out_dir):
             raise FetchError(f"{archive}: the extracted data is incomplete or invalid:\n"
                              + "\n".join(f"- {p}" for p in problems))
         ownership.mark(roots[0], "dataset", manifest=True)
-        fmt.replace_dir(roots[0], out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        replace_dir(roots[0], out_dir, "dataset", fmt.DATASET_DIR)
 
 
 def fetch(out_dir, url=DEFAULT_URL, sha256=None, progress=True, timeout=30, keep_archive=False):

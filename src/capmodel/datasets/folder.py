@@ -24,7 +24,6 @@ error.
 """
 
 import csv
-import json
 import os
 import sys
 from pathlib import Path, PurePosixPath
@@ -37,6 +36,8 @@ from capmodel.datasets import format as fmt
 from capmodel import image_utils
 from capmodel.encoders import randconv, registry
 from capmodel.image_utils import IMAGE_SUFFIXES
+from capmodel.safety.atomic import remove_file
+from capmodel.safety.jsonfile import JSONFileError, read_json
 from capmodel.safety.outputs import check_not_inside
 from capmodel.vocab import SPECIAL_TOKENS, build_vocab, encode_captions, tokenize
 
@@ -250,9 +251,9 @@ def _read_karpathy(path, data):
 
 def _read_json(path):
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FolderError(f"captions file {path} is not valid JSON ({e})")
+        data = read_json(path, "captions file")
+    except JSONFileError as e:
+        raise FolderError(str(e)) from None
     if is_karpathy(data):
         return _read_karpathy(path, data)
     rows = []
@@ -512,9 +513,8 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
                                                           encoder=model, grid=grid, grid_mean=grid_mean,
                                                           grid_components=grid_comps))
     for f in (work, work.with_name(work.name + extraction.PARTIAL_SUFFIX)):  # also those a killed run left
-        if f.is_file() and extraction.is_ours(f) and not (given and any(f.resolve() == Path(g).resolve()
-                                                                        for g in features_files)):
-            f.unlink()
+        if not (given and any(f.resolve() == Path(g).resolve() for g in features_files)):
+            remove_file(f, extraction.is_ours)
     counts = {f"{s}_{what}": len(v[s]) for s in splits for what, v in (("images", names), ("captions", captions))}
     return {"out_dir": str(out_dir), **counts, "vocab_size": len(idx_to_word), "images_without_captions": uncaptioned}
 

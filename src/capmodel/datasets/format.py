@@ -9,8 +9,8 @@ A dataset directory holds:
   <START>=1, <END>=2, <UNK>=3
 - train2014_urls.txt / val2014_urls.txt: one image location per line, Ni lines: a POSIX
   path relative to the dataset directory (the images of a dataset capmodel made, e.g.
-  images/train/000001.png or ../photos/a.png), or an http(s) URL (CS231n's COCO); older
-  datasets hold absolute file:// URLs, still read as they are
+  images/train/000001.png or ../photos/a.png), or an http(s) URL (CS231n's COCO), or an
+  absolute file:// URL (which some data sets hold), read as it is
 
 Beyond CS231n (capmodel's own data sets; the loader reads them when present):
 - an optional `test` split: test_captions / test_image_idxs in the captions file, and
@@ -33,8 +33,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -42,8 +40,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from capmodel.safety import ownership
-from capmodel.safety.atomic import check_writable, make_shareable
+from capmodel.safety.jsonfile import JSONFileError, read_json
+from capmodel.safety.staging import check_replaceable_dir, staged_dir
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
 
 SPLITS = ("train", "val")  # every data set has these
@@ -59,6 +57,7 @@ GRID_DTYPE = np.float16
 GRID_PCA_DIM = 512  # default width of the PCA fitted on the train regions
 BLOCK_VALUES = 1 << 22  # values of a grid read or checked at a time (memory stays bounded)
 REMOTE_SCHEMES = ("http", "https")
+DATASET_DIR = "dataset directory"  # how messages name a data set being written
 
 
 def features_file(split, pca=True):
@@ -110,9 +109,10 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     """Write a complete dataset directory atomically.
 
     Everything is written into a temporary sibling directory that is renamed onto
-    out_dir at the end, so out_dir is either absent, the old dataset, or complete. The
-    new directory carries capmodel's ownership marker; an existing out_dir is replaced
-    only if it is empty or a dataset capmodel made (see capmodel.safety.ownership).
+    out_dir at the end (capmodel.safety.staging.staged_dir), so out_dir is either absent,
+    the old dataset, or complete. The new directory carries capmodel's ownership marker;
+    an existing out_dir is replaced only if it is empty or a dataset capmodel made, to which
+    nobody added a file since (see capmodel.safety.ownership).
 
     Inputs (dicts keyed by 'train', 'val' and optionally 'test', the splits written):
     - captions: int32 arrays (Nc, 17); image_idxs: int32 arrays (Nc,)
@@ -138,16 +138,9 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
     if grids is not None and set(grids) != set(splits):
         raise ValueError(f"write_dataset: grids must cover the splits {', '.join(splits)}, got {', '.join(grids)}")
     out_dir = Path(out_dir)
-    check_writable_dataset_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    final = out_dir.parent.resolve() / out_dir.name  # where the rename below puts the dataset
-    entries = {s: _url_entries(final, urls[s]) for s in splits}
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed earlier run
-        if ownership.is_owned(stale, "temporary"):
-            shutil.rmtree(stale)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    ownership.mark(tmp, "temporary")
-    try:
+    with staged_dir(out_dir, "dataset", DATASET_DIR) as tmp:
+        final = out_dir.parent.resolve() / out_dir.name  # where the dataset will be
+        entries = {s: _url_entries(final, urls[s]) for s in splits}
         _write_h5(tmp / CAPTIONS_FILE, {
             f"{s}_{k}": np.asarray(v[s], dtype=np.int32)
             for s in splits for k, v in (("captions", captions), ("image_idxs", image_idxs))
@@ -173,11 +166,6 @@ def write_dataset(out_dir, captions, image_idxs, features, pca_features, urls, i
         (tmp / VOCAB_FILE).write_text(json.dumps(vocab))
         if extra is not None:
             extra(tmp)
-        ownership.mark(tmp, "dataset", manifest=True)
-        replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def url_entry(data_dir, location):
@@ -262,39 +250,12 @@ def _has_scheme(entry):
 
 def check_writable_dataset_dir(out_dir):
     """Raise OwnershipError unless out_dir may receive a dataset: absent, empty, or one of
-    ours to which nobody added a file since capmodel wrote it.
+    ours to which nobody added a file since capmodel wrote it
+    (capmodel.safety.staging.check_replaceable_dir).
 
     Call it before any expensive work, so a run that would be refused fails at once.
     """
-    ownership.check_owned(out_dir, "dataset", "dataset directory")
-    check_writable(Path(out_dir).parent / ".new-dataset", "dataset directory", directory=True)
-    added = ownership.unlisted_files(out_dir) if ownership.is_owned(out_dir, "dataset") else []
-    if added:
-        raise ownership.OwnershipError(
-            f"dataset directory {out_dir} holds {len(added)} file(s) capmodel did not write there (first: "
-            f"{added[0]}); move them away or choose another directory: capmodel never deletes files it did not make")
-
-
-def replace_dir(src, dst):
-    """Move the complete dataset directory src onto dst.
-
-    A previous dst is replaced only if it is empty or a dataset capmodel made (it carries
-    the ownership marker) to which nobody added a file since; anything else raises
-    OwnershipError and is left as it is.
-    """
-    dst = Path(dst)
-    check_writable_dataset_dir(dst)
-    make_shareable(src, directory=True)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        if ownership.is_owned(old, "dataset"):
-            shutil.rmtree(old)
-        else:  # it was checked to be empty
-            os.rmdir(old)
+    check_replaceable_dir(out_dir, "dataset", DATASET_DIR)
 
 
 def _write_h5(path, datasets):
@@ -596,14 +557,18 @@ def _read_grid(base, split, load=True):
     return values if load else np.broadcast_to(np.zeros((), GRID_DTYPE), (n, L, C))
 
 
+def _read_json(path, what):
+    try:
+        return read_json(path, what)
+    except JSONFileError as e:
+        raise DatasetError(str(e)) from None
+
+
 def _read_vocab(base):
     path = base / VOCAB_FILE
     if not path.exists():
         raise DatasetError(f"{path}: missing file")
-    try:
-        vocab = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})")
+    vocab = _read_json(path, "vocabulary file")
     if not isinstance(vocab, dict):
         raise DatasetError(f"{path}: must be a JSON object with idx_to_word and word_to_idx, "
                            f"got a {type(vocab).__name__}")
@@ -624,10 +589,7 @@ def _read_references(base, splits):
     path = base / REFERENCES_FILE
     if not path.exists():
         return {}
-    try:
-        refs = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})")
+    refs = _read_json(path, "references file")
     if not isinstance(refs, dict):
         raise DatasetError(f"{path}: must be a JSON object split -> list of reference lists")
     out = {}

@@ -10,7 +10,7 @@ take their internal arrays from it (``scratch``), so once the longest batch has 
 seen, no temporary needs a fresh page.
 
 Outside an active Buffers (a user calling lstm_forward, a gradient check, a validation
-loss) ``scratch`` is np.empty: every call gets new arrays, as before. Inside one, each
+loss) ``scratch`` is np.empty: every call gets new arrays. Inside one, each
 name stands for memory that the next activation hands out again, so a function may use
 a name only for arrays that do not outlive the loss: gradients and anything else
 returned to the caller of the loss are never scratch. A name is used once per

@@ -8,12 +8,12 @@ releases the GIL in ufuncs and BLAS calls), where a two-thread BLAS on the whole
 leaves one core waiting during it.
 
 The number of threads is the BLAS library's thread count (threadpoolctl), so a
-process limited to one BLAS thread decodes in one thread as before; results are
+process limited to one BLAS thread decodes in one thread, calling fn once; results are
 deterministic for a given thread count (in float32, a different count may round a
 near-tie the other way). The BLAS limit is process-wide while blocks run; calls that
 overlap (several threads decoding at once) share it, and the last one to finish puts
 the original count back. When a block fails or the caller is interrupted (Ctrl-C), the
-other blocks stop at their next ``checkpoint()`` (the caller waits up to a second for
+other blocks stop at their next ``raise_if_cancelled()`` (the caller waits up to a second for
 them before the BLAS limit is lifted); worker threads are daemons, so an interrupted
 process never waits for them to finish their blocks.
 """
@@ -31,10 +31,10 @@ _CANCEL = contextvars.ContextVar("capmodel_parallel_cancel", default=None)
 
 
 class Cancelled(Exception):
-    """Raised by checkpoint() in a block whose map_rows call has already failed."""
+    """Raised by raise_if_cancelled() in a block whose map_rows call has already failed."""
 
 
-def checkpoint():
+def raise_if_cancelled():
     """Call between steps of a block's work: stops it once another block has failed."""
     event = _CANCEL.get()
     if event is not None and event.is_set():
@@ -84,7 +84,7 @@ def map_rows(fn, rows, n_workers=None):
 
     Inputs:
     - fn: Maps an array of rows, shape (M, ...), to an array or a tuple of arrays whose
-      first axis is M; it may call checkpoint() between steps
+      first axis is M; it may call raise_if_cancelled() between steps
     - rows: Array of shape (N, ...)
     - n_workers: Threads to use (default: workers(N))
 

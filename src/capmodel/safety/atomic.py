@@ -24,13 +24,31 @@ def atomic_path(path, suffix=""):
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        make_shareable(tmp)
-        os.replace(tmp, path)
+        install(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def install(tmp, path):
+    """Rename the complete file tmp onto path (in the same directory or filesystem), after
+    flushing it to disk and giving it the mode a plain open() would have."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    make_shareable(tmp)
+    os.replace(tmp, path)
+
+
+def remove_file(path, is_ours):
+    """Delete the file at path if is_ours(path) shows that capmodel wrote it (e.g. a
+    features file's own attributes); of a symbolic link to such a file only the link goes,
+    never its target. A missing file, a directory or a file is_ours rejects stays. Returns
+    True if the file (or link) was deleted."""
+    path = Path(path)
+    if path.is_file() and is_ours(path):
+        path.unlink()
+        return True
+    return False
 
 
 def sha256_of(path):

@@ -12,12 +12,11 @@ A kind is a string (equal) or, for a header whose columns vary, a compiled regul
 expression (the whole first line matches).
 """
 
-import json
 import re
-from contextlib import ExitStack
 from pathlib import Path
 
-from capmodel.safety.atomic import atomic_path, check_writable
+from capmodel.safety.atomic import check_writable
+from capmodel.safety.jsonfile import JSONFileError, read_json
 
 HEAD_BYTES = 1 << 16  # how much of an existing file is read to tell what it is
 _GENERATOR = re.compile(r"""<meta\s+name=["']generator["']\s+content=["']([^"']*)["']""", re.I)
@@ -27,13 +26,16 @@ def kind_of(path):
     """What an existing file says it is (see the module docstring), or None when it says
     nothing capmodel writes (unreadable, not text, no kind)."""
     path = Path(path)
+    if path.suffix == ".json":
+        try:
+            data = read_json(path)
+        except JSONFileError:
+            return None
+        return data.get("kind") if isinstance(data, dict) else None
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return data.get("kind") if isinstance(data, dict) else None
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES).decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError):
         return None
     if path.suffix == ".html":
         found = _GENERATOR.search(head)
@@ -100,12 +102,3 @@ def check_not_inside(directory, paths, what):
             raise ValueError(f"{p}{linked} is inside the {what} {directory}, which this command replaces (deleting "
                              "what is in it): choose an output directory outside its inputs")
 
-
-def write_texts(files):
-    """Write several text files ({path: text}) so that a failure while writing leaves none
-    of them: each goes to a temporary file first, and the files are renamed into place only
-    when all are written."""
-    with ExitStack() as stack:
-        tmps = [(stack.enter_context(atomic_path(path)), text) for path, text in files.items()]
-        for tmp, text in tmps:
-            tmp.write_text(text, encoding="utf-8")

@@ -16,9 +16,10 @@ import os
 from pathlib import Path
 
 from capmodel import __version__
+from capmodel.safety.jsonfile import JSONFileError, read_json
 
 MARKER = ".capmodel-owned"
-KINDS = ("dataset", "checkpoints", "temporary")  # temporary: a data set being written
+KINDS = ("dataset", "checkpoints", "temporary")  # temporary: a staging directory (capmodel.safety.staging)
 
 
 class OwnershipError(ValueError):
@@ -28,8 +29,8 @@ class OwnershipError(ValueError):
 def marker_of(path):
     """The marker dict of directory path, or None when it has none (or an unreadable one)."""
     try:
-        data = json.loads((Path(path) / MARKER).read_text())
-    except (OSError, ValueError):
+        data = read_json(Path(path) / MARKER)
+    except JSONFileError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -108,6 +109,21 @@ def claim(path, kind, what):
     return path
 
 
+def remove_files(path, kind, files):
+    """Delete the given files that are plain files (not symbolic links) directly inside
+    path, a directory capmodel owns as a `kind` directory (its marker stays); in a
+    directory that is not ours of this kind, nothing is deleted. Returns how many went."""
+    path = Path(path)
+    if not is_owned(path, kind):
+        return 0
+    gone = 0
+    for f in map(Path, files):
+        if f.parent == path and f.name != MARKER and f.is_file() and not f.is_symlink():
+            f.unlink()
+            gone += 1
+    return gone
+
+
 def remove_owned(path, kind, is_ours):
     """Delete the files directly inside an owned directory for which is_ours(file) is true,
     then the marker and the directory itself if capmodel created it and nothing else is
@@ -120,9 +136,8 @@ def remove_owned(path, kind, is_ours):
     if not is_owned(path, kind):
         return False
     created = marker_of(path).get("created_dir", True)
-    for f in list(path.iterdir()):
-        if f.is_file() and not f.is_symlink() and f.name != MARKER and is_ours(f):
-            f.unlink()
+    remove_files(path, kind, [f for f in path.iterdir()
+                               if f.is_file() and not f.is_symlink() and f.name != MARKER and is_ours(f)])
     left = [p for p in path.iterdir() if p.name != MARKER]
     if left:
         return False

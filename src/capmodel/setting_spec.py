@@ -1,4 +1,4 @@
-"""One setting's definition: name, type, default, help and allowed values.
+"""One setting's specification: name, type, default, help and allowed values.
 
 A ``Setting`` checks a value (``check``: one message naming the setting, the bad value
 and what is allowed), parses a command-line string (``parse``) and gives its JSON-schema
