@@ -246,11 +246,15 @@ def test_from_folder_without_weights_flag_and_caption_from_a_copied_model(tmp_pa
     assert data["train_features"].shape[1] == 1280
     pipeline.train(tmp_path / "data", tmp_path / "model", {"cell_type": "rnn", "num_epochs": 1, "hidden_dim": 8,
                                                            "wordvec_dim": 8, "batch_size": 4})
+    photos = sorted((tmp_path / "photos").glob("*.png"))[:2]
+    # A barely trained model may well caption a picture with no word (beam search, the
+    # default, favours the short); what counts is that the copy alone gives the same captions.
+    with_data = captioner.caption_files(tmp_path / "model", photos, data_dir=tmp_path / "data")
     shutil.copytree(tmp_path / "model", tmp_path / "copied")
     shutil.rmtree(tmp_path / "data")
-    photos = sorted((tmp_path / "photos").glob("*.png"))[:2]
     rows = captioner.caption_files(tmp_path / "copied", photos)
-    assert [r["image"] for r in rows] == [str(p) for p in photos] and all(r["caption"].split() for r in rows)
+    assert [r["image"] for r in rows] == [str(p) for p in photos]
+    assert [r["caption"] for r in rows] == [r["caption"] for r in with_data]
     enc = registry.get_encoder("efficientnet-lite0")
     split = "train" if photos[0].name in " ".join(data["train_urls"]) else "val"
     i = next(i for i, u in enumerate(data[f"{split}_urls"]) if u.endswith("/" + photos[0].name))
