@@ -73,6 +73,9 @@ class _OneBlasThread:
                 _limit["limiter"] = None
 
 
+one_blas_thread = _OneBlasThread  # for kernels that run blocks of their own work in threads
+
+
 def _concatenate(parts):
     if isinstance(parts[0], tuple):
         return tuple(np.concatenate(p) for p in zip(*parts))
