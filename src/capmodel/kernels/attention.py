@@ -255,26 +255,30 @@ def _group_backward(dh, dalphas, cache):
 
 
 class _Workers:
-    """Threads that each run the group of their index, so that a group's scratch arrays
-    (thread-local, see capmodel.kernels.buffers) always live in the same thread and are
-    reused from one call to the next. Group 0 runs in the calling thread."""
+    """The worker threads of one calling thread: worker i runs group i, so that a group's
+    scratch arrays (thread-local, see capmodel.kernels.buffers) always live in the same
+    thread and are reused from one call to the next; group 0 runs in the calling thread.
+    Each calling thread has workers of its own (``worker_threads()``), so threads running one
+    model's loss at once never share scratch arrays; they stop when it ends."""
 
     def __init__(self):
         self._queues = []
-        self._lock = threading.Lock()
+
+    def __del__(self):  # the calling thread ended: let its workers end too
+        for q in self._queues:
+            q.put(None)
 
     def _queue(self, i):
-        with self._lock:
-            while len(self._queues) < i:
-                q = queue.SimpleQueue()
-                threading.Thread(target=self._serve, args=(q,), daemon=True).start()
-                self._queues.append(q)
-            return self._queues[i - 1]
+        while len(self._queues) < i:
+            q = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(q,), daemon=True, name="capmodel-attention").start()
+            self._queues.append(q)
+        return self._queues[i - 1]
 
     @staticmethod
     def _serve(q):
-        while True:
-            fn, done = q.get()
+        while (job := q.get()) is not None:
+            fn, done = job
             fn()
             done.set()
 
@@ -306,7 +310,14 @@ class _Workers:
         return results
 
 
-_WORKERS = _Workers()
+_LOCAL = threading.local()
+
+
+def worker_threads():
+    """The calling thread's _Workers."""
+    if not hasattr(_LOCAL, "workers"):
+        _LOCAL.workers = _Workers()
+    return _LOCAL.workers
 
 
 def _groups(sizes, n0, G):
@@ -349,7 +360,7 @@ def attention_packed_forward(cell_type, x, h0, regions, params, sizes, workers=N
         h, alphas, cache = _group_forward(cell_type, x, h0, regions, params, steps.sizes)
         return h, alphas, (None, [cache])
     groups = _groups(steps.sizes, h0.shape[0], G)
-    results = _WORKERS.run([
+    results = worker_threads().run([
         (lambda s=s, q=q, r=r: _group_forward(cell_type, x[r], h0[q], regions[q], params, s))
         for s, q, r in groups])
     dtype = results[0][0].dtype
@@ -377,7 +388,7 @@ def attention_packed_backward(dh, dalphas, cache):
     if split is None:
         return _group_backward(dh, dalphas, caches[0])
     groups, n0 = split
-    results = _WORKERS.run([
+    results = worker_threads().run([
         (lambda r=r, c=c: _group_backward(dh[r], None if dalphas is None else dalphas[r], c))
         for (_, _, r), c in zip(groups, caches)])
     dx = np.empty((dh.shape[0], results[0][0].shape[1]), results[0][0].dtype)
