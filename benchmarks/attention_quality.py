@@ -13,8 +13,8 @@ family asked (default: lstm and transformer), with the settings of config/config
    `capmodel train`;
 3. every model captions the val split with beam search (beam 3, max 16 words, as the
    workflow's default `sample:`) and is scored with pycocoevalcap (METEOR with java).
-Prints one Markdown table: BLEU-4, METEOR, CIDEr-D per model and the attention model's
-CIDEr-D gain. Everything is kept in --work; a finished step is not redone when the script
+Prints one Markdown table: BLEU-4, METEOR, CIDEr-D per model, the attention model's
+CIDEr-D gain, and the CIDEr-D of greedy captions. Everything is kept in --work; a finished step is not redone when the script
 is run again with the same --work.
 
 Until the data sets carry grids and the solver passes them (issue 26's grid data and
@@ -55,7 +55,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from capmodel import decoding, metrics, models  # noqa: E402
+from capmodel import checkpoints, decoding, metrics, models  # noqa: E402
 from capmodel.app import pipeline  # noqa: E402
 from capmodel.app import settings as S  # noqa: E402
 from capmodel.app import workflow_config as wc  # noqa: E402
@@ -191,19 +191,28 @@ def train_and_score(name, settings, data, regions, work, decode, use_java):
     start = time.perf_counter()
     solver.train()
     seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints.save_model(out / "model", model)
     refs = metrics.references_by_image(data, "val")
     ids = np.array(list(refs))
+
+    def caption(method, **options):
+        caps = np.concatenate([adapter.sample(indexed["val_features"][ids[b : b + 500]],
+                                              max_length=decode["max_length"], method=method, **options)
+                               for b in range(0, len(ids), 500)])
+        return dict(zip(ids.tolist(), decode_captions(caps, data["idx_to_word"], strip_special=True)))
+
     options = {"beam_size": decode["beam_size"], "length_norm": decode["length_norm"]} if decode["method"] == "beam" \
         else {}
-    caps = np.concatenate([adapter.sample(indexed["val_features"][ids[b : b + 500]], max_length=decode["max_length"],
-                                          method=decode["method"], **options) for b in range(0, len(ids), 500)])
-    cands = dict(zip(ids.tolist(), decode_captions(caps, data["idx_to_word"], strip_special=True)))
+    cands = caption(decode["method"], **options)
     scores = metrics.evaluate_captions(refs, cands, use_java=use_java)
     scores.pop("per_image", None)
-    result = {**scores, "train_seconds": round(seconds, 1), "best_epoch": max(
-        (r for r in solver.val_history if r["best"]), key=lambda r: r["epoch"])["epoch"],
-        "params": int(sum(v.size for v in model.params.values()))}
-    out.mkdir(parents=True, exist_ok=True)
+    greedy = caption("greedy")
+    result = {**scores, "CIDEr_greedy": metrics.evaluate_captions(refs, greedy, use_java=use_java,
+                                                                  metrics=("CIDEr",))["CIDEr"],
+              "train_seconds": round(seconds, 1), "best_epoch": max(
+                  (r for r in solver.val_history if r["best"]), key=lambda r: r["epoch"])["epoch"],
+              "params": int(sum(v.size for v in model.params.values()))}
     (out / "samples.json").write_text(json.dumps(cands, indent=0))
     done.write_text(json.dumps(result, indent=1))
     print(f"{name}: trained in {seconds:.0f} s, CIDEr-D {result['CIDEr']:.4f}", file=sys.stderr, flush=True)
@@ -230,11 +239,13 @@ def main():
         settings = {k: v for k, v in {**runs[family], **extra}.items() if k not in ("scst",)}
         data = load_coco_data(data_dir, max_train=settings.get("max_train"),
                               pca_features=settings.get("pca_features", True), rng=settings.get("seed", 0))
-        tag = "-".join(f"{k}{v}" for k, v in sorted(extra.items()))
-        results = {attention: train_and_score(f"{family}-{attention}{'-' + tag if tag else ''}",
-                                              {**settings, "attention": attention}, data, regions, ARGS.work, decode,
-                                              use_java)
-                   for attention in ("none", "soft")}
+        # run names: what each model depends on (the grid and the penalty concern attention only)
+        tag = lambda keys: "".join(f"-{k}{v}" for k, v in sorted(extra.items()) if k in keys)
+        common = set(extra) - {"attention_penalty"}
+        names = {"none": f"{family}-none{tag(common)}", "soft": f"{family}-soft-grid{ARGS.grid}{tag(set(extra))}"}
+        results = {attention: train_and_score(name, {**settings, "attention": attention}, data, regions, ARGS.work,
+                                              decode, use_java)
+                   for attention, name in names.items()}
         for attention, m in results.items():
             gain = f"{100 * (m['CIDEr'] / results['none']['CIDEr'] - 1):+.1f}%" if attention == "soft" else ""
             rows.append((family, attention, m, gain))
@@ -244,12 +255,13 @@ def main():
           f"({len(regions['val'])} images), {S.decode_label(decode)} decoding; regions: the random-conv second "
           f"layer pooled {G} x {G} (L={G * G}, C={C})")
     print()
-    print("| model | attention | BLEU-4 | METEOR | CIDEr-D | CIDEr-D vs attention none | params | train s |")
+    print("| model | attention | BLEU-4 | METEOR | CIDEr-D | CIDEr-D vs attention none | CIDEr-D greedy | params |")
     print("|---|---|---|---|---|---|---|---|")
     for family, attention, m, gain in rows:
         meteor = "n/a (no java)" if m.get("METEOR") is None else f"{m['METEOR']:.4f}"
-        print(f"| {family} | {attention} | {m['Bleu_4']:.4f} | {meteor} | {m['CIDEr']:.4f} | {gain} | {m['params']} | "
-              f"{m['train_seconds']:.0f} |")
+        greedy = f"{m['CIDEr_greedy']:.4f}" if "CIDEr_greedy" in m else "n/a"
+        print(f"| {family} | {attention} | {m['Bleu_4']:.4f} | {meteor} | {m['CIDEr']:.4f} | {gain} | {greedy} | "
+              f"{m['params']} |")
     return 0
 
 
