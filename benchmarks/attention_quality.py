@@ -13,8 +13,8 @@ family asked (default: lstm and transformer), with the settings of config/config
    `capmodel train`;
 3. every model captions the val split with beam search (beam 3, max 16 words, as the
    workflow's default `sample:`) and is scored with pycocoevalcap (METEOR with java).
-Prints one Markdown table: BLEU-4, METEOR, CIDEr-D per model, the attention model's
-CIDEr-D gain, and the CIDEr-D of greedy captions. Everything is kept in --work; a finished step is not redone when the script
+Prints one Markdown table: BLEU-4, METEOR, CIDEr-D per model (means over --seeds), the
+attention model's CIDEr-D gain, each seed's CIDEr-D, and the CIDEr-D of greedy captions. Everything is kept in --work; a finished step is not redone when the script
 is run again with the same --work.
 
 Until the data sets carry grids and the solver passes them (issue 26's grid data and
@@ -22,7 +22,7 @@ solver work), the regions reach the models through RegionsByIndex below: each im
 row of the features gains its index, from which the adapter looks its regions up.
 
 Usage: python benchmarks/attention_quality.py [--work DIR] [--families lstm transformer]
-       [--grid 4] [--threads 2] [--no-java]
+       [--grid 4] [--seeds 0 1] [--set KEY=VALUE ...] [--threads 2] [--no-java]
 """
 
 import argparse
@@ -43,6 +43,8 @@ def parse(argv=None):
     p.add_argument("--grid", type=int, default=4, help="regions per side (the second layer map is 16 x 16)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="training settings for every model, over the config's (e.g. num_epochs=2)")
+    p.add_argument("--seeds", type=int, nargs="+", help="train every model with each of these seeds and report "
+                   "the means (default: the config's seed)")
     p.add_argument("--threads", type=int, default=2, help="BLAS threads")
     p.add_argument("--no-java", action="store_true", help="pure-Python tokenizer, no METEOR (quick checks)")
     return p.parse_args(argv)
@@ -236,32 +238,39 @@ def main():
     use_java = False if ARGS.no_java else None
     rows = []
     for family in ARGS.families:
-        settings = {k: v for k, v in {**runs[family], **extra}.items() if k not in ("scst",)}
-        data = load_coco_data(data_dir, max_train=settings.get("max_train"),
-                              pca_features=settings.get("pca_features", True), rng=settings.get("seed", 0))
-        # run names: what each model depends on (the grid and the penalty concern attention only)
-        tag = lambda keys: "".join(f"-{k}{v}" for k, v in sorted(extra.items()) if k in keys)
-        common = set(extra) - {"attention_penalty"}
-        names = {"none": f"{family}-none{tag(common)}", "soft": f"{family}-soft-grid{ARGS.grid}{tag(set(extra))}"}
-        results = {attention: train_and_score(name, {**settings, "attention": attention}, data, regions, ARGS.work,
-                                              decode, use_java)
-                   for attention, name in names.items()}
-        for attention, m in results.items():
-            gain = f"{100 * (m['CIDEr'] / results['none']['CIDEr'] - 1):+.1f}%" if attention == "soft" else ""
-            rows.append((family, attention, m, gain))
+        results = {"none": [], "soft": []}
+        for seed in ARGS.seeds or [runs[family]["seed"]]:
+            chosen = {**extra, **({"seed": seed} if seed != runs[family]["seed"] else {})}
+            settings = {k: v for k, v in {**runs[family], **chosen}.items() if k != "scst"}
+            data = load_coco_data(data_dir, max_train=settings["max_train"], pca_features=settings["pca_features"],
+                                  rng=settings["seed"])
+            # run names: what each model depends on (the grid and the penalty concern attention only)
+            tag = lambda keys: "".join(f"-{k}{v}" for k, v in sorted(chosen.items()) if k in keys)
+            names = {"none": f"{family}-none{tag(set(chosen) - {'attention_penalty'})}",
+                     "soft": f"{family}-soft-grid{ARGS.grid}{tag(set(chosen))}"}
+            for attention, name in names.items():
+                results[attention].append(train_and_score(name, {**settings, "attention": attention}, data, regions,
+                                                          ARGS.work, decode, use_java))
+        mean = {a: {k: float(np.mean([r.get(k, np.nan) if r.get(k) is not None else np.nan for r in rs]))
+                    for k in ("Bleu_4", "METEOR", "CIDEr", "CIDEr_greedy", "params")} for a, rs in results.items()}
+        for attention, m in mean.items():
+            gain = f"{100 * (m['CIDEr'] / mean['none']['CIDEr'] - 1):+.1f}%" if attention == "soft" else ""
+            rows.append((family, attention, m, gain, [r["CIDEr"] for r in results[attention]]))
 
     G, C = ARGS.grid, regions["train"].shape[2]
+    seeds = ARGS.seeds or ["the config's"]
     print(f"Shapes data (config {ARGS.config.name}{', ' + ' '.join(ARGS.set) if ARGS.set else ''}), val split "
           f"({len(regions['val'])} images), {S.decode_label(decode)} decoding; regions: the random-conv second "
-          f"layer pooled {G} x {G} (L={G * G}, C={C})")
+          f"layer pooled {G} x {G} (L={G * G}, C={C}); mean over seed{'s' if len(seeds) > 1 else ''} "
+          f"{', '.join(map(str, seeds))}")
     print()
-    print("| model | attention | BLEU-4 | METEOR | CIDEr-D | CIDEr-D vs attention none | CIDEr-D greedy | params |")
-    print("|---|---|---|---|---|---|---|---|")
-    for family, attention, m, gain in rows:
-        meteor = "n/a (no java)" if m.get("METEOR") is None else f"{m['METEOR']:.4f}"
-        greedy = f"{m['CIDEr_greedy']:.4f}" if "CIDEr_greedy" in m else "n/a"
-        print(f"| {family} | {attention} | {m['Bleu_4']:.4f} | {meteor} | {m['CIDEr']:.4f} | {gain} | {greedy} | "
-              f"{m['params']} |")
+    print("| model | attention | BLEU-4 | METEOR | CIDEr-D | CIDEr-D vs attention none | CIDEr-D of each seed | "
+          "CIDEr-D greedy | params |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for family, attention, m, gain, each in rows:
+        meteor = "n/a (no java)" if np.isnan(m["METEOR"]) else f"{m['METEOR']:.4f}"
+        print(f"| {family} | {attention} | {m['Bleu_4']:.4f} | {meteor} | {m['CIDEr']:.4f} | {gain} | "
+              f"{', '.join(f'{c:.4f}' for c in each)} | {m['CIDEr_greedy']:.4f} | {m['params']:.0f} |")
     return 0
 
 
