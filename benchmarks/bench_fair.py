@@ -11,14 +11,11 @@ What makes it fair (see docs/benchmarks.md):
   checked equal before anything is timed, and the run stops if they are not;
 - equal work: both greedy decoders stop once every caption has ended (the steps each
   ran are checked equal);
-- 0.2 s of idle time before every timed call (BLAS/OpenMP worker threads spin for about
-  0.1 s after a call and would slow whatever runs next), and the order alternates
-  between rounds (capmodel first, then torch first); on a shared machine the gap is
-  repeated (up to --quiet-wait seconds) until other processes used under 15% of the CPU
-  during it, so timed calls start in quiet moments;
-- warm-up calls, then medians, min and max over --rounds rounds;
-- the share of the CPU that other processes used during the timed rounds, from
-  /proc/stat minus this process's own /proc/self/stat time, with a warning above 15%.
+- the timing of timing.py: 0.2 s of idle time before every timed call, repeated (up to
+  --quiet-wait seconds) until the machine is quiet, the order alternating between
+  rounds (capmodel first, then torch first), warm-up calls, then medians, min and max
+  over --rounds rounds, and the share of the CPU that other processes used during the
+  timed rounds, with a warning above 15%.
 
 Beam search: torch has no built-in beam search, so only capmodel's beam is timed and
 reported as its ratio to capmodel's greedy decoding of the same images.
@@ -33,7 +30,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BUSY_WARNING = 0.15
 
 
 def parse(argv=None):
@@ -58,7 +54,6 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import datetime  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -67,6 +62,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 sys.path.insert(0, str(HERE))
 from torch_reference import TorchCaptioner  # noqa: E402
 from report import cpu_model, write_results  # noqa: E402
+from timing import BUSY_WARNING, PairTimer, ms  # noqa: E402
 from workload import D, H, N, T, V, VOCAB, W, make_inputs, make_model  # noqa: E402
 
 from capmodel import decoding, optim  # noqa: E402
@@ -76,71 +72,8 @@ from capmodel.scst import SelfCritical  # noqa: E402
 TOLERANCE = {"float32": 2e-4, "float64": 1e-9}  # relative error of losses and gradients
 
 
-# ------------------------------------------------------------------ CPU share
-
-
-def cpu_jiffies():
-    """(system-wide busy jiffies, total jiffies, this process's utime + stime jiffies)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
-    with open("/proc/self/stat") as f:
-        stat = f.read().rsplit(")", 1)[1].split()
-    own = int(stat[11]) + int(stat[12])  # utime, stime (fields 14 and 15)
-    return total - idle, total, own
-
-
-class OtherLoad:
-    """Accumulates the other processes' share of the CPU over the timed sections."""
-
-    def __init__(self):
-        self.other = self.total = 0
-
-    def __enter__(self):
-        self.start = cpu_jiffies()
-        return self
-
-    def __exit__(self, *exc):
-        busy0, total0, own0 = self.start
-        busy1, total1, own1 = cpu_jiffies()
-        self.other += max((busy1 - busy0) - (own1 - own0), 0)
-        self.total += total1 - total0
-
-    @property
-    def share(self):
-        return self.other / self.total if self.total else 0.0
-
-
-LOAD = OtherLoad()
-
-
-def idle_gap():
-    """Sleep ARGS.gap seconds; repeat (up to ARGS.quiet_wait s) while other processes used the CPU."""
-    waited = 0.0
-    while True:
-        gap = OtherLoad()
-        with gap:
-            time.sleep(ARGS.gap)
-        waited += ARGS.gap
-        if gap.share < BUSY_WARNING or waited >= ARGS.quiet_wait:
-            return
-
-
-def time_pair(fa, fb):
-    """Alternating, gapped timing of two functions; returns two lists of seconds."""
-    for _ in range(ARGS.warmup):
-        fa(), fb()
-    ta, tb = [], []
-    for r in range(ARGS.rounds):
-        order = ((fa, ta), (fb, tb)) if r % 2 == 0 else ((fb, tb), (fa, ta))
-        for f, times in order:
-            idle_gap()
-            with LOAD:
-                s = time.perf_counter()
-                f()
-                times.append(time.perf_counter() - s)
-    return ta, tb
+TIMER = PairTimer(ARGS.rounds, ARGS.warmup, ARGS.gap, ARGS.quiet_wait)
+LOAD, time_pair = TIMER.load, TIMER.time_pair
 
 
 # ------------------------------------------------------------------ cases
@@ -321,10 +254,6 @@ CASES = [
 ]
 
 
-def ms(times):
-    return f"{1000 * np.median(times):.1f} ({1000 * min(times):.0f}-{1000 * max(times):.0f})"
-
-
 def main():
     torch.set_num_threads(ARGS.threads)
     command = "python " + shlex.join([os.path.relpath(sys.argv[0]) if os.path.exists(sys.argv[0]) else sys.argv[0],
@@ -348,9 +277,7 @@ def main():
         f"- numpy {np.__version__}, torch {torch.__version__}, Python {platform.python_version()}",
         f"- shapes: N={N}, T={T} (captions of {T + 1} tokens), V={V}, D={D}, W={W}, H={H}; "
         f"sampling max_length={ARGS.max_length}; the Transformer: width W={W}, 4 heads, 2 layers, feed-forward 4W",
-        f"- method: {ARGS.rounds} timed rounds after {ARGS.warmup} warm-up calls, {ARGS.gap} s idle before each "
-        f"timed call (repeated, up to {ARGS.quiet_wait:g} s, until other processes used under "
-        f"{100 * BUSY_WARNING:.0f}% of the CPU in it), order alternating between rounds; median (min-max) in ms",
+        f"- method: {TIMER.method()}",
         f"- other processes used {100 * share:.1f}% of the CPU during the timed rounds"
         + (f" -- WARNING: above {100 * BUSY_WARNING:.0f}%, the machine was busy and the figures are noisy"
            if share > BUSY_WARNING else ""),

@@ -34,6 +34,17 @@ def test_fair_benchmark_checks_both_frameworks_and_writes_its_table(tmp_path):
 
 
 @pytest.mark.slow
+def test_attention_benchmark_checks_both_frameworks_and_writes_its_table(tmp_path):
+    out = tmp_path / "attention.md"
+    run("bench_attention.py", "--rounds", "1", "--warmup", "0", "--gap", "0", "--quiet-wait", "0", "--regions", "9",
+        "--region-dim", "64", "--max-length", "8", "--out", str(out))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in out.read_text().splitlines() if line.startswith("| ")}
+    assert "loss and gradients agree" in rows["attention LSTM train step float32"]
+    assert "captions equal" in rows["attention LSTM greedy sample float32"]
+    assert "L=9 regions of C=64" in out.read_text()
+
+
+@pytest.mark.slow
 def test_profile_accounts_for_the_whole_step(tmp_path):
     out = tmp_path / "profile.md"
     run("profile_step.py", "--rounds", "1", "--out", str(out))

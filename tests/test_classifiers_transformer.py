@@ -315,3 +315,138 @@ def test_overfits_50_examples_and_samples_them_back():
     generated = decode_captions(model.sample(features, max_length=16), data["idx_to_word"], strip_special=True)
     reference = decode_captions(data["train_captions"], data["idx_to_word"], strip_special=True)
     assert generated == reference
+
+
+# ------------------------------------------------------------------ attention
+
+
+class WithRegions:
+    """A model with its regions bound, driven by capmodel.decoding's decoders the way
+    decoding.decode(..., regions=) drives it (decoder(features, regions))."""
+
+    def __init__(self, model, regions):
+        self.model, self.regions, self.word_to_idx = model, regions, model.word_to_idx
+
+    def decoder(self, features):
+        return self.model.decoder(features, self.regions)
+
+
+def attention_model(dtype=np.float64, seed=0, C=3, **kwargs):
+    return small_model(dtype=dtype, seed=seed, attention="soft", region_dim=C, **kwargs)
+
+
+def full_scores_over(model, features, regions, captions_in):
+    """full_scores with the memory of the global feature and the regions, built by hand."""
+    p = model.params
+    T = captions_in.shape[1]
+    memory = np.concatenate([(features @ p["W_proj"] + p["b_proj"])[:, None],
+                             regions @ p["W_proj_regions"] + p["b_proj_regions"]], axis=1)
+    x = p["W_embed"][captions_in] + model.pe[:T]
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    for i in range(model.num_layers):
+        layer = {k: p[f"layers.{i}.{k}"] for k in tl.LAYER_PARAM_KEYS}
+        x, cache = tl.decoder_layer_forward(x, memory, layer, model.num_heads, causal)
+    return x @ p["W_vocab"] + p["b_vocab"], tl.cross_attention_weights(cache)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_attention_loss_gradients_numeric(dropout):
+    rng = np.random.default_rng(40)
+    model = attention_model(dropout=dropout)
+    randomize(model, rng)
+    N, T = 3, 5
+    features, regions = rng.standard_normal((N, 5)), rng.standard_normal((N, 4, 3))
+    captions = padded_captions(rng, N, T, len(VOCAB), lengths=[4, 2, 1])
+    f = lambda: model.loss(features, captions, dropout_rng=np.random.default_rng(2), regions=regions)
+    _, grads = f()
+    assert set(grads) == set(model.params)
+    for name in sorted(model.params):
+        num = eval_numerical_gradient(lambda _: f()[0], model.params[name], verbose=False)
+        if name.endswith(".bk"):  # the softmax cancels it: exactly zero
+            assert not grads[name].any() and np.abs(num).max() < 1e-8, name
+            continue
+        assert np.abs(num - grads[name]).max() / np.abs(grads[name]).max() < 1e-7, name
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_attention_decoder_steps_equal_full_forward_scores(dtype, tol):
+    rng = np.random.default_rng(41)
+    model = attention_model(dtype=dtype)
+    randomize(model, rng)
+    N, T = 3, 6
+    features, regions = rng.standard_normal((N, 5)).astype(dtype), rng.standard_normal((N, 4, 3)).astype(dtype)
+    captions_in = rng.integers(0, len(VOCAB), size=(N, T))
+    expected, _ = full_scores_over(model, features, regions, captions_in)
+    state, step = model.decoder(features, regions)
+    assert state[0].shape == (N, 5, 8)  # the memory keys: the global feature and 4 regions
+    for t in range(T):
+        state, scores = step(state, captions_in[:, t])
+        assert rel_error(expected[:, t], scores) < tol, f"position {t}"
+
+
+def test_attention_memory_attends_for_real_and_attend_returns_where():
+    rng = np.random.default_rng(42)
+    model = attention_model()
+    randomize(model, rng)
+    N, T, L = 3, 5, 4
+    features, regions = rng.standard_normal((N, 5)), rng.standard_normal((N, L, 3))
+    captions = padded_captions(rng, N, T, len(VOCAB))
+    _, probs = full_scores_over(model, features, regions, captions[:, :-1])  # (N, nh, T, 1 + L)
+    alphas = model.attend(features, captions, regions)
+    assert alphas.shape == (N, T, L)
+    want = probs.mean(axis=1)[:, :, 1:]
+    np.testing.assert_allclose(alphas, want / want.sum(axis=2, keepdims=True), rtol=1e-12)
+    assert alphas.std() > 0.01  # not the always-1 weight of a one-position memory
+    other = regions.copy()
+    other[:, 0] += 3.0  # the regions change the captions' scores
+    assert not np.allclose(model.loss(features, captions, regions=regions)[0],
+                           model.loss(features, captions, regions=other)[0])
+
+
+def test_attention_beam_one_is_greedy_and_sampling_runs():
+    rng = np.random.default_rng(43)
+    model = attention_model(dtype=np.float32)
+    randomize(model, rng)
+    features, regions = rng.standard_normal((5, 5)), rng.standard_normal((5, 4, 3)).astype(np.float16)
+    bound = WithRegions(model, regions)
+    greedy = decoding.greedy(bound, features, 8)
+    assert np.array_equal(decoding.beam_search(bound, features, 8, beam_size=1), greedy)
+    beam = decoding.beam_search(bound, features, 8, beam_size=3)
+    assert np.all(decoding.sequence_log_prob(bound, features, beam)
+                  >= decoding.sequence_log_prob(bound, features, greedy) - 1e-4)
+    sampled = decoding.temperature_sample(bound, features, 8, temperature=2.0, rng=1)
+    assert sampled.shape == (5, 8)
+
+
+def test_attention_parameters_describe_and_checkpoint(tmp_path):
+    from capmodel import checkpoints, models
+
+    plain, model = small_model(seed=4), attention_model(seed=4, C=7)
+    for k, v in plain.params.items():
+        assert np.array_equal(model.params[k], v), k
+    assert {k: v.shape for k, v in model.params.items() if k not in plain.params} == {
+        "W_proj_regions": (7, 8), "b_proj_regions": (8,)}
+    assert model.uses_regions and not plain.uses_regions and "attention" not in plain.describe()
+    desc = model.describe()
+    assert (desc["attention"], desc["region_dim"]) == ("soft", 7)
+    assert models.from_description(json.loads(json.dumps(desc))).describe() == desc
+    checkpoints.save_model(tmp_path / "m", model)
+    loaded = checkpoints.load_model(tmp_path / "m")[0]
+    rng = np.random.default_rng(44)
+    features, regions = rng.standard_normal((2, 5)), rng.standard_normal((2, 3, 7))
+    captions = padded_captions(rng, 2, 4, len(VOCAB))
+    assert loaded.loss(features, captions, regions=regions)[0] == model.loss(features, captions, regions=regions)[0]
+
+
+@pytest.mark.parametrize("make, call, message", [
+    (attention_model, lambda m, f, c, r: m.loss(f, c), "needs regions"),
+    (attention_model, lambda m, f, c, r: m.decoder(f, r[:, :, :2]), r"regions must have shape \(N=2, L, 3\)"),
+    (small_model, lambda m, f, c, r: m.decoder(f, r), "does not attend over image regions"),
+    (small_model, lambda m, f, c, r: m.attend(f, c, r), "does not attend over image regions"),
+    (lambda: small_model(attention="soft"), None, "needs region_dim"),
+])
+def test_attention_input_errors(make, call, message):
+    rng = np.random.default_rng(45)
+    features, regions = rng.standard_normal((2, 5)), rng.standard_normal((2, 3, 3))
+    with pytest.raises(ValueError, match=message):
+        call(make(), features, padded_captions(rng, 2, 4, len(VOCAB)), regions)

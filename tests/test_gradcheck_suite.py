@@ -25,17 +25,28 @@ def test_every_layer_and_cell_is_checked_and_passes(gradcheck_table):
         assert {(f"{cell}_step", cell), (f"{cell}_sequence", cell), ("CaptioningRNN.loss", cell)} <= layers
     assert {("word_embedding", ""), ("temporal_affine", ""), ("temporal_softmax_loss", "")} <= layers
     for layer in ("layer_norm", "self_attention", "cross_attention", "feedforward", "decoder_layer",
-                  "CaptioningTransformer.loss"):
+                  "CaptioningTransformer.loss", "CaptioningTransformer.loss (attention)"):
         assert (layer, "transformer") in layers
+    # attention over regions: its layers, every cell's attention functions and model loss
+    assert {("soft_attention", ""), ("attention_gate", ""), ("doubly_stochastic_penalty", "")} <= layers
+    for cell in ("rnn", "lstm", "gru"):
+        assert {(f"{cell}_attention_step", cell), (f"{cell}_attention_sequence", cell),
+                (f"{cell}_attention_packed", cell), ("CaptioningRNN.loss (attention)", cell)} <= layers
+    penalty_and_gate = {r["param"] for r in rows if r["layer"] == "CaptioningRNN.loss (attention)"}
+    assert {"att.Wg", "att.bg", "att.w", "att.Wr", "Wc"} <= penalty_and_gate
     scaled = [float(r["error"]) for r in rows if r["measure"] == "scaled"]
     assert len(scaled) > 40 and max(scaled) < 1e-7
 
 
 def test_a_wrong_gradient_is_caught_in_every_family(monkeypatch):
-    # One run of the suite with a 1% error in a recurrent and in a transformer backward.
+    # One run of the suite with a 1% error in a recurrent and in a transformer backward,
+    # in the attention gate and in the fast attention kernel.
+    from capmodel import attention as at
     from capmodel import transformer_layers as tl
+    from capmodel.kernels import attention as ka
 
-    real_gru, real_ffn = rl.gru_backward, tl.feedforward_backward
+    real_gru, real_ffn, real_gate, real_attend = (rl.gru_backward, tl.feedforward_backward, at.gate_backward,
+                                                  ka.attend_rows_backward)
 
     def broken_gru(dh, cache):
         dx, dh0, dWx, dWh, db = real_gru(dh, cache)
@@ -45,8 +56,20 @@ def test_a_wrong_gradient_is_caught_in_every_family(monkeypatch):
         dx, dW1, db1, dW2, db2 = real_ffn(dout, cache)
         return dx, dW1, db1 * 1.01, dW2, db2
 
+    def broken_gate(dout, cache):
+        dh, dcontext, dWg, dbg = real_gate(dout, cache)
+        return dh, dcontext, dWg, dbg * 1.01
+
+    def broken_attend(*args):
+        real_attend(*args)
+        args[-2][...] *= 1.01  # dw
+
     monkeypatch.setattr(rl, "gru_backward", broken_gru)  # one place: the suite looks it up when it runs
     monkeypatch.setattr(tl, "feedforward_backward", broken_ffn)
+    monkeypatch.setattr(at, "gate_backward", broken_gate)
+    monkeypatch.setattr(ka, "attend_rows_backward", broken_attend)
     failed = {(r["layer"], r["param"]) for r in gradcheck_suite.run(seed=0) if not r["ok"]}
+    assert {("attention_gate", "bg"), ("lstm_attention_sequence", "att.bg")} <= failed
+    assert {("gru_attention_packed", "att.w"), ("CaptioningRNN.loss (attention)", "att.w")} <= failed
     assert ("gru_sequence", "Wh") in failed
     assert ("feedforward", "b1") in failed and ("CaptioningTransformer.loss", "layers.0.ffn.b1") in failed

@@ -52,12 +52,14 @@ def family_of(cell_type):
     raise ValueError(f'unknown cell_type "{cell_type}"; choose one of {", ".join(cell_types())}')
 
 
-def build(word_to_idx, input_dim, settings, dtype=None):
-    """A new model for a full training settings dict."""
+def build(word_to_idx, input_dim, settings, dtype=None, region_dim=None):
+    """A new model for a full training settings dict (region_dim: channels of the data
+    set's regions, needed by a model with attention)."""
     import numpy as np
 
     return family_of(settings["cell_type"]).from_settings(word_to_idx, input_dim, settings,
-                                                          np.float32 if dtype is None else dtype)
+                                                          np.float32 if dtype is None else dtype,
+                                                          region_dim=region_dim)
 
 
 def from_description(desc):

@@ -493,6 +493,23 @@ def decoder_layer_backward(dout, cache):
     return dx, dmemory, g
 
 
+def cross_attention_weights(cache):
+    """The cross-attention weights of a decoder_layer_forward call, from its cache.
+
+    Inputs:
+    - cache: Cache returned by :func:`decoder_layer_forward`
+
+    Returns:
+    - probs: Attention weights of every head, query and memory position, of shape
+      (N, nh, T, S); each (N, nh, T) row sums to 1 (a memory of one position takes a
+      shortcut without weights: ones of shape (N, 1, T, 1))
+    """
+    query, _, _, _, _, _, _, ctx, core = cache[3]
+    if core is None:  # one key: the softmax of one score
+        return np.ones((query.shape[0], 1, query.shape[1], 1), dtype=ctx.dtype)
+    return core[3]
+
+
 # ------------------------------------------------------------ cached decoding
 
 

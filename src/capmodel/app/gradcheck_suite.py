@@ -21,12 +21,14 @@ import functools
 
 import numpy as np
 
+from capmodel import attention as at
 from capmodel import models
 from capmodel import rnn_layers as rl
 from capmodel import transformer_layers as tl
 from capmodel.classifiers.rnn import CaptioningRNN
 from capmodel.classifiers.transformer import CaptioningTransformer
 from capmodel.gradient_check import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
+from capmodel.kernels import attention as ka
 from capmodel.kernels import recurrent as kr
 from capmodel.kernels import words as kw
 
@@ -37,13 +39,16 @@ MODEL_TOLERANCE = 1e-7  # scaled error
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "cat": 4, "dog": 5}
 
 
-def check_array_function(forward, backward, inputs, names, rng):
+def check_array_function(forward, backward, inputs, names, rng, scaled=()):
     """{input name: (measure, error)} of backward against numeric gradients of forward.
 
     forward(*inputs) returns (*outputs, cache); backward(*douts, cache) returns one
     gradient per input, in the order of inputs. Where the analytic gradient is exactly
     zero by construction (attention's key bias, which the softmax cancels), the relative
-    error is noise over noise, so the absolute error is reported instead.
+    error is noise over noise, so the absolute error is reported instead. The inputs
+    named in scaled get the scaled error: their gradients are products of several
+    factors (the projected regions' in attention: score gradient x w x tanh'), so some
+    entries are ~1e-6 and their relative error is finite-difference noise.
     """
     outs = forward(*inputs)[:-1]
     douts = [rng.standard_normal(o.shape) for o in outs]
@@ -56,8 +61,12 @@ def check_array_function(forward, backward, inputs, names, rng):
             args[i] = xi
             return np.concatenate([r.ravel() for r in forward(*args)[:-1]])
         num = eval_numerical_gradient_array(f, x, flat_dout)
-        errors[name] = ("abs", float(np.abs(num).max())) if not np.any(analytic[i]) else (
-            "rel", rel_error(num, analytic[i]))
+        if not np.any(analytic[i]):
+            errors[name] = ("abs", float(np.abs(num).max()))
+        elif name in scaled:
+            errors[name] = ("scaled", float(np.abs(num - analytic[i]).max() / np.abs(analytic[i]).max()))
+        else:
+            errors[name] = ("rel", rel_error(num, analytic[i]))
     return errors
 
 
@@ -65,7 +74,8 @@ def model_loss_errors(model, rng, N=2, T=4, D=4, lengths=None, weighted=False):
     """{param: ("scaled", error)} of model.loss's gradients, with O(1) random float64 weights,
     on N captions of T random words (<NULL> among them), caption i cut to lengths[i] by
     <NULL> padding if lengths are given. weighted: the loss of self-critical training,
-    each caption weighted by a fixed random advantage of either sign."""
+    each caption weighted by a fixed random advantage of either sign. A model that uses
+    regions gets 3 random ones per image."""
     for name, v in model.params.items():
         model.params[name] = (1.0 if name.endswith("gamma") else 0.0) + 0.5 * rng.standard_normal(v.shape)
     features = rng.standard_normal((N, D))
@@ -74,10 +84,13 @@ def model_loss_errors(model, rng, N=2, T=4, D=4, lengths=None, weighted=False):
     for i, n in enumerate(lengths or ()):
         captions[i, n:] = model.word_to_idx["<NULL>"]
     weights = rng.standard_normal(N) if weighted else None
-    _, grads = model.loss(features, captions, weights=weights)
+    inputs = {"weights": weights}
+    if getattr(model, "uses_regions", False):
+        inputs["regions"] = rng.standard_normal((N, 3, model.region_dim))
+    _, grads = model.loss(features, captions, **inputs)
     errors = {}
     for name in sorted(model.params):
-        num = eval_numerical_gradient(lambda _: model.loss(features, captions, weights=weights)[0],
+        num = eval_numerical_gradient(lambda _: model.loss(features, captions, **inputs)[0],
                                       model.params[name], verbose=False)
         scale = np.abs(grads[name]).max()
         errors[name] = ("abs", float(np.abs(num).max())) if scale == 0 else (
@@ -157,6 +170,111 @@ def _rnn_family(rng):
                               seed=0)
         yield "CaptioningRNN.loss (SCST weights)", cell, model_loss_errors(
             model, _spawned(rng), N=4, T=6, D=D, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
+    yield from _rnn_attention(_spawned(rng))
+
+
+def _params(rng, shapes):
+    """Random parameters of std 0.5: larger ones saturate the tanh of a cell fed by attention,
+    whose near-zero derivatives give gradient entries of ~1e-6, where the relative error
+    measures finite-difference noise."""
+    return {k: 0.5 * rng.standard_normal(shape) for k, shape in shapes.items()}
+
+
+def _attention_shapes(k, W, H, C, A):
+    """The shapes of an attention cell's parameters (capmodel.attention.PARAM_KEYS)."""
+    return {"Wx": (W, k * H), "Wh": (H, k * H), "b": (k * H,), "Wc": (C, k * H), "att.Wr": (C, A), "att.b": (A,),
+            "att.Wh": (H, A), "att.w": (A,), "att.Wg": (H, C), "att.bg": (C,)}
+
+
+def _with_params(forward, backward, n_inputs, keys):
+    """forward(*inputs, params) and backward(*douts, cache) -> (*input grads, grad dict) as
+    functions of positional arrays (the inputs, then the parameters in the order of keys),
+    for check_array_function."""
+    def fwd(*arrays):
+        return forward(*arrays[:n_inputs], dict(zip(keys, arrays[n_inputs:])))
+
+    def bwd(*args):
+        *grads, dparams = backward(*args)
+        return (*grads, *(dparams[k] for k in keys))
+
+    return fwd, bwd
+
+
+def _rnn_attention(rng):
+    """Soft attention (capmodel.attention), its gate and penalty, every attention cell's
+    step, sequence and packed functions (capmodel.kernels.attention, which the model
+    trains with), and CaptioningRNN's loss with attention: ragged captions, the penalty,
+    SCST weights."""
+    N, T, L, C, W, H, A = 3, 4, 5, 4, 3, 5, 6
+    r = rng.standard_normal
+    keys = at.ATTENTION_KEYS
+    fwd, bwd = _with_params(at.soft_attention_forward,
+                            lambda dcontext, dalpha, cache: at.soft_attention_backward(dcontext, cache, dalpha), 2,
+                            keys)
+    shapes = _attention_shapes(1, W, H, C, A)
+    yield "soft_attention", "", check_array_function(
+        fwd, bwd, [r((N, H)), r((N, L, C)), *(r(shapes[k]) for k in keys)], ("h", "regions", *keys),
+        rng), LAYER_TOLERANCE
+    yield "attention_gate", "", check_array_function(
+        at.gate_forward, at.gate_backward, [r((N, H)), r((N, C)), r((H, C)), r(C)], ("h", "context", "Wg", "bg"),
+        rng), LAYER_TOLERANCE
+    alphas, mask = rng.random((N, T, L)), rng.random((N, T)) > 0.3
+    _, dalphas = at.doubly_stochastic_penalty(alphas, mask, 0.7)
+    num = eval_numerical_gradient(lambda a: at.doubly_stochastic_penalty(a, mask, 0.7)[0], alphas, verbose=False)
+    yield "doubly_stochastic_penalty", "", {"alphas": ("rel", rel_error(num, dalphas))}, LAYER_TOLERANCE
+    for cell, (_, k) in RNN_STEP_INPUTS.items():
+        p = _params(rng, _attention_shapes(k, W, H, C, A))
+        step_keys = tuple(key for key in at.PARAM_KEYS if key not in ("att.Wr", "att.b"))  # they reach it via proj
+        lstm = cell == "lstm"
+
+        def step_forward(x, prev_h, *rest, cell=cell, lstm=lstm):
+            prev_c, (regions, proj, params) = (rest[0], rest[1:]) if lstm else (None, rest)
+            next_h, next_c, alpha, cache = at.attention_cell_step_forward(cell, x, prev_h, prev_c, regions, proj,
+                                                                          params)
+            return (next_h, next_c, alpha, cache) if lstm else (next_h, alpha, cache)
+
+        def step_backward(dnext_h, *rest, lstm=lstm):
+            dnext_c, (dalpha, cache) = (rest[0], rest[1:]) if lstm else (None, rest)
+            dx, dprev_h, dprev_c, dregions, dproj, g = at.attention_cell_step_backward(dnext_h, dnext_c, dalpha,
+                                                                                     cache)
+            return (dx, dprev_h, *((dprev_c,) if lstm else ()), dregions, dproj, g)
+
+        n_in = 5 if lstm else 4
+        fwd, bwd = _with_params(step_forward, step_backward, n_in, step_keys)
+        inputs = [r((N, W)), r((N, H)), *((r((N, H)),) if lstm else ()), r((N, L, C)), 0.5 * r((N, L, A))]
+        names = ("x", "prev_h", *(("prev_c",) if lstm else ()), "regions", "proj")
+        yield (f"{cell}_attention_step", cell, check_array_function(
+            fwd, bwd, [*inputs, *(p[key] for key in step_keys)], (*names, *step_keys), rng, scaled=("proj",)),
+            LAYER_TOLERANCE)
+        fwd, bwd = _with_params(functools.partial(at.attention_cell_forward, cell), at.attention_cell_backward, 3,
+                                at.PARAM_KEYS)
+        yield f"{cell}_attention_sequence", cell, check_array_function(
+            fwd, bwd, [r((N, T, W)), r((N, H)), r((N, L, C)), *(p[key] for key in at.PARAM_KEYS)],
+            ("x", "h0", "regions", *at.PARAM_KEYS), rng), LAYER_TOLERANCE
+        # ragged: sequences of 4, 3, 1 and 0 steps, in 2 groups (threads)
+        sizes = (3, 2, 2, 1)
+        fwd, bwd = _with_params(functools.partial(_packed_forward, cell, sizes=sizes), ka.attention_packed_backward,
+                                3, at.PARAM_KEYS)  # regions are an input without a gradient here
+        regions = r((4, L, C))
+        fwd_regions = lambda x, h0, *params, fwd=fwd, regions=regions: fwd(x, h0, regions, *params)
+        yield f"{cell}_attention_packed", cell, check_array_function(
+            fwd_regions, bwd, [r((sum(sizes), W)), r((4, H)), *(p[key] for key in at.PARAM_KEYS)],
+            ("x", "h0", *at.PARAM_KEYS), rng), LAYER_TOLERANCE
+    for cell in RNN_STEP_INPUTS:  # ragged captions and the penalty
+        model = CaptioningRNN(VOCAB, input_dim=4, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
+                              seed=0, attention="soft", region_dim=C, attention_dim=A, attention_penalty=0.7)
+        yield "CaptioningRNN.loss (attention)", cell, model_loss_errors(
+            model, rng, N=4, T=6, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
+    # SCST weights scale each caption's word losses alike in every cell (the unweighted
+    # penalty included): one cell checks them
+    yield "CaptioningRNN.loss (attention, SCST weights)", "lstm", model_loss_errors(
+        CaptioningRNN(VOCAB, input_dim=4, wordvec_dim=3, hidden_dim=H, cell_type="lstm", dtype=np.float64, seed=0,
+                      attention="soft", region_dim=C, attention_dim=A), rng, N=4, T=6, lengths=(6, 4, 2, 1),
+        weighted=True), MODEL_TOLERANCE
+
+
+def _packed_forward(cell, x, h0, regions, params, sizes):
+    return ka.attention_packed_forward(cell, x, h0, regions, params, sizes, workers=2)
 
 
 def _transformer_family(rng):
@@ -192,6 +310,13 @@ def _transformer_family(rng):
     yield "CaptioningTransformer.loss", "transformer", model_loss_errors(model, rng, D=4), MODEL_TOLERANCE
     yield "CaptioningTransformer.loss (SCST weights)", "transformer", model_loss_errors(
         model, _spawned(rng), N=4, T=6, D=4, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
+    arng = _spawned(rng)  # the memory of the global feature and 3 regions
+    model = CaptioningTransformer(VOCAB, input_dim=4, wordvec_dim=W, num_heads=nh, num_layers=2, hidden_dim=F,
+                                  max_length=8, dtype=np.float64, seed=0, attention="soft", region_dim=5)
+    yield "CaptioningTransformer.loss (attention)", "transformer", model_loss_errors(
+        model, arng, N=4, T=6, D=4, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
+    yield "CaptioningTransformer.loss (attention, SCST weights)", "transformer", model_loss_errors(
+        model, arng, N=4, T=6, D=4, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
 
 
 def _attention_forward(query, key, value, *weights, num_heads, mask):

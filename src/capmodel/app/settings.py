@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from capmodel import models
+from capmodel.classifiers.inputs import ATTENTION_CHOICES
 from capmodel.datasets import shapes
 from capmodel.datasets.format import ALL_SPLITS, GRID_PCA_DIM
 from capmodel.decoding import METHODS as DECODING_METHODS
@@ -32,6 +33,11 @@ TRAIN = (
     Setting("wordvec_dim", int, 128, "word vector size W (the model width of a transformer)", minimum=1),
     Setting("hidden_dim", int, 256, "hidden state size H (a transformer's feed-forward size)", minimum=1),
     Setting("dropout", float, 0.0, "dropout on embedded words and hidden states", minimum=0, exclusive_maximum=1),
+    Setting("attention", str, "none", "attend over image regions: none (the global feature vector only) or soft "
+            "(Show, Attend and Tell for rnn/lstm/gru; the transformer cross-attends over the regions); soft needs "
+            "a data set with a grid of regions", choices=ATTENTION_CHOICES),
+    Setting("attention_penalty", float, 1.0, "weight lambda of the doubly stochastic attention penalty "
+            "lambda * sum_l (1 - sum_t alpha_tl)^2 (rnn/lstm/gru with attention soft)", minimum=0),
     Setting("update_rule", str, "adam", "optimizer", choices=UPDATE_RULES),
     Setting("learning_rate", float, 5e-3, "initial learning rate", exclusive_minimum=0, maximum=10),
     Setting("lr_decay", float, 0.95, "per-epoch learning rate factor (CS231n)", exclusive_minimum=0, maximum=1),

@@ -1,7 +1,8 @@
-"""Input checks shared by every captioning model: image features and caption ids.
+"""Input checks shared by every captioning model: image features, region features,
+caption ids and loss weights.
 
-Dimension letters: N minibatch, T caption length (inputs), D image feature dimension,
-V vocabulary size.
+Dimension letters: N minibatch, T caption length (inputs), D image feature dimension (the
+channels of the regions where they are meant), L image regions, V vocabulary size.
 """
 
 import numpy as np
@@ -43,3 +44,49 @@ def check_weights(weights, N, dtype):
     if not np.all(np.isfinite(weights)):
         raise ValueError(f"weights must be finite, got {np.count_nonzero(~np.isfinite(weights))} non-finite values")
     return weights
+
+
+ATTENTION_CHOICES = ("none", "soft")
+
+
+def check_attention(attention, region_dim):
+    """The attention kind and region_dim of a model's constructor, checked: region_dim as
+    an int (None without attention); ValueError naming the problem otherwise."""
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f'attention must be one of {", ".join(ATTENTION_CHOICES)}, got "{attention}"')
+    if attention == "none":
+        if region_dim is not None:
+            raise ValueError(f"region_dim={region_dim} is given but attention is none: a model without "
+                             "attention takes no regions")
+        return None
+    if region_dim is None or int(region_dim) != region_dim or region_dim < 1:
+        raise ValueError(f"attention {attention} needs region_dim, the channels C of the regions (a positive "
+                         f"integer), got {region_dim}")
+    return int(region_dim)
+
+
+def check_regions(regions, N, D, dtype, uses):
+    """regions as an (N, L, D) array of dtype when the model uses them (uses), None when
+    it does not; ValueError naming the shape or what is missing otherwise.
+
+    Inputs:
+    - regions: Region features of shape (N, L, D), any float dtype, or None
+    - N: Minibatch size (rows of the features)
+    - D: Channels the model's regions have (its region_dim); None when it takes none
+    - dtype: The model's dtype
+    - uses: Whether the model attends over regions
+    """
+    if not uses:
+        if regions is not None:
+            raise ValueError(f"this model does not attend over image regions (attention none), but regions of "
+                             f"shape {np.shape(regions)} were given")
+        return None
+    if regions is None:
+        raise ValueError(f"this model attends over image regions: it needs regions of shape (N={N}, L, {D}) "
+                         "beside the features, got none")
+    regions = np.asarray(regions)
+    if regions.ndim != 3 or regions.shape[0] != N or regions.shape[2] != D or regions.shape[1] < 1:
+        raise ValueError(f"regions must have shape (N={N}, L, {D}) with L >= 1, got {regions.shape}")
+    if not np.issubdtype(regions.dtype, np.floating):
+        raise ValueError(f"regions must be floating point, got dtype {regions.dtype}")
+    return regions.astype(dtype, copy=False)

@@ -1,7 +1,9 @@
-"""CaptioningRNN: image features -> caption, with a vanilla RNN, LSTM or GRU decoder.
+"""CaptioningRNN: image features -> caption, with a vanilla RNN, LSTM or GRU decoder,
+optionally attending over image regions (Show, Attend and Tell).
 
 Dimension letters: N minibatch, T caption length (inputs), D image feature dimension,
-W word vector dimension, H hidden dimension, V vocabulary size.
+W word vector dimension, H hidden dimension, V vocabulary size, L image regions, C
+channels of a region (region_dim), A attention width.
 """
 
 import contextlib
@@ -11,11 +13,13 @@ from typing import Callable
 import numpy as np
 
 from capmodel import decoding
-from capmodel.classifiers.inputs import check_captions, check_features, check_weights
+from capmodel.classifiers.inputs import (check_attention, check_captions, check_features, check_regions,
+                                        check_weights)
+from capmodel.kernels import attention as ka
 from capmodel.kernels import recurrent as kr
 from capmodel.kernels import words as kw
 from capmodel.kernels.buffers import Buffers
-from capmodel.layers import dropout_mask
+from capmodel.layers import dropout_mask, sigmoid
 from capmodel.vocab import END, NULL, START
 
 
@@ -96,6 +100,16 @@ class CaptioningRNN:
     Note that we don't use any regularization for the CaptioningRNN unless dropout > 0,
     which applies inverted dropout to the embedded words and to the hidden states during
     loss() only, never while sampling.
+
+    With attention="soft" the model also reads the L regions of each picture, (N, L, C)
+    arrays passed as ``regions=`` (Show, Attend and Tell, capmodel.attention): at every
+    step the hidden state before it scores the regions, their softmax-weighted sum (the
+    context), scaled by a gate, is fed with the word vector (the cell input is
+    [x_t, context_t]), and the loss gains the doubly stochastic penalty
+    attention_penalty * sum_l (1 - sum_t alpha_tl)^2 per caption, the sum over t running
+    over the caption's scored positions, divided by N like the word loss. The initial
+    hidden state still comes from the global features. The regions are projected once
+    per image batch. ``attend`` returns the attention weights of given captions.
     """
 
     FAMILY = "rnn"
@@ -103,7 +117,8 @@ class CaptioningRNN:
     SETTINGS = ()  # wordvec_dim, hidden_dim and dropout are common training settings
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
-                 cell_type="rnn", dtype=np.float32, dropout=0.0, seed=None):
+                 cell_type="rnn", dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None,
+                 attention_dim=None, attention_penalty=1.0):
         """Construct a new CaptioningRNN instance.
 
         Inputs:
@@ -117,6 +132,11 @@ class CaptioningRNN:
           numeric gradient checking.
         - dropout: Drop probability for embedded words and hidden states (0 = off).
         - seed: int or np.random.Generator for the initial weights and dropout masks.
+        - attention: 'none' (the image is the global feature vector only) or 'soft'
+          (attention over image regions, see the class docstring).
+        - region_dim: Channels C of the regions; required with attention 'soft'.
+        - attention_dim: Attention width A (default: hidden_dim).
+        - attention_penalty: Weight lambda >= 0 of the doubly stochastic penalty.
         """
         if cell_type not in CELLS:
             raise ValueError(f'Invalid cell_type "{cell_type}"; choose one of {sorted(CELLS)}')
@@ -128,6 +148,15 @@ class CaptioningRNN:
                 raise ValueError(f"{name} must be a positive integer, got {dim}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.region_dim = check_attention(attention, region_dim)
+        self.attention = attention
+        if attention_dim is None:
+            attention_dim = hidden_dim
+        if int(attention_dim) != attention_dim or attention_dim < 1:
+            raise ValueError(f"attention_dim must be a positive integer, got {attention_dim}")
+        if not attention_penalty >= 0:
+            raise ValueError(f"attention_penalty must be >= 0, got {attention_penalty}")
+        self.attention_dim, self.attention_penalty = int(attention_dim), float(attention_penalty)
         self.cell_type = cell_type
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
@@ -153,30 +182,56 @@ class CaptioningRNN:
             "W_vocab": r.standard_normal((H, V)) / np.sqrt(H),
             "b_vocab": np.zeros(V),
         }
+        if attention == "soft":  # drawn after the others, which stay those of a model without attention
+            C, A = self.region_dim, self.attention_dim
+            self.params.update({
+                "Wc": r.standard_normal((C, k * H)) / np.sqrt(C),
+                "att.Wr": r.standard_normal((C, A)) / np.sqrt(C),
+                "att.b": np.zeros(A),
+                "att.Wh": r.standard_normal((H, A)) / np.sqrt(H),
+                "att.w": r.standard_normal(A) / np.sqrt(A),
+                "att.Wg": r.standard_normal((H, C)) / np.sqrt(H),
+                "att.bg": np.zeros(C),
+            })
         for key, value in self.params.items():
             self.params[key] = value.astype(self.dtype)
 
     # ------------------------------------------------------- model interface
 
     @classmethod
-    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32):
-        """A new model from a training settings dict (capmodel.app.settings.train_settings())."""
+    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32, region_dim=None):
+        """A new model from a training settings dict (capmodel.app.settings.train_settings());
+        region_dim: the channels C of the data set's regions (needed with attention soft)."""
+        attention = settings.get("attention", "none")
         return cls(word_to_idx, input_dim=input_dim, wordvec_dim=settings["wordvec_dim"],
                    hidden_dim=settings["hidden_dim"], cell_type=settings["cell_type"], dtype=dtype,
-                   dropout=settings["dropout"], seed=settings["seed"])
+                   dropout=settings["dropout"], seed=settings["seed"], attention=attention,
+                   region_dim=region_dim if attention != "none" else None,
+                   attention_penalty=settings.get("attention_penalty", 1.0))
+
+    @property
+    def uses_regions(self):
+        """True when the model attends over image regions (loss, decoder and sample need them)."""
+        return self.attention == "soft"
 
     def describe(self):
         """JSON-able description that rebuilds this model's shapes (from_description)."""
-        return {"family": self.FAMILY, "cell_type": self.cell_type, "input_dim": self.input_dim,
+        desc = {"family": self.FAMILY, "cell_type": self.cell_type, "input_dim": self.input_dim,
                 "wordvec_dim": self.wordvec_dim, "hidden_dim": self.hidden_dim, "dropout": self.dropout,
                 "dtype": self.dtype.name, "word_to_idx": self.word_to_idx}
+        if self.uses_regions:  # a model without attention is described as before attention existed
+            desc.update({"attention": self.attention, "region_dim": self.region_dim,
+                         "attention_dim": self.attention_dim, "attention_penalty": self.attention_penalty})
+        return desc
 
     @classmethod
     def from_description(cls, desc):
         """A model with the shapes of describe()'s dict (weights freshly initialised)."""
         return cls(desc["word_to_idx"], input_dim=desc["input_dim"], wordvec_dim=desc["wordvec_dim"],
                    hidden_dim=desc["hidden_dim"], cell_type=desc["cell_type"], dtype=np.dtype(desc["dtype"]),
-                   dropout=desc.get("dropout", 0.0), seed=0)
+                   dropout=desc.get("dropout", 0.0), seed=0, attention=desc.get("attention", "none"),
+                   region_dim=desc.get("region_dim"), attention_dim=desc.get("attention_dim"),
+                   attention_penalty=desc.get("attention_penalty", 1.0))
 
     # ------------------------------------------------------------------ checks
 
@@ -187,9 +242,14 @@ class CaptioningRNN:
     def _check_captions(self, captions, N):
         return check_captions(captions, N, self.params["W_embed"].shape[0])
 
+    def check_regions(self, regions, N):
+        """regions (N, L, C) as an array of this model's dtype, None for a model without
+        attention; a ValueError naming the shape or what is missing otherwise."""
+        return check_regions(regions, N, self.region_dim, self.dtype, self.uses_regions)
+
     # -------------------------------------------------------------------- loss
 
-    def loss(self, features, captions, dropout_rng=None, training=True, weights=None):
+    def loss(self, features, captions, dropout_rng=None, training=True, weights=None, regions=None):
         """Compute training-time loss for the RNN.
 
         We input image features and ground-truth captions for those images, and use an
@@ -205,7 +265,9 @@ class CaptioningRNN:
           random stream untouched.
         - weights: Optional weight of each caption, of shape (N,): the loss is then
           sum_i weights[i] * (loss of caption i) / N (self-critical training passes
-          advantages; capmodel.scst).
+          advantages; capmodel.scst). The attention penalty is not weighted: it
+          regularises where the model looks, whatever the caption's reward.
+        - regions: Region features of shape (N, L, C), for a model with attention only.
 
         Returns a tuple of:
         - loss: Scalar loss
@@ -215,12 +277,13 @@ class CaptioningRNN:
         # Validation batches differ from training ones and come once an epoch: they get
         # fresh arrays instead of growing the training step's scratch memory.
         with self.buffers.active() if training else contextlib.nullcontext():
-            return self._loss(features, captions, dropout_rng, training, weights)
+            return self._loss(features, captions, dropout_rng, training, weights, regions)
 
-    def _loss(self, features, captions, dropout_rng, training, weights):
+    def _loss(self, features, captions, dropout_rng, training, weights, regions):
         features = self.check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         weights = check_weights(weights, features.shape[0], self.dtype)
+        regions = self.check_regions(regions, features.shape[0])
         p = self.params
         cell = CELLS[self.cell_type]
         rng = self.rng if dropout_rng is None else dropout_rng
@@ -244,7 +307,11 @@ class CaptioningRNN:
         if x_mask is not None:
             x_mask = packing.gather(x_mask.swapaxes(0, 1))
             x = x * x_mask
-        h, cell_cache = cell.packed_forward(x, h0[packing.order], p["Wx"], p["Wh"], p["b"], packing.sizes)  # (P, H)
+        if regions is None:
+            h, cell_cache = cell.packed_forward(x, h0[packing.order], p["Wx"], p["Wh"], p["b"], packing.sizes)  # (P, H)
+        else:
+            h, alphas, cell_cache = ka.attention_packed_forward(self.cell_type, x, h0[packing.order],
+                                                                regions[packing.order], p, packing.sizes)
         h_mask = dropout_mask((N, T, H), dropout, rng, self.dtype)
         if h_mask is not None:
             h_mask = packing.gather(h_mask.swapaxes(0, 1))
@@ -257,7 +324,13 @@ class CaptioningRNN:
             h, words_out, keep, p["W_vocab"], p["b_vocab"], N, row_weights)
         if h_mask is not None:
             dh *= h_mask
-        dx, dh0_running, grads["Wx"], grads["Wh"], grads["b"] = cell.packed_backward(dh, cell_cache)
+        if regions is None:
+            dx, dh0_running, grads["Wx"], grads["Wh"], grads["b"] = cell.packed_backward(dh, cell_cache)
+        else:
+            penalty, dalphas = self._penalty(alphas, words_out != self._null, packing.sizes, N)
+            loss += penalty
+            dx, dh0_running, attention_grads = ka.attention_packed_backward(dh, dalphas, cell_cache)
+            grads.update(attention_grads)
         if x_mask is not None:
             dx = dx * x_mask
         grads["W_embed"] = kw.word_embedding_backward(dx, embed_cache)
@@ -267,23 +340,56 @@ class CaptioningRNN:
         grads["b_proj"] = dh0.sum(axis=0)
         return loss, grads
 
+    def _penalty(self, alphas, scored, sizes, N):
+        """The doubly stochastic penalty of packed attention weights and its gradient.
+
+        capmodel.attention.doubly_stochastic_penalty for the packed layout: sequence i
+        (in the packed order) sums its alphas (P, L) over its scored rows (scored (P,));
+        a caption without a scored position (not packed) adds the constant L.
+
+        Returns a tuple of:
+        - loss: Scalar penalty, lambda * sum over the N captions of sum_l gap_l^2, / N
+        - dalphas: Gradient of alphas, of shape (P, L), or None when lambda is 0
+        """
+        lam = self.attention_penalty
+        if lam == 0:
+            return 0.0, None
+        n0, L = (sizes[0] if sizes else 0), alphas.shape[1]
+        starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+        kept = alphas * scored[:, None]  # (P, L)
+        gap = np.ones((n0, L), dtype=alphas.dtype)  # 1 - sum_t alpha_tl, per sequence
+        for t, n in enumerate(sizes):
+            gap[:n] -= kept[starts[t] : starts[t + 1]]
+        loss = lam * (float(np.sum(gap * gap)) + L * (N - n0)) / N
+        seq = np.concatenate([np.arange(n) for n in sizes] or [np.zeros(0, np.int64)])  # sequence of each row
+        dalphas = gap[seq]
+        dalphas *= alphas.dtype.type(-2 * lam / N)
+        dalphas *= scored[:, None]
+        return loss, dalphas
+
     # ---------------------------------------------------------------- decoding
 
-    def decoder(self, features):
+    def decoder(self, features, regions=None):
         """Start decoding: return the initial state and a step function.
 
         The step function maps (state, word ids of shape (M,)) to (next state, scores of
-        shape (M, V)); a state is a tuple of (M, H) arrays that decoders may reorder by
-        row. Embedding and input projection are folded into one (V, kH) table, so a step
+        shape (M, V)); a state is a tuple of arrays whose first axis is the row M, which
+        decoders may repeat and reorder: (h,) or (h, c), of shape (M, H), and with
+        attention also the regions (M, L, C) and their projection (M, L, A), computed once
+        here. Embedding and input projection are folded into one (V, kH) table, so a step
         costs one gather instead of two matmuls.
         """
         features = self.check_features(features)
+        regions = self.check_regions(regions, features.shape[0])
         p = self.params
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
         table = p["W_embed"] @ p["Wx"] + p["b"]  # (V, kH)
         Wh, W_vocab, b_vocab = p["Wh"], p["W_vocab"], p["b_vocab"]
         cell = CELLS[self.cell_type]
         state = (h0,) + tuple(np.zeros_like(h0) for _ in range(cell.state_size - 1))
+
+        if regions is not None:
+            return self._attention_decoder(state, regions, table)
 
         def step(state, words):
             state = cell.decode(table[words], state, Wh)  # table[words]: (M, kH)
@@ -293,7 +399,63 @@ class CaptioningRNN:
 
         return state, step
 
-    def sample(self, features, max_length=30, method="greedy", **options):
+    def _attention_decoder(self, state, regions, table):
+        """decoder() of an attention model: the state gains the regions and their projection."""
+        p = self.params
+        cell = CELLS[self.cell_type]
+        k = cell.state_size
+        A = self.attention_dim
+        proj = regions @ p["att.Wr"] + p["att.b"]  # (N, L, A), once
+        Wag = np.concatenate([p["att.Wh"], p["att.Wg"]], axis=1)  # (H, A + C)
+        Wh, Wc, W_vocab, b_vocab, bg, w = p["Wh"], p["Wc"], p["W_vocab"], p["b_vocab"], p["att.bg"], p["att.w"]
+        L = regions.shape[1]
+        work = np.empty((ka.block_rows(L, A, self.dtype.itemsize), L, A), self.dtype)
+
+        def step(state, words):
+            h, regions, proj = state[0], state[k], state[k + 1]
+            M = len(h)
+            hag = h @ Wag  # (M, A + C)
+            alpha, context = np.empty((M, L), self.dtype), np.empty((M, self.region_dim), self.dtype)
+            ka.attend_rows(proj, hag[:, :A], w, regions, alpha, context, work)
+            beta = sigmoid(hag[:, A:] + bg)
+            context *= beta
+            xa = context @ Wc
+            xa += table[words]  # (M, kH)
+            next_state = cell.decode(xa, state[:k], Wh)
+            scores = next_state[0] @ W_vocab  # (M, V)
+            scores += b_vocab
+            return next_state + (regions, proj), scores
+
+        return state + (regions, proj), step
+
+    def attend(self, features, captions, regions):
+        """The attention weights each word of the given captions puts on the regions.
+
+        The captions are read teacher-forced, as in the loss (no dropout): the weights of
+        position t are those the model used to predict word t + 1 from the words up to t.
+
+        Inputs:
+        - features: Input image features, of shape (N, D)
+        - captions: Captions with <START>, an integer array of shape (N, T + 1)
+        - regions: Region features, of shape (N, L, C)
+
+        Returns:
+        - alphas: Attention weights, of shape (N, T, L); each row sums to 1
+        """
+        if not self.uses_regions:
+            raise ValueError("this model does not attend over image regions (attention none): it has no "
+                             "attention weights")
+        features = self.check_features(features)
+        captions = self._check_captions(captions, features.shape[0])
+        regions = self.check_regions(regions, features.shape[0])
+        p = self.params
+        N, T = captions.shape[0], captions.shape[1] - 1
+        h0 = features @ p["W_proj"] + p["b_proj"]
+        x = p["W_embed"][captions[:, :-1].T.reshape(-1)]  # (T * N, W), time-major
+        _, alphas, _ = ka.attention_packed_forward(self.cell_type, x, h0, regions, p, (N,) * T)
+        return alphas.reshape(T, N, -1).transpose(1, 0, 2).copy()
+
+    def sample(self, features, max_length=30, method="greedy", regions=None, **options):
         """Run a test-time forward pass for the model, sampling captions for features.
 
         At each timestep we embed the current word, pass it and the previous hidden state
@@ -307,10 +469,13 @@ class CaptioningRNN:
         - max_length: Maximum length T of generated captions.
         - method: 'greedy' (the default, as CS231n), 'beam' or 'temperature'; see
           capmodel.decoding for their options (beam_size, length_norm, temperature, rng).
+        - regions: Region features of shape (N, L, C), for a model with attention only.
 
         Returns:
         - captions: Array of shape (N, max_length) giving sampled captions, where each
           element is an integer in the range [0, V). The first element of captions
           should be the first sampled word, not the <START> token.
         """
+        if regions is not None:  # given to the decoders only when there are any
+            options["regions"] = regions
         return decoding.decode(self, features, max_length=max_length, method=method, **options)

@@ -2,10 +2,13 @@
 
 Dimension letters: N minibatch, T caption length (inputs), D image feature dimension,
 W model width (= word vector dimension), nh attention heads, F feed-forward inner width,
-V vocabulary size, L = max_length positions.
+V vocabulary size, L = max_length positions (in ``attend`` and for regions: L image
+regions), C channels of a region (region_dim).
 
 Parameter keys (shapes in brackets):
-- W_proj [D, W], b_proj [W]: image feature -> the one-position memory
+- W_proj [D, W], b_proj [W]: image feature -> the first memory position
+- W_proj_regions [C, W], b_proj_regions [W]: with attention "soft" only, each region ->
+  one more memory position
 - W_embed [V, W]: word embeddings
 - layers.{i}.{key} for i in 0 .. num_layers-1, with key one of
   capmodel.transformer_layers.LAYER_PARAM_KEYS (self_attn.Wq, ..., cross_attn.Wq, ...,
@@ -17,7 +20,8 @@ import numpy as np
 
 from capmodel import decoding
 from capmodel import transformer_layers as tl
-from capmodel.classifiers.inputs import check_captions, check_features, check_weights
+from capmodel.classifiers.inputs import (check_attention, check_captions, check_features, check_regions,
+                                        check_weights)
 from capmodel.kernels import words as kw
 from capmodel.layers import dropout_mask
 from capmodel.setting_spec import Setting
@@ -46,6 +50,11 @@ class CaptioningTransformer:
     With dropout > 0, inverted dropout acts on the embedded words plus positions (as
     CS231n's PositionalEncoding) and on the three residual branches of every layer,
     during loss(training=True) only, never while sampling.
+
+    With attention="soft" the memory has 1 + L positions: the projected global feature,
+    then the L regions of the picture ((N, L, C) arrays passed as ``regions=``), each
+    projected by W_proj_regions, once per image batch; cross-attention then really
+    chooses where to look, and ``attend`` returns where (the last layer's weights).
     """
 
     # The model interface of capmodel.models: cell_type "transformer", its own settings.
@@ -58,15 +67,18 @@ class CaptioningTransformer:
     )
 
     @classmethod
-    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32):
-        """A new model from a training settings dict (capmodel.app.settings.train_settings())."""
+    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32, region_dim=None):
+        """A new model from a training settings dict (capmodel.app.settings.train_settings());
+        region_dim: the channels C of the data set's regions (needed with attention soft).
+        The attention_penalty setting concerns recurrent models only."""
+        attention = settings.get("attention", "none")
         return cls(word_to_idx, input_dim=input_dim, wordvec_dim=settings["wordvec_dim"],
                    num_heads=settings["num_heads"], num_layers=settings["num_layers"],
                    hidden_dim=settings["hidden_dim"], dtype=dtype, dropout=settings["dropout"],
-                   seed=settings["seed"])
+                   seed=settings["seed"], attention=attention, region_dim=region_dim if attention != "none" else None)
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=256, num_heads=4, num_layers=2, max_length=50,
-                 hidden_dim=None, dtype=np.float32, dropout=0.0, seed=None):
+                 hidden_dim=None, dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None):
         """Construct a new CaptioningTransformer instance.
 
         Inputs:
@@ -85,6 +97,9 @@ class CaptioningTransformer:
           numeric gradient checking.
         - dropout: Drop probability (0 = off); see the class docstring for where.
         - seed: int or np.random.Generator for the initial weights and dropout masks.
+        - attention: 'none' (a memory of one position, the global feature) or 'soft'
+          (the global feature and the L regions, see the class docstring).
+        - region_dim: Channels C of the regions; required with attention 'soft'.
         """
         if NULL not in word_to_idx:
             raise ValueError(f"word_to_idx must contain {NULL}")
@@ -99,6 +114,8 @@ class CaptioningTransformer:
             raise ValueError(f"wordvec_dim must be even and divisible by num_heads={num_heads}, got {wordvec_dim}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.region_dim = check_attention(attention, region_dim)
+        self.attention = attention
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
         self.word_to_idx = dict(word_to_idx)
@@ -125,13 +142,20 @@ class CaptioningTransformer:
                 layer[f"norm{n}.beta"] = np.zeros(W)
             params.update({f"layers.{i}.{k}": layer[k] for k in tl.LAYER_PARAM_KEYS})
         params.update({"W_vocab": normal(W, V), "b_vocab": np.zeros(V)})
+        if attention == "soft":  # drawn after the others, which stay those of a model without attention
+            params.update({"W_proj_regions": normal(self.region_dim, W), "b_proj_regions": np.zeros(W)})
         self.params = {k: v.astype(self.dtype) for k, v in params.items()}
 
     # ------------------------------------------------------------ description
 
+    @property
+    def uses_regions(self):
+        """True when the model attends over image regions (loss, decoder and sample need them)."""
+        return self.attention == "soft"
+
     def describe(self):
         """A JSON-able description, enough to rebuild the model with from_description."""
-        return {
+        desc = {
             "family": FAMILY,
             "input_dim": self.input_dim,
             "wordvec_dim": self.wordvec_dim,
@@ -143,6 +167,9 @@ class CaptioningTransformer:
             "dtype": self.dtype.name,
             "word_to_idx": dict(self.word_to_idx),
         }
+        if self.uses_regions:  # a model without attention is described as before attention existed
+            desc.update({"attention": self.attention, "region_dim": self.region_dim})
+        return desc
 
     @classmethod
     def from_description(cls, desc):
@@ -155,7 +182,8 @@ class CaptioningTransformer:
         return cls({w: int(i) for w, i in desc["word_to_idx"].items()}, input_dim=desc["input_dim"],
                    wordvec_dim=desc["wordvec_dim"], num_heads=desc["num_heads"], num_layers=desc["num_layers"],
                    max_length=desc["max_length"], hidden_dim=desc["hidden_dim"], dtype=np.dtype(desc["dtype"]),
-                   dropout=desc["dropout"], seed=0)
+                   dropout=desc["dropout"], seed=0, attention=desc.get("attention", "none"),
+                   region_dim=desc.get("region_dim"))
 
     # ------------------------------------------------------------------ checks
 
@@ -166,13 +194,28 @@ class CaptioningTransformer:
     def _check_captions(self, captions, N):
         return check_captions(captions, N, len(self.word_to_idx), self.max_length)
 
+    def check_regions(self, regions, N):
+        """regions (N, L, C) as an array of this model's dtype, None for a model without
+        attention; a ValueError naming the shape or what is missing otherwise."""
+        return check_regions(regions, N, self.region_dim, self.dtype, self.uses_regions)
+
+    def _memory(self, features, regions):
+        """The memory the decoder layers cross-attend to: the projected features, then the
+        projected regions (with attention), of shape (N, 1 + L, W) (L = 0 without)."""
+        p = self.params
+        memory = (features @ p["W_proj"] + p["b_proj"])[:, None]  # (N, 1, W)
+        if regions is None:
+            return memory
+        projected = regions @ p["W_proj_regions"] + p["b_proj_regions"]  # (N, L, W), once per batch
+        return np.concatenate([memory, projected], axis=1)
+
     def _layer_params(self, i):
         prefix = f"layers.{i}."
         return {k: self.params[prefix + k] for k in tl.LAYER_PARAM_KEYS}
 
     # -------------------------------------------------------------------- loss
 
-    def loss(self, features, captions, dropout_rng=None, training=True, weights=None):
+    def loss(self, features, captions, dropout_rng=None, training=True, weights=None, regions=None):
         """Compute training-time loss for the Transformer.
 
         Inputs:
@@ -185,6 +228,7 @@ class CaptioningTransformer:
         - weights: Optional weight of each caption, of shape (N,): the loss is then
           sum_i weights[i] * (loss of caption i) / N (self-critical training passes
           advantages; capmodel.scst).
+        - regions: Region features of shape (N, L, C), for a model with attention only.
 
         Returns a tuple of:
         - loss: Scalar loss
@@ -193,6 +237,7 @@ class CaptioningTransformer:
         features = self.check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         weights = check_weights(weights, features.shape[0], self.dtype)
+        regions = self.check_regions(regions, features.shape[0])
         p = self.params
         rng = self.rng if dropout_rng is None else dropout_rng
         drop = self.dropout if training else 0.0
@@ -201,7 +246,7 @@ class CaptioningTransformer:
         captions_in = captions[:, :-1]
         captions_out = captions[:, 1:]
         N, T = captions_in.shape
-        memory = (features @ p["W_proj"] + p["b_proj"])[:, None]  # (N, 1, W)
+        memory = self._memory(features, regions)  # (N, 1 + L, W)
         x, embed_cache = kw.word_embedding_forward(captions_in, p["W_embed"])  # (N, T, W)
         x, _ = tl.positional_encoding_forward(x, self.pe)
         x_mask = dropout_mask(x.shape, drop, rng, self.dtype)
@@ -230,27 +275,63 @@ class CaptioningTransformer:
             dx *= x_mask
         dx = tl.positional_encoding_backward(dx, None)
         grads["W_embed"] = kw.word_embedding_backward(dx, embed_cache)
+        if regions is not None:
+            dregions = dmemory[:, 1:].reshape(-1, W)  # (N * L, W)
+            grads["W_proj_regions"] = regions.reshape(len(dregions), -1).T @ dregions
+            grads["b_proj_regions"] = dregions.sum(axis=0)
         dmemory = dmemory[:, 0]  # (N, W)
         grads["W_proj"] = features.T @ dmemory
         grads["b_proj"] = dmemory.sum(axis=0)
         return loss, grads
 
+    def attend(self, features, captions, regions):
+        """The attention weights each word of the given captions puts on the regions.
+
+        The captions are read teacher-forced, as in the loss (no dropout). The weights are
+        the last layer's cross-attention, averaged over the heads; the global feature's
+        memory position is dropped and the rest renormalised to sum to 1.
+
+        Inputs:
+        - features: Input image features, of shape (N, D)
+        - captions: Captions with <START>, an integer array of shape (N, T + 1)
+        - regions: Region features, of shape (N, L, C)
+
+        Returns:
+        - alphas: Attention weights, of shape (N, T, L); each row sums to 1
+        """
+        if not self.uses_regions:
+            raise ValueError("this model does not attend over image regions (attention none): it has no "
+                             "attention weights over them")
+        features = self.check_features(features)
+        captions = self._check_captions(captions, features.shape[0])
+        regions = self.check_regions(regions, features.shape[0])
+        x = self.params["W_embed"][captions[:, :-1]]  # (N, T, W)
+        x, _ = tl.positional_encoding_forward(x, self.pe)
+        memory = self._memory(features, regions)
+        T = x.shape[1]
+        causal = np.tril(np.ones((T, T), dtype=bool))
+        for i in range(self.num_layers):
+            x, cache = tl.decoder_layer_forward(x, memory, self._layer_params(i), self.num_heads, causal)
+        probs = tl.cross_attention_weights(cache).mean(axis=1)[:, :, 1:]  # (N, T, L), the global one dropped
+        return probs / probs.sum(axis=2, keepdims=True)
+
     # ---------------------------------------------------------------- decoding
 
-    def decoder(self, features):
+    def decoder(self, features, regions=None):
         """Start decoding: return the initial state and a step function.
 
         The state is a tuple of 4 arrays per layer, each with the row M as first axis:
-        the cross-attention keys and values of the memory, of shape (M, 1, W), computed
-        once here, and the self-attention keys and values of the positions decoded so
+        the cross-attention keys and values of the memory (with attention, the global
+        feature and the regions), of shape (M, 1 + L, W), computed once here, and the self-attention keys and values of the positions decoded so
         far, of shape (M, t, W), t = 0 at the start. Decoders may repeat, reorder and
         concatenate rows. The step function maps (state, word ids of shape (M,)) to
         (next state, scores of shape (M, V)): it runs position t only, attending to the
         cached keys and values, and equals row t of the full forward pass.
         """
         features = self.check_features(features)
+        regions = self.check_regions(regions, features.shape[0])
         p = self.params
-        memory = (features @ p["W_proj"] + p["b_proj"])[:, None]  # (N, 1, W)
+        memory = self._memory(features, regions)  # (N, 1 + L, W)
         layers = [self._layer_params(i) for i in range(self.num_layers)]
         N, W = len(features), self.wordvec_dim
         state = []
@@ -277,7 +358,7 @@ class CaptioningTransformer:
 
         return tuple(state), step
 
-    def sample(self, features, max_length=30, method="greedy", **options):
+    def sample(self, features, max_length=30, method="greedy", regions=None, **options):
         """Run a test-time forward pass for the model, sampling captions for features.
 
         The first input word is <START>; each step runs one new position of the decoder
@@ -291,6 +372,7 @@ class CaptioningTransformer:
           max_length.
         - method: 'greedy' (the default, as CS231n), 'beam' or 'temperature'; see
           capmodel.decoding for their options (beam_size, length_norm, temperature, rng).
+        - regions: Region features of shape (N, L, C), for a model with attention only.
 
         Returns:
         - captions: Array of shape (N, max_length) giving sampled captions, where each
@@ -302,4 +384,6 @@ class CaptioningTransformer:
                 f"cannot sample captions of max_length={max_length}: "
                 f"the model has max_length={self.max_length} positions"
             )
+        if regions is not None:  # given to the decoders only when there are any
+            options["regions"] = regions
         return decoding.decode(self, features, max_length=max_length, method=method, **options)

@@ -12,8 +12,9 @@ process limited to one BLAS thread decodes in one thread, calling fn once; resul
 deterministic for a given thread count (in float32, a different count may round a
 near-tie the other way). The BLAS limit is process-wide while blocks run; calls that
 overlap (several threads decoding at once) share it, and the last one to finish puts
-the original count back. When a block fails or the caller is interrupted (Ctrl-C), the
-other blocks stop at their next ``raise_if_cancelled()`` (the caller waits up to a second for
+the original count back (and ``workers`` counts the original threads meanwhile, so an
+overlapping call splits its rows as a lone one would). When a block fails or the caller is
+interrupted (Ctrl-C), the other blocks stop at their next ``raise_if_cancelled()`` (the caller waits up to a second for
 them before the BLAS limit is lifted); worker threads are daemons, so an interrupted
 process never waits for them to finish their blocks.
 """
@@ -26,7 +27,7 @@ import numpy as np
 MIN_ROWS = 16  # fewer rows per thread than this: not worth a thread
 _controller = None
 _limit_lock = threading.Lock()
-_limit = {"users": 0, "limiter": None}
+_limit = {"users": 0, "limiter": None, "threads": 1}
 _CANCEL = contextvars.ContextVar("capmodel_parallel_cancel", default=None)
 
 
@@ -52,8 +53,13 @@ def _blas():
 
 def workers(rows):
     """Threads to use for this many rows: the BLAS thread count, at most rows // MIN_ROWS."""
-    blas_threads = max((lib.num_threads for lib in _blas().lib_controllers), default=1)
+    with _limit_lock:  # while blocks run, BLAS is down to one thread: count those it had before
+        blas_threads = _limit["threads"] if _limit["users"] else _blas_threads()
     return max(1, min(blas_threads, rows // MIN_ROWS))
+
+
+def _blas_threads():
+    return max((lib.num_threads for lib in _blas().lib_controllers), default=1)
 
 
 class _OneBlasThread:
@@ -62,6 +68,7 @@ class _OneBlasThread:
     def __enter__(self):
         with _limit_lock:
             if _limit["users"] == 0:
+                _limit["threads"] = _blas_threads()
                 _limit["limiter"] = _blas().limit(limits=1, user_api="blas")
             _limit["users"] += 1
 
@@ -71,6 +78,9 @@ class _OneBlasThread:
             if _limit["users"] == 0:
                 _limit["limiter"].restore_original_limits()
                 _limit["limiter"] = None
+
+
+one_blas_thread = _OneBlasThread  # for kernels that run blocks of their own work in threads (with workers())
 
 
 def _concatenate(parts):
