@@ -1,7 +1,11 @@
 """Attention maps people can look at: the drawing (capmodel.app.attention_maps), the weights of
-given captions (capmodel.app.attention_weights) and the caption gallery's maps (`capmodel caption
---html`), on a small run with an attention LSTM and its twin without attention."""
+given captions (capmodel.app.attention_weights), the caption gallery's maps (`capmodel caption
+--html`) and the report notebooks' attention sections, run with papermill on a small run with
+an attention LSTM and its twin without attention."""
 
+import csv
+import os
+import re
 from pathlib import Path
 
 import h5py
@@ -12,10 +16,11 @@ from PIL import Image
 
 from capmodel import checkpoints
 from capmodel.app import attention_maps as am
-from capmodel.app import captioner
+from capmodel.app import captioner, report_html
 from capmodel.app.attention_weights import caption_alphas, caption_ids, model_alphas, split_inputs
 from capmodel.datasets import format as fmt
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {"cell_type": "lstm", "num_epochs": 6, "hidden_dim": 32, "wordvec_dim": 16, "batch_size": 50,
         "learning_rate": 1e-2, "seed": 1, "val_size": 60}
 
@@ -197,3 +202,97 @@ def test_the_gallery_draws_maps_of_the_first_map_pictures_only(run, shapes_dir, 
     assert ["alphas" in r for r in rows] == [True, True, False, False]
     assert [bool(f.select("div.attmaps")) for f in page.select("div.grid > figure")] == [True, True, False, False]
     assert "Attention maps of the first 2 pictures" in page.get_text()
+
+
+def test_attention_pairs_pair_each_attention_model_with_its_twin():
+    lstm = {"cell_type": "lstm", "hidden_dim": 32, "attention": "none", "attention_penalty": 1.0}
+    settings = {"lstm": lstm, "rnn": {**lstm, "cell_type": "rnn"},
+                "lstm_att": {**lstm, "attention": "soft", "attention_penalty": 0.5},
+                "gru_att": {**lstm, "cell_type": "gru", "attention": "soft"},
+                "old": {"cell_type": "lstm", "hidden_dim": 32}}  # a model.json from before attention
+    assert report_html.attention_pairs(settings) == [("lstm_att", "lstm"), ("gru_att", None)]
+
+
+# ------------------------------------------------------------------ the reports
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def execute(notebook, out, cwd, parameters):
+    import papermill
+
+    env = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + ([env] if env else []))
+    try:
+        papermill.execute_notebook(str(ROOT / "workflow" / "notebooks" / notebook), str(out), kernel_name="python3",
+                                   cwd=str(cwd), progress_bar=False, parameters=parameters)
+    finally:
+        if env is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = env
+    import nbformat
+
+    nb = nbformat.read(out, as_version=4)
+    shown = [o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    return BeautifulSoup("\n".join(shown), "html.parser")
+
+
+def model_report(run, model, shapes_dir):
+    d = run / "results" / "models" / model
+    return execute("model_report.ipynb", run / f"{model}.ipynb", run, {
+        "model_name": model, "model_json": str(d / "model.json"), "metrics_json": str(d / "metrics.json"),
+        "history_csv": str(d / "history.csv"), "val_csv": str(d / "val.csv"), "samples_csv": str(d / "samples_val.csv"),
+        "samples_json": str(d / "samples_val.json"), "scores_csv": str(d / "scores_val.csv"),
+        "data_dir": str(shapes_dir), "figures_dir": str(d / "figures"), "num_examples": 3})
+
+
+@pytest.mark.slow
+def test_the_model_report_shows_the_attention_maps_of_an_attention_model(run, shapes_dir):
+    page = model_report(run, "lstm_att", shapes_dir)
+    table = page.select_one("table.attention")
+    rows = table.tbody.find_all("tr", recursive=False)
+    samples = read_rows(run / "results" / "models" / "lstm_att" / "samples_val.csv")[:3]
+    assert len(rows) == 3
+    for tr, sample in zip(rows, samples):
+        assert re.search(r"image (\d+)", tr.get_text(" ")).group(1) == sample["image_idx"]
+        assert tr.select_one(".gen").get_text() == sample["generated"]
+        maps = tr.select("div.attmaps > figure")
+        assert [m.figcaption.contents[0] for m in maps] == sample["generated"].split()
+    # the first map is the first picture drawn with the weights that predicted its first word
+    i, text = int(samples[0]["image_idx"]), samples[0]["generated"]
+    alphas = model_alphas(run / "results" / "models" / "lstm_att", shapes_dir, "val", [i], [text])[0]
+    picture = report_html.thumbnail((shapes_dir / fmt.read_urls(shapes_dir, "val")[i]).as_uri())
+    assert rows[0].select("div.attmaps img")[0]["src"] == am.png_uri(am.word_maps(picture, alphas[:1])[0])
+
+
+@pytest.mark.slow
+def test_the_model_report_of_a_model_without_attention_says_so(run, shapes_dir):
+    page = model_report(run, "lstm", shapes_dir)
+    assert page.select_one("table.attention") is None and not page.select("div.attmaps")
+    assert "This model has no attention" in page.get_text()
+
+
+@pytest.mark.slow
+def test_the_summary_report_sets_an_attention_model_beside_its_twin(run, shapes_dir):
+    d = run / "results" / "models"
+    names = ("lstm", "lstm_att")
+    files = lambda name: {m: str(d / m / name) for m in names}
+    page = execute("summary_report.ipynb", run / "summary.ipynb", run, {
+        "summary_csv": str(run / "results" / "summary.csv"), "model_json": files("model.json"),
+        "val_files": files("val.csv"), "samples_files": files("samples_val.csv"),
+        "scores_files": files("scores_val.csv"), "records": files("samples_val.json"),
+        "data_dir": str(shapes_dir), "figures_dir": str(run / "figures"), "num_examples": 4})
+    pair = page.select_one("table.pair-lstm_att")
+    header = [th.get_text(strip=True) for th in pair.thead.find_all("th")]
+    assert header == ["image", "lstm", "lstm_att", "references"]
+    generated = {m: {r["image_idx"]: r["generated"] for r in read_rows(d / m / "samples_val.csv")} for m in names}
+    for tr in pair.tbody.find_all("tr", recursive=False):
+        tds = tr.find_all("td", recursive=False)
+        i = re.search(r"image (\d+)", tds[0].get_text(" ")).group(1)
+        assert [td.select_one(".gen").get_text() for td in tds[1:3]] == [generated["lstm"][i], generated["lstm_att"][i]]
+    cider = {m: {r["image_idx"]: float(r["CIDEr"]) for r in read_rows(d / m / "scores_val.csv")} for m in names}
+    better = sum(cider["lstm_att"][i] > cider["lstm"][i] for i in cider["lstm"])
+    assert f"lstm_att higher on {better}," in pair.find_next("p").get_text()
