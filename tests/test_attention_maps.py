@@ -296,3 +296,32 @@ def test_the_summary_report_sets_an_attention_model_beside_its_twin(run, shapes_
     cider = {m: {r["image_idx"]: float(r["CIDEr"]) for r in read_rows(d / m / "scores_val.csv")} for m in names}
     better = sum(cider["lstm_att"][i] > cider["lstm"][i] for i in cider["lstm"])
     assert f"lstm_att higher on {better}," in pair.find_next("p").get_text()
+
+
+@pytest.mark.slow
+def test_a_map_shows_where_its_region_is_in_a_browser(tmp_path):
+    """Headless Chromium draws the embedded maps as drawn: unscaled, the attended region of a
+    grey picture lit where it lies (CI sets CAPMODEL_TEST_BROWSER=1 and installs chromium)."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium")
+    if not chromium and not os.environ.get("CAPMODEL_TEST_BROWSER"):
+        pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
+    assert chromium, "CAPMODEL_TEST_BROWSER is set but chromium is not installed: apt-get install -y chromium"
+    picture = np.full((64, 64, 3), 128, np.uint8)
+    alphas = np.array([[0.01, 0.01, 0.01, 0.97], [0.97, 0.01, 0.01, 0.01]])  # bottom right, then top left
+    page = tmp_path / "maps.html"
+    page.write_text(f'<!DOCTYPE html><html><head><style>{am.CSS} body, .attmaps {{margin: 0;}}</style></head><body>'
+                    f'{am.maps_html(picture, ["right", "left"], alphas)}</body></html>', encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--force-device-scale-factor=1", f"--screenshot={shot}", "--window-size=400,220",
+                        page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    side, step = am.MAP_SIDE, am.MAP_SIDE + 2 + 6  # each map: its border of 1 px a side, then the gap
+    for k, (lit, dark) in enumerate((((3, 3), (1, 1)), ((1, 1), (3, 3)))):  # quarter centres, in quarters of side
+        shown = pixels[1 : side + 1, k * step + 1 : k * step + side + 1]  # inside the border
+        np.testing.assert_array_equal(shown, am.word_maps(picture, alphas[k : k + 1])[0])  # as drawn, unscaled
+        assert shown[lit[0] * side // 4, lit[1] * side // 4].sum() > 2 * shown[dark[0] * side // 4, dark[1] * side // 4].sum()

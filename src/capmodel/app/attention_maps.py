@@ -30,7 +30,7 @@ GLOW = 0.25  # how far towards white the most attended pixels move
 # the reports through capmodel.app.report_html.CSS).
 CSS = f"""
 .attmaps {{display: flex; flex-wrap: wrap; gap: 6px; margin: 6px 0 2px 0;}}
-.attmaps figure {{margin: 0; width: {MAP_SIDE}px; text-align: center;}}
+.attmaps figure {{margin: 0; width: {MAP_SIDE + 2}px; text-align: center;}}
 .attmaps img {{width: {MAP_SIDE}px; height: {MAP_SIDE}px; display: block; image-rendering: auto; border: 1px solid #bbb;}}
 .attmaps figcaption {{font: 600 14px/1.3 sans-serif; color: #111; overflow-wrap: anywhere;}}
 .attmaps figcaption small {{display: block; font-weight: 400; font-size: 11px; color: #666;}}
