@@ -91,9 +91,9 @@ def test_maps_html_has_one_figure_per_word_with_the_word_under_it():
     figures = page.select("div.attmaps > figure")
     assert [f.figcaption.contents[0] for f in figures] == ["a", "red", "<circle>"]  # escaped, read as text
     assert [f.figcaption.small.get_text() for f in figures] == [f"max {a.max():.2f}" for a in alphas]
-    for f in figures:
-        src = f.img["src"]
-        assert src.startswith("data:image/png;base64,")
+    assert all(f.img["src"].startswith("data:image/png;base64,") for f in figures)  # a drawing: exact
+    photo = pytest.importorskip("skimage.data").chelsea()  # a photograph: PNG is many times larger
+    assert am.image_uri(am.word_maps(photo, alphas[:1])[0]).startswith("data:image/jpeg;base64,")
     with pytest.raises(ValueError, match="2 words but 3 rows"):
         am.maps_html(picture, ["a", "b"], alphas)
     with pytest.raises(ValueError, match="no square grid"):
@@ -188,7 +188,7 @@ def test_the_gallery_draws_a_map_per_word_for_an_attention_model_only(run, shape
     # the map under a word is the picture drawn with that word's weights
     first = figures[0].select("div.attmaps img")[1]["src"]
     drawn = am.word_maps(Image.open(pictures[0]), rows[0]["alphas"][1:2])[0]
-    assert first == am.png_uri(drawn)
+    assert first == am.image_uri(drawn)
     rows, page = gallery(tmp_path, run / "results" / "models" / "lstm", pictures)
     assert not page.select("div.attmaps") and not any("alphas" in r for r in rows)
     assert len(page.select("div.grid > figure")) == 5
@@ -265,7 +265,7 @@ def test_the_model_report_shows_the_attention_maps_of_an_attention_model(run, sh
     i, text = int(samples[0]["image_idx"]), samples[0]["generated"]
     alphas = model_alphas(run / "results" / "models" / "lstm_att", shapes_dir, "val", [i], [text])[0]
     picture = report_html.thumbnail((shapes_dir / fmt.read_urls(shapes_dir, "val")[i]).as_uri())
-    assert rows[0].select("div.attmaps img")[0]["src"] == am.png_uri(am.word_maps(picture, alphas[:1])[0])
+    assert rows[0].select("div.attmaps img")[0]["src"] == am.image_uri(am.word_maps(picture, alphas[:1])[0])
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from PIL import Image
 MAP_SIDE = 128  # pixels a side of each word's picture
 FLOOR = 0.22  # brightness kept where a word puts no weight
 GLOW = 0.25  # how far towards white the most attended pixels move
+JPEG_GAIN = 3  # a map is embedded as JPEG only when that makes it this many times smaller
 # Styles of maps_html's rows, included by every page that shows them (the caption gallery,
 # the reports through capmodel.app.report_html.CSS).
 CSS = f"""
@@ -126,11 +127,16 @@ def word_maps(image, alphas, side=MAP_SIDE):
     return [overlay(base, a) for a in alphas]
 
 
-def png_uri(array):
-    """A data: URI of a uint8 (H, W, 3) array as PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def image_uri(array):
+    """A data: URI of a uint8 (H, W, 3) array: PNG (exact), or JPEG at quality 90 when the PNG
+    is more than JPEG_GAIN times larger (a photo's maps: some 30 KB as PNG, 4 KB as JPEG)."""
+    encoded = {}
+    for kind, options in (("png", {"optimize": True}), ("jpeg", {"quality": 90})):
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format=kind.upper(), **options)
+        encoded[kind] = buf.getvalue()
+    kind = "jpeg" if len(encoded["png"]) > JPEG_GAIN * len(encoded["jpeg"]) else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(encoded[kind]).decode("ascii")
 
 
 def maps_html(image, words, alphas, side=MAP_SIDE):
@@ -151,6 +157,6 @@ def maps_html(image, words, alphas, side=MAP_SIDE):
         r, c = divmod(int(np.argmax(a)), G)
         note = f"max {a.max():.2f}"
         tip = f"{word}: largest weight {a.max():.3f} on region row {r + 1}, column {c + 1} of {G} x {G}"
-        figures.append(f'<figure><img src="{png_uri(picture)}" alt="{html.escape(tip)}" title="{html.escape(tip)}">'
+        figures.append(f'<figure><img src="{image_uri(picture)}" alt="{html.escape(tip)}" title="{html.escape(tip)}">'
                        f"<figcaption>{html.escape(word)}<small>{note}</small></figcaption></figure>")
     return '<div class="attmaps">' + "".join(figures) + "</div>"

@@ -46,7 +46,7 @@ CSV_COLUMNS = ("image", "caption")
 CSV_KIND = ",".join(CSV_COLUMNS)
 GALLERY_KIND = "capmodel caption"
 # The gallery draws the attention maps of at most this many pictures (the first ones): a
-# row of maps is a picture per word, about 10 KB each embedded.
+# row of maps is a picture per word, some 3 to 8 KB each embedded.
 MAP_PICTURES = 50
 
 
