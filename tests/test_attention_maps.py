@@ -285,17 +285,24 @@ def test_the_summary_report_sets_an_attention_model_beside_its_twin(run, shapes_
         "val_files": files("val.csv"), "samples_files": files("samples_val.csv"),
         "scores_files": files("scores_val.csv"), "records": files("samples_val.json"),
         "data_dir": str(shapes_dir), "figures_dir": str(run / "figures"), "num_examples": 4})
-    pair = page.select_one("table.pair-lstm_att")
-    header = [th.get_text(strip=True) for th in pair.thead.find_all("th")]
-    assert header == ["image", "lstm", "lstm_att", "references"]
-    generated = {m: {r["image_idx"]: r["generated"] for r in read_rows(d / m / "samples_val.csv")} for m in names}
-    for tr in pair.tbody.find_all("tr", recursive=False):
-        tds = tr.find_all("td", recursive=False)
-        i = re.search(r"image (\d+)", tds[0].get_text(" ")).group(1)
-        assert [td.select_one(".gen").get_text() for td in tds[1:3]] == [generated["lstm"][i], generated["lstm_att"][i]]
-    cider = {m: {r["image_idx"]: float(r["CIDEr"]) for r in read_rows(d / m / "scores_val.csv")} for m in names}
-    better = sum(cider["lstm_att"][i] > cider["lstm"][i] for i in cider["lstm"])
-    assert f"lstm_att higher on {better}," in pair.find_next("p").get_text()
+    generated = {m: {int(r["image_idx"]): r["generated"] for r in read_rows(d / m / "samples_val.csv")} for m in names}
+    cider = {m: {int(r["image_idx"]): float(r["CIDEr"]) for r in read_rows(d / m / "scores_val.csv")} for m in names}
+    gain = {i: cider["lstm_att"][i] - cider["lstm"][i] for i in cider["lstm"]}
+    for kind, sign in (("gains", -1), ("losses", 1)):
+        pair = page.select_one(f"table.pair-{kind}-lstm_att")
+        header = [th.get_text(strip=True) for th in pair.thead.find_all("th")]
+        assert header == ["image", "lstm", "lstm_att", "references"]
+        ids = []
+        for tr in pair.tbody.find_all("tr", recursive=False):
+            tds = tr.find_all("td", recursive=False)
+            i = int(re.search(r"image (\d+)", tds[0].get_text(" ")).group(1))
+            assert [td.select_one(".gen").get_text() for td in tds[1:3]] == [generated["lstm"][i], generated["lstm_att"][i]]
+            ids.append(i)
+        assert len(ids) == 4 and [gain[i] for i in ids] == sorted((gain[i] for i in ids), key=lambda g: sign * g)
+        assert sign * gain[ids[-1]] <= min(sign * g for i, g in gain.items() if i not in ids)  # the extremes
+    better = sum(g > 0 for g in gain.values())
+    text = page.find("h3", id="pair-lstm_att").find_next("p").get_text()
+    assert f"lstm_att higher on {better}," in text
 
 
 @pytest.mark.slow
