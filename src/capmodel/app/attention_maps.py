@@ -3,10 +3,10 @@ word of a caption with the weights that word put on the G x G regions shown over
 
 A map is drawn on the part of the picture the encoder's grid covers: the centred square
 (square_view; every capmodel encoder centre-crops a square first: randconv sees the whole
-square, the pretrained CNNs its middle (their preprocessing's crop, e.g. 224 of 256 pixels), so
-their maps reach slightly past the part they saw). The G x G weights are upsampled bilinearly between the cells' centres to the
-thumbnail's pixels and divided by their largest weight, giving a level m from 0 to 1 per
-pixel. The picture is darkened where m is low and lit where it is high: a pixel keeps
+square, the pretrained CNNs its middle (their preprocessing's crop, e.g. 224 of 256
+pixels), so their maps reach slightly past the part they saw). The G x G weights are
+upsampled bilinearly between the cells' centres to the thumbnail's pixels and divided by
+their largest weight, giving a level m from 0 to 1 per pixel. The picture is darkened where m is low and lit where it is high: a pixel keeps
 FLOOR + (1 - FLOOR) * m of its brightness, then moves GLOW * m of the way to white, so an
 attended region stands out on a dark picture as well as on a light one, and an unattended
 one shows dimly. The largest weight is printed under the word, so a flat map (every weight
