@@ -214,6 +214,15 @@ def test_model_report(run, model):
         want = [[e, f"{np.mean([float(r['reward']) for r in history if r['epoch'] == e]):.4f}"] for e in epochs]
         got = [[c.get_text() for c in cells(tr)][:2] for tr in rewards.find_next("table").tbody.find_all("tr")]
         assert got == want
+    info = json.loads((run / "results" / "models" / model / "model.json").read_text())
+    maps = page.select_one("table.attention")  # attention maps: of the first examples, a map per word
+    if info["settings"].get("attention", "none") == "none":
+        assert maps is None and "This model has no attention" in page.get_text()
+    else:
+        rows = maps.tbody.find_all("tr", recursive=False)
+        assert len(rows) == min(NUM_EXAMPLES, 6)
+        for tr, s in zip(rows, samples):
+            assert [f.figcaption.contents[0] for f in tr.select("div.attmaps > figure")] == s["generated"].split()
 
 
 def dump_dom(path, clicks=(), workdir=None):

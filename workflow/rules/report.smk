@@ -28,6 +28,10 @@ rule report_model:
     input:
         notebook=str(NOTEBOOKS / "model_report.ipynb"),
         meta="results/models/{model}/model.json",
+        # The weights and the data set's features and regions: an attention model's report
+        # reads a few captions back through the model to draw its attention maps.
+        weights="results/models/{model}/model.npz",
+        data=DATA_DIR,
         history="results/models/{model}/history.csv",
         val="results/models/{model}/val.csv",
         samples=f"results/models/{{model}}/samples_{SPLIT}.csv",
@@ -60,7 +64,8 @@ rule report_model:
         "papermill {input.notebook:q} {output.notebook:q} -k python3 --log-output --cwd ."
         " -p model_name {wildcards.model:q} -p model_json {input.meta:q} -p metrics_json {input.metrics:q}"
         " -p history_csv {input.history:q} -p val_csv {input.val:q} -p samples_csv {input.samples:q}"
-        " -p samples_json {input.record:q} -p scores_csv {input.scores:q} -p summary_link summary.html"
+        " -p samples_json {input.record:q} -p scores_csv {input.scores:q} -p data_dir {input.data:q}"
+        " -p summary_link summary.html"
         " -p figures_dir {params.figures_dir:q} -p num_examples {params.num_examples:q} > {log:q} 2>&1"
         " && jupyter nbconvert --to html --no-input {output.notebook:q} --output-dir reports"
         " --output {wildcards.model:q} >> {log:q} 2>&1"

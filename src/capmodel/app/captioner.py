@@ -32,6 +32,8 @@ from capmodel.coco_utils import decode_captions
 from capmodel.datasets import features as feat
 from capmodel.datasets import folder
 from capmodel.datasets import format as fmt
+from capmodel.app import attention_maps
+from capmodel.app.attention_weights import caption_alphas
 from capmodel.app.tables import csv_text
 from capmodel.image_utils import IMAGE_SUFFIXES, open_rgb, thumbnail_uri
 from capmodel.safety.jsonfile import read_json
@@ -43,6 +45,9 @@ CSV_COLUMNS = ("image", "caption")
 # header, the gallery's <meta name="generator">. Only such files are replaced.
 CSV_KIND = ",".join(CSV_COLUMNS)
 GALLERY_KIND = "capmodel caption"
+# The gallery draws the attention maps of at most this many pictures (the first ones): a
+# row of maps is a picture per word, some 3 to 8 KB each embedded.
+MAP_PICTURES = 50
 
 
 class FeaturesNotComputable(ValueError):
@@ -250,7 +255,8 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, decoding
       out take the defaults `capmodel sample` has, so both give a model's one caption
     - weights: Weights file of the model's pretrained CNN encoder (see capmodel.encoders)
 
-    Returns a list of {'image': path, 'caption': text} in the order of the images.
+    Returns a list of {'image': path, 'caption': text} in the order of the images; for a
+    model that attends over regions, the first MAP_PICTURES also hold 'alphas' (add_attention).
     """
     decoded = S.decode_record(S.check_all(decoding or {}, S.CAPTION_DECODE, "caption"))
     base = checkpoints.model_base(model_path)
@@ -290,7 +296,10 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, decoding
             for s in range(0, len(x), batch_size)]
     idx_to_word = {i: w for w, i in model.word_to_idx.items()}
     texts = decode_captions(np.concatenate(caps), idx_to_word, strip_special=True)
-    return [{"image": str(p), "caption": t} for p, t in zip(images, texts)]
+    rows = [{"image": str(p), "caption": t} for p, t in zip(images, texts)]
+    if regions is not None:  # where the model looked, for the gallery (gallery_html)
+        add_attention(rows, model, x, regions)
+    return rows
 
 
 def check_output_files(out, html, model_path, paths, features_file=None):
@@ -316,24 +325,59 @@ def write_outputs(rows, csv_path=None, html_path=None, title="capmodel captions"
     write_texts(files)
 
 
+def add_attention(rows, model, features, regions):
+    """Give the first MAP_PICTURES rows 'alphas': each word's attention weights (T, L) on the
+    picture's regions, read teacher-forced from the caption (attention_weights.caption_alphas).
+
+    Inputs:
+    - rows: Caption rows {'image', 'caption'} of the pictures, in order
+    - model: The model that wrote the captions, one that attends over regions
+    - features: The pictures' global features, of shape (N, D)
+    - regions: Their regions, of shape (N, L, C)
+    """
+    k = min(len(rows), MAP_PICTURES)
+    alphas = caption_alphas(model, features[:k], regions[:k], [r["caption"] for r in rows[:k]])
+    for r, a in zip(rows, alphas):
+        r["alphas"] = a
+
+
 def gallery_html(rows, title="capmodel captions"):
-    """A self-contained HTML page: each image (an embedded thumbnail) with its caption.
+    """A self-contained HTML page: each image (an embedded thumbnail) with its caption, and,
+    for rows with 'alphas' (add_attention), under the caption a row of attention maps: one
+    small picture per word, lit where the word put much weight (attention_maps).
 
     Raises one FolderError naming every image that cannot be read.
     """
-    uris, bad = [], []
+    uris, pictures, bad = [], [], []
     for r in rows:
         try:
-            uris.append(thumbnail_uri(open_rgb(r["image"])))
+            picture = open_rgb(r["image"])
         except ValueError as e:
             bad.append(str(e))
+        else:
+            uris.append(thumbnail_uri(picture))
+            # for the maps, a thumbnail of the square the grid covers (not the whole photo)
+            pictures.append(attention_maps.thumbnail(picture) if "alphas" in r else None)
     if bad:
         raise folder.FolderError(f"{len(bad)} of {len(rows)} image(s) cannot be read: " + "; ".join(bad))
-    figures = "\n".join(
-        f'<figure><img src="{uri}" alt="{html.escape(r["image"])}">'
-        f'<figcaption><b>{html.escape(r["caption"]) or "<i>(empty caption)</i>"}</b>'
-        f'<br><small>{html.escape(r["image"])}</small></figcaption></figure>'
-        for r, uri in zip(rows, uris))
+    figures, mapped = [], 0
+    for r, uri, picture in zip(rows, uris, pictures):
+        caption = (f'<b>{html.escape(r["caption"]) or "<i>(empty caption)</i>"}</b>'
+                   f'<br><small>{html.escape(r["image"])}</small>')
+        if picture is None:
+            figures.append(f'<figure><img src="{uri}" alt="{html.escape(r["image"])}">'
+                           f"<figcaption>{caption}</figcaption></figure>")
+            continue
+        mapped += 1
+        maps = attention_maps.maps_html(picture, r["caption"].split(), r["alphas"])
+        figures.append(f'<figure class="wide"><img src="{uri}" alt="{html.escape(r["image"])}">'
+                       f"<figcaption>{caption}{maps}</figcaption></figure>")
+    note = ""
+    if mapped:
+        note = (f"<p>Attention maps of the first {mapped} pictures (at most {MAP_PICTURES}): for each word, the "
+                "part of the picture the model's grid of regions covers, lit where the model put much weight "
+                "when it wrote that word and darkened where it put little; under it the word's largest weight on "
+                "one region (1 / L of L regions: it looked everywhere alike).</p>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="generator" content="{GALLERY_KIND}">
 <title>{html.escape(title)}</title>
@@ -341,12 +385,15 @@ def gallery_html(rows, title="capmodel captions"):
 body {{ font-family: sans-serif; margin: 1.5em; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure {{ margin: 0; width: 260px; }}
-img {{ width: 256px; image-rendering: pixelated; border: 1px solid #ccc; }}
+figure > img {{ width: 256px; image-rendering: pixelated; border: 1px solid #ccc; }}
 figcaption {{ overflow-wrap: anywhere; }}
+figure.wide {{ width: 100%; display: flex; gap: 1em; align-items: flex-start; }}
+figure.wide > figcaption {{ flex: 1; }}
+{attention_maps.CSS}
 </style></head>
-<body><h1>{html.escape(title)}</h1><p>{len(rows)} images</p>
+<body><h1>{html.escape(title)}</h1><p>{len(rows)} images</p>{note}
 <div class="grid">
-{figures}
+{chr(10).join(figures)}
 </div></body></html>
 """
     return page

@@ -10,6 +10,7 @@ import urllib.parse
 import numpy as np
 from PIL import Image
 
+from capmodel.app import attention_maps
 from capmodel.image_utils import THUMBNAIL_SIDE, image_from_url, thumbnail_uri
 
 CSS = """<style>
@@ -30,7 +31,9 @@ CSS = """<style>
 .cm table.sortable th {cursor: pointer;}
 .cm table.sortable th:after {content: " \\2195"; color: #aaa;}
 .cm a.back {font-size: 14px;}
-</style>"""
+.cm table.attention td {max-width: none;}
+.cm table.cm-t .attmaps img {width: MAP_SIDEpx; height: MAP_SIDEpx; image-rendering: auto;}
+ATTENTION_MAPS</style>""".replace("MAP_SIDE", str(attention_maps.MAP_SIDE)).replace("ATTENTION_MAPS", attention_maps.CSS)
 
 # Tables of class "sortable": a click on a header sorts the rows by that column, ascending
 # first, then descending (ascending: numbers numerically, then text alphabetically). One
@@ -150,3 +153,37 @@ def two_columns(pairs, header=("setting", "value")):
 
 def side_by_side(*fragments):
     return '<div class="row">' + "".join(f"<div>{f}</div>" for f in fragments) + "</div>"
+
+
+def attention_table(urls, image_idxs, texts, alphas):
+    """A table of pictures with their caption and, under it, each word's attention map
+    (attention_maps.maps_html); a picture that cannot be read gets its caption only.
+
+    Inputs:
+    - urls, image_idxs, texts: Each picture's location, its number in the split, its caption
+    - alphas: For each picture, its words' attention weights, of shape (T, L)
+    """
+    rows = []
+    for url, i, text, a in zip(urls, image_idxs, texts, alphas):
+        picture = thumbnail(url)
+        maps = "" if picture is None else attention_maps.maps_html(picture, text.split(), a)
+        rows.append([img_tag(url) + f'<span class="score">image {i}</span>',
+                     f'<span class="gen">{esc(text)}</span>{maps}'])
+    return table_html(["image", "generated, and where the model looked for each word"], rows, cls="attention")
+
+
+def attention_pairs(settings):
+    """Each model that attends over regions with its twin without attention: the model whose
+    settings are the same but for attention and attention_penalty.
+
+    Inputs:
+    - settings: {model name: its training settings (model.json's 'settings')}
+
+    Returns a list of (attention model, twin or None), in the order of settings.
+    """
+    differs = ("attention", "attention_penalty")
+    same = lambda s: {k: v for k, v in s.items() if k not in differs}
+    attends = [m for m, s in settings.items() if s.get("attention", "none") != "none"]
+    twins = {m: [n for n, s in settings.items() if s.get("attention", "none") == "none"
+                 and same(s) == same(settings[m])] for m in attends}
+    return [(m, twins[m][0] if twins[m] else None) for m in attends]
