@@ -250,7 +250,8 @@ def blas_threads():
 
 def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
     """One row per model: its metrics, and from model.json / val.csv (matched by directory)
-    the kept epoch, that epoch's validation loss, iterations, parameters and training time."""
+    its cell type, attention (none for a model of before attention) and objective, the kept
+    epoch, that epoch's validation loss, iterations, parameters and training time."""
     by_dir = lambda files: {Path(f).parent.resolve(): Path(f) for f in files}
     infos, vals = by_dir(model_files), by_dir(val_files)
     rows = []
@@ -263,7 +264,8 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
         if d in infos:
             info = read_settings_file(infos[d], "model file")
             st = info.get("settings", {})
-            row.update({"cell_type": st.get("cell_type", ""), "objective": st.get("objective", "xe"),
+            row.update({"cell_type": st.get("cell_type", ""), "attention": st.get("attention", "none"),
+                        "objective": st.get("objective", "xe"),
                         "hidden_dim": st.get("hidden_dim", ""),
                         "params": info.get("num_params", ""), "iterations": info.get("iterations", ""),
                         "train_seconds": info.get("train_seconds_this_run", ""),
@@ -274,7 +276,7 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
         row["decoding"] = m.get("decoding", "")
         row.update({k: m[k] for k in metrics.METRIC_NAMES if k in m})
         rows.append(row)
-    cols = ["model", "cell_type", "objective", "hidden_dim", "params", "iterations", "train_seconds", "best_epoch",
+    cols = ["model", "cell_type", "attention", "objective", "hidden_dim", "params", "iterations", "train_seconds", "best_epoch",
             "val_loss", "decoding", *metrics.METRIC_NAMES]
     cols = [c for c in cols if any(c in r for r in rows)]
     cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
