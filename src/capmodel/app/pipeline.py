@@ -108,7 +108,7 @@ def uses_regions(settings):
 
 def check_grid(data_dir, needed_by):
     """Refuse, before reading it, a data set without the grid of regions that an attention
-    model needs (needed_by names it: "attention soft", "model M"): one line naming the data
+    model needs (needed_by names it: "a model with --attention soft", "model M"): one line naming the data
     set, the missing file and how to make one."""
     base = Path(data_dir)
     if not base.is_dir():
@@ -276,8 +276,8 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
         row["decoding"] = m.get("decoding", "")
         row.update({k: m[k] for k in metrics.METRIC_NAMES if k in m})
         rows.append(row)
-    cols = ["model", "cell_type", "attention", "objective", "hidden_dim", "params", "iterations", "train_seconds", "best_epoch",
-            "val_loss", "decoding", *metrics.METRIC_NAMES]
+    cols = ["model", "cell_type", "attention", "objective", "hidden_dim", "params", "iterations", "train_seconds",
+            "best_epoch", "val_loss", "decoding", *metrics.METRIC_NAMES]
     cols = [c for c in cols if any(c in r for r in rows)]
     cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
     write_csv(out_csv, [{c: cell(r.get(c, "")) for c in cols} for r in rows], cols)
