@@ -59,7 +59,7 @@ def test_stages_by_hand(shapes_dir, tmp_path):
                  str(tmp_path / "s.md")]) == 0
     table = (tmp_path / "s.md").read_text()
     best = [r for r in val if r["best"] == "1"][-1]
-    assert f"| m | gru | xe | 32 | {info['num_params']} | 24 |" in table and f"| {float(best['val_loss']):.4f} |" in table
+    assert f"| m | gru | none | xe | 32 | {info['num_params']} | 24 |" in table and f"| {float(best['val_loss']):.4f} |" in table
     assert "| beam2 |" in table
 
 

@@ -7,13 +7,21 @@ instead of the kernel's OOM killer ending the run hours later without a message.
 The estimates are rough upper-end figures of the largest arrays, not a measurement: one
 training step keeps, for each caption row and time step, the scores, their softmax and
 their gradient (3 V values) and the hidden activations of the forward and backward passes
-(about 16 per unit of width and layer, and the attention weights of a transformer).
+(about 16 per unit of width and layer, and the attention weights of a transformer). A model
+that attends over image regions also keeps, per row, its image's regions (cast to the
+model's dtype) and their projection with its gradient, and per step the attention weights
+and the context with their gradients. The data set's regions themselves are held in memory
+for the whole run: their size is checked before they are read (check_regions).
 Dimension letters: N captions of a step, T time steps, V vocabulary, W word vector size,
-H hidden size, L layers.
+H hidden size, K layers, R regions per image (the data set's L), C region channels,
+A attention width.
 """
 
 from pathlib import Path
 
+import h5py
+
+from capmodel.datasets import format as fmt
 from capmodel.vocab import CAPTION_LENGTH
 
 GB = 1e9
@@ -41,15 +49,27 @@ def available_bytes():
     return min(found) if found else None
 
 
-def bytes_per_row(model, T):
-    """Estimated bytes one caption row of T steps takes in a training step (loss and backward)."""
+def bytes_per_row(model, T, num_regions=0):
+    """Estimated bytes one caption row of T steps takes in a training step (loss and backward);
+    num_regions: the regions R per image of the data set, for a model that attends over them."""
     desc = model.describe()
     V = len(model.word_to_idx)
     W, H = desc.get("wordvec_dim", 0), desc.get("hidden_dim", 0)
     layers = desc.get("num_layers", 1)
-    attention = desc.get("num_heads", 0) * T  # a transformer's (heads, T) weights per step
+    heads = desc.get("num_heads", 0)
+    attention = heads * T  # a transformer's (heads, T) self-attention weights per step
     per_step = 3 * V + 16 * (W + H) * layers + 3 * attention * layers
-    return per_step * T * model.dtype.itemsize
+    per_row = 0
+    if getattr(model, "uses_regions", False):
+        R, C = num_regions, desc.get("region_dim", 0)
+        if heads:  # cross-attention over the global vector and the R regions, in every layer
+            per_step += 3 * heads * (R + 1) * layers
+            per_row = R * C + 4 * (R + 1) * W * layers  # the regions; keys, values and their gradients
+        else:  # alpha, context and their gradients per step; the regions, their projection and its gradient
+            A = desc.get("attention_dim", H)
+            per_step += 2 * (R + C)
+            per_row = R * C + 2 * R * A
+    return (per_step * T + per_row) * model.dtype.itemsize
 
 
 def _shown(n):
@@ -70,7 +90,8 @@ def check_training(model, data, settings, objective, available=None):
     if available is None:
         return
     T = data["train_captions"].shape[1] - 1
-    per_row = bytes_per_row(model, T)
+    regions = data.get("train_regions")
+    per_row = bytes_per_row(model, T, 0 if regions is None else regions.shape[1])
     batch = settings["batch_size"]
     rows = objective.rows(batch)
     need = rows * per_row
@@ -96,3 +117,26 @@ def check_max_train(max_train, available=None):
     if need > available:
         raise ValueError(f"--max-train {max_train}: the subsampled captions need about {_shown(need)}, more than the "
                          f"{_shown(available)} of memory available")
+
+
+def check_regions(data_dir, available=None):
+    """Raise ValueError when the data set's grids of regions (every split's {split}2014_grid.h5,
+    float16, read whole into memory by training) would not fit in the memory available; a data
+    set without them passes (its own check names what is missing)."""
+    available = available_bytes() if available is None else available
+    if available is None:
+        return
+    need, files = 0, []
+    for split in fmt.splits_of(data_dir):
+        path = Path(data_dir) / fmt.grid_file(split)
+        try:
+            with h5py.File(path, "r") as f:
+                d = f[fmt.FEATURES_KEY]
+                need += d.size * d.dtype.itemsize
+        except (OSError, KeyError):
+            continue  # the data set's check names it
+        files.append(path.name)
+    if need > available:
+        raise ValueError(f"data set {data_dir}: its regions ({', '.join(files)}) need about {_shown(need)} in memory, "
+                         f"more than the {_shown(available)} available; make it with a smaller --grid or "
+                         "--grid-pca, or train on a machine with more memory")

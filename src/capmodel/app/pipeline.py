@@ -24,6 +24,7 @@ from capmodel.captioning_solver import CS231N_KWARGS, EXTRA_KWARGS, CaptioningSo
 from capmodel.cider import CiderD
 from capmodel.coco_utils import load_coco_data
 from capmodel.datasets import features as feat
+from capmodel.datasets import format as fmt
 from capmodel.objectives import CrossEntropy
 from capmodel.safety import ownership
 from capmodel.safety.atomic import check_writable, sha256_of, write_text
@@ -99,6 +100,26 @@ def load_start(model, start, init_from, encoder):
     return sha256_of(start.with_suffix(".npz"))
 
 
+def uses_regions(settings):
+    """Whether the model of checked training settings attends over image regions (its
+    uses_regions), known before the data set is read, so that the regions are read only then."""
+    return settings["attention"] != "none"
+
+
+def check_grid(data_dir, needed_by):
+    """Refuse, before reading it, a data set without the grid of regions that an attention
+    model needs (needed_by names it: "a model with --attention soft", "model M"): one line naming the data
+    set, the missing file and how to make one."""
+    base = Path(data_dir)
+    if not base.is_dir():
+        return  # the data set's own check names it
+    for split in fmt.splits_of(base):
+        if not (base / fmt.grid_file(split)).exists():
+            raise ValueError(f"--data {data_dir}: {needed_by} attends over image regions, but the data set has no "
+                             f"{fmt.grid_file(split)}; make the data set with a grid (--grid G of capmodel data "
+                             "shapes, data from-folder or data features)")
+
+
 def read_settings_file(path, what="settings file"):
     """A JSON object of settings from path (as the workflow writes them), named in errors."""
     path = Path(path)
@@ -172,10 +193,16 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
     if checkpoint_dir is not None:
         ckpt = checkpoints.CheckpointDir(checkpoint_dir)
         ownership.check_owned(ckpt.path, "checkpoints", "checkpoint directory")
-    data = load_coco_data(data_dir, max_train=s["max_train"], pca_features=s["pca_features"], rng=s["seed"])
+    attends = uses_regions(s)
+    if attends:
+        check_grid(data_dir, f"a model with --attention {s['attention']}")
+        memory.check_regions(data_dir)
+    data = load_coco_data(data_dir, max_train=s["max_train"], pca_features=s["pca_features"], rng=s["seed"],
+                          regions=attends)
     record = feat.snapshot_record(data_dir)  # the encoder the model's features came from, kept beside it
     encoder = None if record is None else feat.identity(record[0])
-    model = models.build(data["word_to_idx"], data["train_features"].shape[1], s)
+    model = models.build(data["word_to_idx"], data["train_features"].shape[1], s,
+                         region_dim=data["train_regions"].shape[2] if attends else None)
     start_sha = None if start is None else load_start(model, start, init_from, encoder)
     objective = OBJECTIVES[s["objective"]](data, s)
     memory.check_training(model, data, s, objective)
@@ -223,7 +250,8 @@ def blas_threads():
 
 def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
     """One row per model: its metrics, and from model.json / val.csv (matched by directory)
-    the kept epoch, that epoch's validation loss, iterations, parameters and training time."""
+    its cell type, attention (none for a model of before attention) and objective, the kept
+    epoch, that epoch's validation loss, iterations, parameters and training time."""
     by_dir = lambda files: {Path(f).parent.resolve(): Path(f) for f in files}
     infos, vals = by_dir(model_files), by_dir(val_files)
     rows = []
@@ -236,7 +264,8 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
         if d in infos:
             info = read_settings_file(infos[d], "model file")
             st = info.get("settings", {})
-            row.update({"cell_type": st.get("cell_type", ""), "objective": st.get("objective", "xe"),
+            row.update({"cell_type": st.get("cell_type", ""), "attention": st.get("attention", "none"),
+                        "objective": st.get("objective", "xe"),
                         "hidden_dim": st.get("hidden_dim", ""),
                         "params": info.get("num_params", ""), "iterations": info.get("iterations", ""),
                         "train_seconds": info.get("train_seconds_this_run", ""),
@@ -247,8 +276,8 @@ def summarize(metrics_files, out_csv, out_md, model_files=(), val_files=()):
         row["decoding"] = m.get("decoding", "")
         row.update({k: m[k] for k in metrics.METRIC_NAMES if k in m})
         rows.append(row)
-    cols = ["model", "cell_type", "objective", "hidden_dim", "params", "iterations", "train_seconds", "best_epoch",
-            "val_loss", "decoding", *metrics.METRIC_NAMES]
+    cols = ["model", "cell_type", "attention", "objective", "hidden_dim", "params", "iterations", "train_seconds",
+            "best_epoch", "val_loss", "decoding", *metrics.METRIC_NAMES]
     cols = [c for c in cols if any(c in r for r in rows)]
     cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
     write_csv(out_csv, [{c: cell(r.get(c, "")) for c in cols} for r in rows], cols)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from capmodel import checkpoints, metrics
+from capmodel.app import memory
 from capmodel.app import settings as S
-from capmodel.app.pipeline import read_settings_file
+from capmodel.app.pipeline import check_grid, read_settings_file
 from capmodel.safety.outputs import check_output
 from capmodel.app.tables import read_csv, write_csv
 from capmodel.coco_utils import decode_captions, load_coco_data
@@ -87,14 +88,20 @@ def caption_images(model, data, split, image_idxs, record, batch_size=500):
 
 def sample(model, data_dir, out_csv, settings=None, batch_size=500):
     """Caption the images of a split; write image_idx, url, generated, references as CSV,
-    and the decoding record (settings and label) beside it (samples_record)."""
+    and the decoding record (settings and label) beside it (samples_record). The data set's
+    regions are read only for a model that attends over them (refused first, in one line,
+    when the data set has none)."""
     record = S.decode_record(settings or {})
     base = checkpoints.model_base(model)
     _check_samples_outputs(out_csv, inputs=(base.with_suffix(".npz"), base.with_suffix(".json")))
     fmt.check_split(data_dir, record["split"])
     model, meta = checkpoints.load_model(base)
+    attends = bool(getattr(model, "uses_regions", False))  # the regions are read only for a model that needs them
+    if attends:
+        check_grid(data_dir, f"model {base}")
+        memory.check_regions(data_dir)
     pca = meta.get("settings", {}).get("pca_features", True)
-    data = load_coco_data(data_dir, pca_features=pca)
+    data = load_coco_data(data_dir, pca_features=pca, regions=attends)
     if data["word_to_idx"] != model.word_to_idx:
         raise ValueError(f"the vocabulary of {data_dir} differs from the model's ({base}); "
                          "sample with the dataset the model was trained on")
@@ -116,7 +123,7 @@ def baseline(data_dir, out_csv, split="val", num_images=None):
     """The most-frequent-training-caption baseline, written like sample()'s output."""
     _check_samples_outputs(out_csv)
     fmt.check_split(data_dir, split)
-    data = load_coco_data(data_dir)
+    data = load_coco_data(data_dir, regions=False)  # the baseline looks at no picture
     caption = metrics.most_frequent_caption(data)
     refs = metrics.references_by_image(data, split, num_images)
     urls = fmt.read_urls(data_dir, split)  # as stored: relative to data_dir (sample_image_urls)
