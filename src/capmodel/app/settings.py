@@ -113,8 +113,8 @@ DATA_GRID = (
             "G x G (at most the layer's own side: 7 for the 224-pixel CNNs, 16 for randconv at 64 pixels)",
             minimum=1, optional=True),
     Setting("grid_pca", int, GRID_PCA_DIM, "components K of the PCA fitted on the train regions, every region a "
-            "row (K >= the encoder's channels keeps them all, centred and rotated); null: the regions as the "
-            "encoder gives them", minimum=1, optional=True),
+            "row (K >= the encoder's channels keeps them all, centred and rotated); null: the encoder's channels; "
+            "either way each channel is then standardised over the train regions", minimum=1, optional=True),
 )
 _GRID = {g.name: g for g in DATA_GRID}
 
@@ -128,7 +128,8 @@ SHAPES = (
             "random-conv encoder's second layer (16 x 16 at 64 pixels, 128 channels) average-pooled to G x G",
             maximum=shapes.MAP_SIDE),
     replace(_GRID["grid_pca"], default=shapes.DEFAULT_GRID_PCA, help="components K of a PCA fitted on the train "
-            "regions (K >= 128 keeps them all, centred and rotated); null: the 128 channels as they are"),
+            "regions (K >= 128 keeps them all, centred and rotated); null: the 128 channels; either way each "
+            "channel is then standardised over the train regions"),
 )
 
 
