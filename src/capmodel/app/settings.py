@@ -36,7 +36,7 @@ TRAIN = (
     Setting("attention", str, "none", "attend over image regions: none (the global feature vector only) or soft "
             "(Show, Attend and Tell for rnn/lstm/gru; the transformer cross-attends over the regions); soft needs "
             "a data set with a grid of regions", choices=ATTENTION_CHOICES),
-    Setting("attention_penalty", float, 1.0, "weight lambda of the doubly stochastic attention penalty "
+    Setting("attention_penalty", float, 0.1, "weight lambda of the doubly stochastic attention penalty "
             "lambda * sum_l (1 - sum_t alpha_tl)^2 (rnn/lstm/gru with attention soft)", minimum=0),
     Setting("update_rule", str, "adam", "optimizer", choices=UPDATE_RULES),
     Setting("learning_rate", float, 5e-3, "initial learning rate", exclusive_minimum=0, maximum=10),
