@@ -14,8 +14,9 @@ default the data set's own: capmodel.datasets.shapes.DEFAULT_GRID, DEFAULT_GRID_
 2. every model captions the val split with the config's `sample:` decoding (beam 3, max 16
    words by default) and greedily, its inputs from models.image_inputs, and is scored with
    pycocoevalcap (METEOR with java).
-Prints one Markdown table: BLEU-4, METEOR, CIDEr-D per model (means over --seeds), the
-attention model's CIDEr-D gain, each seed's CIDEr-D, and the CIDEr-D of greedy captions.
+Prints one Markdown table: BLEU-4, METEOR, CIDEr-D per model and seed (and their means over
+--seeds), the attention model's CIDEr-D gain over the model without attention of the same
+seed, and the CIDEr-D of greedy captions with its gain.
 Everything is kept in --work (the data sets, each run's model, captions and metrics); a
 finished step is not redone when the script is run again with the same --work.
 
@@ -158,7 +159,7 @@ def main():
     use_java = False if ARGS.no_java else None
     rows, L, C = [], None, None
     for family in ARGS.families:
-        results = {"none": [], "soft": []}
+        results = {"none": {}, "soft": {}}  # attention -> {seed: metrics}
         for seed in ARGS.seeds or [runs[family]["seed"]]:
             chosen = {**extra, **({"seed": seed} if seed != runs[family]["seed"] else {})}
             settings = {k: v for k, v in {**runs[family], **chosen}.items() if k != "scst"}
@@ -172,31 +173,40 @@ def main():
             for attention, name in names.items():
                 if attention not in ARGS.attention and not (ARGS.work / name / "metrics.json").exists():
                     continue
-                results[attention].append(train_and_score(name, {**settings, "attention": attention}, data,
-                                                          ARGS.work, decode, use_java))
-        mean = {a: {k: float(np.mean([r.get(k, np.nan) if r.get(k) is not None else np.nan for r in rs]))
-                    for k in ("Bleu_4", "METEOR", "CIDEr", "CIDEr_greedy", "params")} for a, rs in results.items()
-                if rs}
-        for attention, m in mean.items():
-            base = mean.get("none", {}).get("CIDEr", 0)
-            gain = f"{100 * (m['CIDEr'] / base - 1):+.1f}%" if attention == "soft" and base > 0 else ""
-            rows.append((family, attention, m, gain, [r["CIDEr"] for r in results[attention]]))
+                results[attention][seed] = train_and_score(name, {**settings, "attention": attention}, data,
+                                                           ARGS.work, decode, use_java)
+        keys = ("Bleu_4", "METEOR", "CIDEr", "CIDEr_greedy", "params")
+        value = lambda r, k: np.nan if r.get(k) is None else r[k]
+        for attention, by_seed in results.items():
+            if not by_seed:
+                continue
+            mean = {k: float(np.mean([value(r, k) for r in by_seed.values()])) for k in keys}
+            base = results["none"]
+            each = [(str(seed), r, base.get(seed)) for seed, r in by_seed.items()]
+            if len(by_seed) > 1:
+                shared = [sd for sd in by_seed if sd in base]
+                none_mean = {k: float(np.mean([value(base[sd], k) for sd in shared])) for k in keys} if shared \
+                    else None
+                each.append(("mean", mean, none_mean))
+            for label, r, b in each:
+                gain = lambda k: f"{100 * (r[k] / b[k] - 1):+.1f}%" if attention == "soft" and b and b[k] > 0 else ""
+                rows.append((family, attention, label, r, gain("CIDEr"), gain("CIDEr_greedy")))
 
     seeds = ARGS.seeds or ["the config's"]
     pca = shape_settings["grid_pca"]
     print(f"Shapes data (config {ARGS.config.name}{', ' + ' '.join(ARGS.set) if ARGS.set else ''}), val split, "
           f"{S.decode_label(decode)} decoding; regions: the data set's grid, the random-conv second layer pooled "
           f"{shape_settings['grid']} x {shape_settings['grid']} (L={L}, C={C}, "
-          f"{'no grid PCA' if pca is None else f'grid PCA {pca}'}); mean over seed{'s' if len(seeds) > 1 else ''} "
-          f"{', '.join(map(str, seeds))}")
+          f"{'channels standardised' if pca is None else f'grid PCA {pca}, standardised'}); "
+          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
     print()
-    print("| model | attention | BLEU-4 | METEOR | CIDEr-D | CIDEr-D vs attention none | CIDEr-D of each seed | "
-          "CIDEr-D greedy | params |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for family, attention, m, gain, each in rows:
-        meteor = "n/a (no java)" if np.isnan(m["METEOR"]) else f"{m['METEOR']:.4f}"
-        print(f"| {family} | {attention} | {m['Bleu_4']:.4f} | {meteor} | {m['CIDEr']:.4f} | {gain} | "
-              f"{', '.join(f'{c:.4f}' for c in each)} | {m['CIDEr_greedy']:.4f} | {m['params']:.0f} |")
+    print("| model | attention | seed | BLEU-4 | METEOR | CIDEr-D | CIDEr-D vs attention none | CIDEr-D greedy | "
+          "greedy vs attention none | params |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for family, attention, label, m, gain, greedy_gain in rows:
+        meteor = "n/a (no java)" if np.isnan(value(m, "METEOR")) else f"{m['METEOR']:.4f}"
+        print(f"| {family} | {attention} | {label} | {m['Bleu_4']:.4f} | {meteor} | {m['CIDEr']:.4f} | {gain} | "
+              f"{value(m, 'CIDEr_greedy'):.4f} | {greedy_gain} | {m['params']:.0f} |")
     return 0
 
 
