@@ -93,12 +93,20 @@ def test_randconv_regions_pool_its_second_layer_and_leave_the_features_unchanged
 def test_the_shapes_data_set_has_a_grid_and_its_other_files_do_not_change(shapes_dir, tmp_path):
     data = load_coco_data(shapes_dir)
     images = {s: shapes.generate_split(n, 3, s)[1] for s, n in (("train", 60), ("val", 12))}
+    record = feat.read_record(shapes_dir)
+    assert (record["grid"], record["grid_dim"], record["grid_pca_file"]) == (4, 128, feat.GRID_PCA_FILE)
+    comps = record["grid_components"]  # no PCA: every channel scaled, none mixed
+    assert comps.shape == (128, 128) and np.array_equal(comps, np.diag(np.diag(comps)))
     for s in ("train", "val"):
         assert data[f"{s}_regions"].dtype == np.float16
-        want = randconv.extract(images[s], grid=shapes.DEFAULT_GRID)[1].astype(np.float16)
-        assert np.array_equal(data[f"{s}_regions"], want)  # 4 x 4 regions of 128 channels, no PCA
-    record = feat.read_record(shapes_dir)
-    assert (record["grid"], record["grid_dim"], record["grid_pca_file"]) == (4, 128, None)
+        raw = randconv.extract(images[s], grid=shapes.DEFAULT_GRID)[1].astype(np.float16)  # 4 x 4 x 128
+        want = ((raw.astype(np.float64) - record["grid_mean"]) @ comps).astype(np.float32).astype(np.float16)
+        assert np.array_equal(data[f"{s}_regions"], want)
+    # standardised: each channel has mean 0 and variance 1 over the train regions (0 if it never varies)
+    train = data["train_regions"].astype(np.float64).reshape(-1, 128)
+    assert np.allclose(train.mean(axis=0), 0, atol=2e-3)
+    std = train.std(axis=0, ddof=1)
+    assert np.all(np.isclose(std, 1, atol=2e-3) | (std == 0)) and np.count_nonzero(std) > 100
     with h5py.File(shapes_dir / fmt.grid_file("val")) as f:
         assert f["features"].attrs["grid"] == 4
     # switched off, no grid; every other data file is the same bytes either way
@@ -106,7 +114,7 @@ def test_the_shapes_data_set_has_a_grid_and_its_other_files_do_not_change(shapes
                "--grid", "none") == 0
     assert not fmt.has_grid(tmp_path / "none") and "train_regions" not in load_coco_data(tmp_path / "none")
     without, with_grid = dataset_bytes(tmp_path / "none"), dataset_bytes(shapes_dir)
-    assert set(with_grid) - set(without) == {fmt.grid_file("train"), fmt.grid_file("val")}
+    assert set(with_grid) - set(without) == {fmt.grid_file("train"), fmt.grid_file("val"), feat.GRID_PCA_FILE}
     differ = [n for n in without if without[n] != with_grid[n]]
     assert differ == [feat.RECORD_FILE]  # which gains the grid's keys
     assert set(json.loads(without[feat.RECORD_FILE])) == RECORD_KEYS_WITHOUT_GRID
@@ -223,11 +231,11 @@ def test_a_sharded_grid_equals_the_unsharded_one_byte_for_byte(pictures, tmp_pat
     assert [data[f"{s}_regions"].shape for s in fmt.ALL_SPLITS] == [(16, 64, 16), (4, 64, 16), (4, 64, 16)]
     record = feat.read_record(tmp_path / "whole")
     assert (record["grid"], record["grid_pca_components"], record["grid_mean"].shape) == (8, 16, (128,))
-    # the PCA is fitted on the train regions, one row per region: they come out centred, in
-    # directions of decreasing variance
+    # the PCA is fitted on the train regions, one row per region, and each component is then
+    # standardised: they come out centred, of unit variance, uncorrelated
     train = data["train_regions"].reshape(-1, 16).astype(np.float64)
-    assert np.abs(train.mean(axis=0)).max() < 1e-2 * train.std()
-    assert np.all(np.diff(train.var(axis=0)) < 1e-3 * train.var(axis=0).max())
+    assert np.abs(train.mean(axis=0)).max() < 1e-2
+    assert np.allclose(np.cov(train, rowvar=False), np.eye(16), atol=1e-2)
     # shards without the grid asked for are refused in one line, and nothing is made
     plain = tmp_path / "plain.h5"
     assert run("data", "features", images, caps, plain, "--no-progress") == 0
@@ -244,19 +252,24 @@ def test_a_sharded_grid_equals_the_unsharded_one_byte_for_byte(pictures, tmp_pat
     assert not fmt.has_grid(tmp_path / "nogrid")
 
 
-def test_grid_pca_none_keeps_the_encoders_channels(pictures, tmp_path):
+def test_grid_pca_none_keeps_the_encoders_channels_standardised(pictures, tmp_path):
     images, caps = pictures
     assert run("data", "from-folder", images, caps, tmp_path / "d", "--grid", 2, "--grid-pca", "none",
                "--no-progress") == 0
     record = feat.read_record(tmp_path / "d")
-    assert (record["grid"], record["grid_pca_file"], record["grid_mean"]) == (2, None, None)
+    comps = record["grid_components"]  # each channel scaled, none mixed
+    assert (record["grid"], record["grid_pca_components"], comps.shape) == (2, 128, (128, 128))
+    assert np.array_equal(comps, np.diag(np.diag(comps)))
     data = load_coco_data(tmp_path / "d")
     assert data["train_regions"].shape == (16, 4, 128)
+    std = data["train_regions"].reshape(-1, 128).astype(np.float64).std(axis=0, ddof=1)
+    assert np.all(np.isclose(std, 1, atol=2e-3) | (std == 0))
     paths = [Path(u.removeprefix("file://")) for u in data["val_urls"]]
     from PIL import Image
 
     pictures = [Image.open(p).convert("RGB") for p in paths]
-    want = randconv.RandConvEncoder().encode(pictures, grid=2)[1].astype(np.float16)
+    raw = randconv.RandConvEncoder().encode(pictures, grid=2)[1].astype(np.float16)
+    want = ((raw.astype(np.float64) - record["grid_mean"]) @ comps).astype(np.float32).astype(np.float16)
     assert np.array_equal(data["val_regions"], want)
 
 

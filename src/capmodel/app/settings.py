@@ -36,7 +36,7 @@ TRAIN = (
     Setting("attention", str, "none", "attend over image regions: none (the global feature vector only) or soft "
             "(Show, Attend and Tell for rnn/lstm/gru; the transformer cross-attends over the regions); soft needs "
             "a data set with a grid of regions", choices=ATTENTION_CHOICES),
-    Setting("attention_penalty", float, 1.0, "weight lambda of the doubly stochastic attention penalty "
+    Setting("attention_penalty", float, 0.1, "weight lambda of the doubly stochastic attention penalty "
             "lambda * sum_l (1 - sum_t alpha_tl)^2 (rnn/lstm/gru with attention soft)", minimum=0),
     Setting("update_rule", str, "adam", "optimizer", choices=UPDATE_RULES),
     Setting("learning_rate", float, 5e-3, "initial learning rate", exclusive_minimum=0, maximum=10),
@@ -113,8 +113,8 @@ DATA_GRID = (
             "G x G (at most the layer's own side: 7 for the 224-pixel CNNs, 16 for randconv at 64 pixels)",
             minimum=1, optional=True),
     Setting("grid_pca", int, GRID_PCA_DIM, "components K of the PCA fitted on the train regions, every region a "
-            "row (K >= the encoder's channels keeps them all, centred and rotated); null: the regions as the "
-            "encoder gives them", minimum=1, optional=True),
+            "row (K >= the encoder's channels keeps them all, centred and rotated); null: the encoder's channels; "
+            "either way each channel is then standardised over the train regions", minimum=1, optional=True),
 )
 _GRID = {g.name: g for g in DATA_GRID}
 
@@ -128,7 +128,8 @@ SHAPES = (
             "random-conv encoder's second layer (16 x 16 at 64 pixels, 128 channels) average-pooled to G x G",
             maximum=shapes.MAP_SIDE),
     replace(_GRID["grid_pca"], default=shapes.DEFAULT_GRID_PCA, help="components K of a PCA fitted on the train "
-            "regions (K >= 128 keeps them all, centred and rotated); null: the 128 channels as they are"),
+            "regions (K >= 128 keeps them all, centred and rotated); null: the 128 channels; either way each "
+            "channel is then standardised over the train regions"),
 )
 
 

@@ -118,7 +118,7 @@ class CaptioningRNN:
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None,
-                 attention_dim=None, attention_penalty=1.0):
+                 attention_dim=None, attention_penalty=0.1):
         """Construct a new CaptioningRNN instance.
 
         Inputs:
@@ -207,7 +207,7 @@ class CaptioningRNN:
                    hidden_dim=settings["hidden_dim"], cell_type=settings["cell_type"], dtype=dtype,
                    dropout=settings["dropout"], seed=settings["seed"], attention=attention,
                    region_dim=region_dim if attention != "none" else None,
-                   attention_penalty=settings.get("attention_penalty", 1.0))
+                   attention_penalty=settings.get("attention_penalty", 0.1))
 
     @property
     def uses_regions(self):

@@ -88,6 +88,40 @@ def fit_pca_blocks(blocks, num_rows, width, dim=512):
     return mean, comps * signs
 
 
+def fit_grid_transform(blocks, num_rows, width, dim=None):
+    """The transform of a grid's regions, fitted on the train regions (every region a row):
+    the grid PCA to dim components (None: no PCA, the encoder's channels), then every
+    channel standardised to zero mean and unit variance over the train regions.
+
+    Attention models read regions beside the global features: raw CNN channels are on
+    scales of their own (the random-conv regions' channels have standard deviations from
+    0.003 to 0.1, a region's norm is a quarter of a global feature's), which the attention
+    scores and the context then barely feel; standardised, every channel counts from the
+    first step.
+
+    Inputs:
+    - blocks: Function returning an iterator over the (n, C) train regions as row blocks
+      (called up to three times)
+    - num_rows, width: Number of rows and channels C
+    - dim: Components K of the PCA, or None
+
+    Returns (mean (C,), components (C, K)) for grid_project / apply_pca: (x - mean) @
+    components has zero mean and unit variance per column over the train regions (a
+    column that does not vary there is zero). Without PCA, components is diagonal (K = C).
+    """
+    if dim is None:
+        mean = sum(b.astype(np.float64).sum(axis=0) for b in blocks()) / num_rows
+        components = np.eye(width)
+    else:
+        mean, components = fit_pca_blocks(blocks, num_rows, width, dim)
+    sq = sum((((b.astype(np.float64) - mean) @ components) ** 2).sum(axis=0) for b in blocks())
+    std = np.sqrt(sq / max(num_rows - 1, 1))
+    varies = std > std.max(initial=0) * 1e-6
+    scale = np.zeros_like(std)
+    scale[varies] = 1 / std[varies]
+    return mean, components * scale
+
+
 def apply_pca(features, mean, components):
     """Project (N, F) features onto the fitted components -> float32 (N, dim)."""
     return ((features.astype(np.float64) - mean) @ components).astype(np.float32)
@@ -156,8 +190,9 @@ def write_record(out_dir, image_size, mean, components, pca_dim, created_by, enc
       at image_size); its record_fields() are recorded
     - grid: Side G of the dataset's grid of regions, or None for a dataset without one (its
       record has no grid keys)
-    - grid_mean, grid_components: The grid PCA, (C,) and (C, K); both None when the grid
-      files hold the encoder's regions as they are (`--grid-pca none`)
+    - grid_mean, grid_components: The grid's transform (fit_grid_transform: PCA and
+      standardisation), (C,) and (C, K); both None when the grid files hold the encoder's
+      regions as they are (data sets made before the standardisation)
     """
     out_dir = Path(out_dir)
     fields = (encoder.record_fields() if encoder is not None else

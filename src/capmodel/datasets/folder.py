@@ -15,7 +15,8 @@ on the images centre-cropped to a square and resized to S x S, a PCA fitted on t
 images' paths relative to the dataset, and the extractor's record, so that `capmodel caption` computes the
 features of new images the same way. With a grid (grid=G), also each picture's G x G regions
 of the encoder's grid layer, projected by a PCA fitted on the train regions (every region a
-row; grid_pca components) or kept as they are, in the data set's grid files.
+row; grid_pca components) or not, each channel then standardised over the train regions
+(capmodel.datasets.features.fit_grid_transform), in the data set's grid files.
 
 Every check runs before any image is decoded, and the dataset appears only when complete.
 Images without any caption are left out with one warning (a folder may hold other files).
@@ -444,8 +445,9 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
     - grid: Also store each picture's regions on a G x G grid of the encoder's grid layer
       (capmodel.datasets.format.grid_file); None: no grid
     - grid_pca: Components of the PCA fitted on the train regions (every region a row; at
-      most the encoder's channels C: with K >= C it centres and rotates them), or None to
-      store the regions as they are
+      most the encoder's channels C: with K >= C it centres and rotates them), or None for
+      the encoder's channels; either way each channel is then standardised (zero mean, unit
+      variance over the train regions)
 
     Returns a dict of counts (images and captions per split, vocabulary size) and the
     names of images that had no caption (left out, with one warning on stderr).
@@ -520,17 +522,15 @@ def make_dataset(images_dir, captions_file, out_dir, val_fraction=DEFAULT_VAL_FR
 
 
 def _grids(source, idx, grid, grid_pca, channels):
-    """({split: format.write_dataset grids entry}, grid PCA mean, components) of the regions in
-    source: the PCA (unless grid_pca is None) is fitted on the train regions a block of pictures
-    at a time, one row per region, and each split's grid file is written a block at a time."""
+    """({split: format.write_dataset grids entry}, grid transform mean, components) of the
+    regions in source: the transform (feat.fit_grid_transform: the PCA unless grid_pca is None,
+    then every channel standardised) is fitted on the train regions a block of pictures at a
+    time, one row per region, and each split's grid file is written a block at a time."""
     L, n_train = grid * grid, len(idx["train"])
-    if grid_pca is None:
-        mean = comps = None
-        width = channels
-    else:
-        train_rows = lambda: (b.reshape(-1, channels) for b in source.rows(idx["train"], key=extraction.REGIONS_KEY))
-        mean, comps = feat.fit_pca_blocks(train_rows, n_train * L, channels, dim=min(grid_pca, n_train * L, channels))
-        width = comps.shape[1]
+    train_rows = lambda: (b.reshape(-1, channels) for b in source.rows(idx["train"], key=extraction.REGIONS_KEY))
+    dim = None if grid_pca is None else min(grid_pca, n_train * L, channels)
+    mean, comps = feat.fit_grid_transform(train_rows, n_train * L, channels, dim)
+    width = comps.shape[1]
 
     def writer(i):
         blocks = lambda: (feat.grid_project(b, mean, comps) for b in source.rows(i, key=extraction.REGIONS_KEY))

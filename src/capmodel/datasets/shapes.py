@@ -10,9 +10,10 @@ the images under images/ and the feature extractor's record (capmodel.datasets.f
 
 For attention models it also holds a grid of region features (format.grid_file): the
 random-conv encoder's second layer (16 x 16 at 64 pixels, 128 channels) average-pooled to
-DEFAULT_GRID x DEFAULT_GRID regions, its 128 channels kept as they are (no PCA by default:
-128 channels are already narrow, and a PCA keeping all of them would only centre and rotate
-them). The other files are the same bytes with or without the grid.
+DEFAULT_GRID x DEFAULT_GRID regions, its 128 channels standardised over the train regions
+(features.fit_grid_transform; no PCA by default: 128 channels are already narrow, and a PCA
+keeping all of them would only rotate them). The other files are the same bytes with or
+without the grid.
 
 Everything is drawn from np.random.default_rng([seed, split]), so a seed gives the same
 images, captions and HDF5 bytes on every run. The val images, their captions' text and
@@ -33,7 +34,7 @@ from capmodel.vocab import build_vocab, encode_captions
 SIZE = 64
 MAP_SIDE = randconv.map_side(SIZE)  # 16: the largest grid
 DEFAULT_GRID = 4  # 4 x 4 regions of 16 x 16 pixels each; None: no grid
-DEFAULT_GRID_PCA = None  # the 128 channels as they are
+DEFAULT_GRID_PCA = None  # the 128 channels, standardised
 COLORS = {  # name -> (RGB, rare synonym)
     "red": ((220, 40, 40), "crimson"),
     "green": ((40, 180, 60), "lime"),
@@ -243,7 +244,8 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5, grid=DEF
     - min_count: Vocabulary threshold; rarer training words become <UNK>
     - grid: Side G of the grid of region features (1 to MAP_SIDE), or None for none
     - grid_pca: Components K of a PCA fitted on the train regions (K >= 128 keeps them all,
-      centred and rotated), or None to keep the 128 channels as they are
+      centred and rotated), or None to keep the 128 channels; either way each channel is then
+      standardised (zero mean, unit variance over the train regions)
 
     Returns a dict of summary statistics (image, caption and vocabulary counts).
     """
@@ -275,9 +277,10 @@ def generate(out_dir, num_train=4000, num_val=500, seed=0, min_count=5, grid=DEF
     mean, comps = feat.fit_pca(fc7["train"], dim=min(fmt.PCA_DIM, fc7["train"].shape[1]))
     pca = {s: feat.pca_project(fc7[s], mean, comps, fmt.PCA_DIM) for s in fc7}
     grid_mean = grid_comps = None
-    if grid is not None and grid_pca is not None:  # one row per train region
+    if grid is not None:  # one row per train region
         train = regions["train"].reshape(-1, randconv.GRID_DIM)
-        grid_mean, grid_comps = feat.fit_pca(train, dim=min(grid_pca, len(train), randconv.GRID_DIM))
+        dim = None if grid_pca is None else min(grid_pca, len(train), randconv.GRID_DIM)
+        grid_mean, grid_comps = feat.fit_grid_transform(lambda: iter([train]), len(train), randconv.GRID_DIM, dim)
         regions = {s: feat.grid_project(r, grid_mean, grid_comps) for s, r in regions.items()}
 
     def add_images(tmp_dir):
