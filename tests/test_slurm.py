@@ -64,11 +64,10 @@ def _arrays(path):
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
+def runs(cluster, workflow_run, tmp_path_factory):
+    """The session's local run of the .test workflow (conftest.py) and one through SLURM."""
     conf, _ = cluster
-    local, remote = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm_run")
-    r = snakemake(local, "--cores", "2")
-    assert r.returncode == 0, r.stderr[-3000:]
+    local, remote = workflow_run, tmp_path_factory.mktemp("slurm_run")
     r = snakemake(remote, "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--slurm-keep-successful-logs",
                   env={"SLURM_CONF": conf})
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]
