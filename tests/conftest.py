@@ -104,6 +104,20 @@ def shapes_dir(tmp_path_factory):
     return once(tmp_path_factory, "shapes", lambda path: shapes.generate(path, num_train=60, num_val=12, seed=3))
 
 
+# the settings of tiny_model
+TINY_MODEL = {"cell_type": "rnn", "hidden_dim": 8, "wordvec_dim": 4, "num_epochs": 1, "batch_size": 50,
+              "print_every": 1000}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(shapes_dir, tmp_path_factory):
+    """A trained model's directory (model.npz, model.json, its records): a tiny RNN (TINY_MODEL)
+    trained for one epoch on shapes_dir, for tests that need any trained model. Copy it to alter it."""
+    from capmodel.app import pipeline
+
+    return once(tmp_path_factory, "tiny_model", lambda out: pipeline.train(shapes_dir, out, TINY_MODEL, verbose=False))
+
+
 @pytest.fixture(scope="session")
 def gradcheck_table(request, tmp_path_factory):
     """The rows of one `capmodel gradcheck` run (the whole gradient-check suite, seed 0), as
