@@ -5,7 +5,8 @@ Each expensive computation runs once per test session and is shared (docs/develo
 pytest-xdist lets the first worker that asks make them while the others wait and reuse them.
 Tests sharing a module-scoped fixture run on one worker, so it too is made once; the tests
 that read the workflow run (or the gradient-check table it holds) run on one worker, in the
-order of their files, since one of them moves the run directory away for a while.
+order of their files, since one of them moves the run directory away for a while. The workers
+take that group first and the other units longest first, by their times in the last runs.
 """
 
 import csv
@@ -23,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_GROUP = "workflow_run"  # the xdist group of the tests that read the workflow run
 WORKFLOW_FIXTURES = ("workflow_run", "gradcheck_table")
 _WORKFLOW_IN_SESSION = pytest.StashKey[bool]()
+DURATIONS = "capmodel/durations"  # pytest's cache (.pytest_cache): {test: seconds in its last run}
+_timed = {}
 
 
 def once(tmp_path_factory, name, make):
@@ -53,7 +56,7 @@ def once(tmp_path_factory, name, make):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Groups for --dist loadgroup, and under xdist the longest work first."""
+    """Groups for --dist loadgroup, and under xdist the longest work first (LPT)."""
     # tryfirst (below): before -m deselects items and before xdist reads the groups
     for item in items:
         fixtures = item.fixturenames
@@ -67,21 +70,35 @@ def pytest_collection_modifyitems(config, items):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     # The workers take units (a group, or one test) in this order as they become free: the
-    # workflow run's group first (the longest chain), then units with a slow test, then the rest.
-    unit = {}
+    # workflow run's group first (the longest chain), then the others by their time in the
+    # last runs, longest first; a test not timed yet counts 5 s if marked slow, else nothing.
+    timed = config.cache.get(DURATIONS, {}) if getattr(config, "cache", None) else {}
+    unit, first, cost = {}, {}, {}
     for i, item in enumerate(items):
         marks = [m.args[0] for m in item.iter_markers("xdist_group")]
-        unit[item] = marks[0] if marks else i
-    first, slow = {}, set()
-    for i, item in enumerate(items):
-        first.setdefault(unit[item], i)
-        if item.get_closest_marker("slow"):
-            slow.add(unit[item])
-    rank = {u: (0 if u == WORKFLOW_GROUP else 1 if u in slow else 2, i) for u, i in first.items()}
+        unit[item] = u = marks[0] if marks else i
+        first.setdefault(u, i)
+        guess = 5.0 if item.get_closest_marker("slow") else 0.0
+        cost[u] = cost.get(u, 0.0) + timed.get(item.nodeid, guess)
+    rank = {u: (u != WORKFLOW_GROUP, -cost[u], i) for u, i in first.items()}
     items.sort(key=lambda item: rank[unit[item]])
 
 
 pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)
+
+
+def pytest_runtest_logreport(report):
+    # seconds per test (setup, call and teardown) in the process that reports: xdist's controller
+    # or the one pytest process; saved for the order above at the end of the session
+    base, at, group = report.nodeid.rpartition("@")  # loadgroup's controller adds @group
+    nodeid = base if at and "]" not in group and "::" not in group else report.nodeid
+    _timed[nodeid] = _timed.get(nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    cache = getattr(session.config, "cache", None)
+    if _timed and cache is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
+        cache.set(DURATIONS, {**cache.get(DURATIONS, {}), **{k: round(v, 3) for k, v in _timed.items()}})
 
 
 def pytest_collection_finish(session):
