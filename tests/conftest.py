@@ -6,13 +6,17 @@ pytest-xdist lets the first worker that asks make them while the others wait and
 Tests sharing a module-scoped fixture run on one worker, so it too is made once; the tests
 that read the workflow run (or the gradient-check table it holds) run on one worker, in the
 order of their files, since one of them moves the run directory away for a while. The workers
-take that group first and the other units longest first, by their times in the last runs.
+take that group first and the other units longest first, by their times in the last runs
+(a scheduler below puts each group on one worker: xdist's own loadgroup needs pytest < 9).
 """
 
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_GROUP = "workflow_run"  # the xdist group of the tests that read the workflow run
 WORKFLOW_FIXTURES = ("workflow_run", "gradcheck_table")
 _WORKFLOW_IN_SESSION = pytest.StashKey[bool]()
+GROUPS_FILE = "capmodel_groups"  # key of the workers' input: where they write {test: group}
+_GROUPS_DIR = pytest.StashKey[Path]()
 DURATIONS = "capmodel/durations"  # pytest's cache (.pytest_cache): {test: seconds in its last run}
 _timed = {}
 
@@ -69,6 +75,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    groups = {item.nodeid: m.args[0] for item in items for m in item.iter_markers("xdist_group")}
+    out = Path(config.workerinput[GROUPS_FILE])  # read by GroupScheduling in the controller
+    partial = out.with_name(f"{out.name}.{os.environ['PYTEST_XDIST_WORKER']}")
+    partial.write_text(json.dumps(groups))
+    partial.replace(out)
     # The workers take units (a group, or one test) in this order as they become free: the
     # workflow run's group first (the longest chain), then the others by their time in the
     # last runs, longest first; a test not timed yet counts 5 s if marked slow, else nothing.
@@ -87,12 +98,51 @@ def pytest_collection_modifyitems(config, items):
 pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)
 
 
+def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        config.stash[_GROUPS_DIR] = Path(tempfile.mkdtemp(prefix="capmodel-xdist-"))
+
+
+def pytest_unconfigure(config):
+    if _GROUPS_DIR in config.stash:
+        shutil.rmtree(config.stash[_GROUPS_DIR], ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    # xdist's controller tells each worker where to write the groups of the tests it collected
+    node.workerinput[GROUPS_FILE] = str(node.config.stash[_GROUPS_DIR] / "groups.json")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup as xdist documents it: the tests of one xdist_group on one worker.
+
+    xdist 3.8 marks a test's group by appending it to the test's node id, which pytest 9 no
+    longer lets a plugin change, so every test would be its own unit; this scheduler reads the
+    groups the workers wrote instead. The units go out in the order of the collection, which
+    pytest_collection_modifyitems gives."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups_file = config.stash[_GROUPS_DIR] / "groups.json"
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups = None
+
+        def _split_scope(self, nodeid):
+            if self.groups is None:  # written before the workers reported their collections
+                self.groups = json.loads(groups_file.read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_runtest_logreport(report):
     # seconds per test (setup, call and teardown) in the process that reports: xdist's controller
     # or the one pytest process; saved for the order above at the end of the session
-    base, at, group = report.nodeid.rpartition("@")  # loadgroup's controller adds @group
-    nodeid = base if at and "]" not in group and "::" not in group else report.nodeid
-    _timed[nodeid] = _timed.get(nodeid, 0.0) + report.duration
+    _timed[report.nodeid] = _timed.get(report.nodeid, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session):
