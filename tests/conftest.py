@@ -66,6 +66,8 @@ def pytest_collection_modifyitems(config, items):
     # tryfirst (below): before -m deselects items and before xdist reads the groups
     for item in items:
         fixtures = item.fixturenames
+        if item.get_closest_marker("xdist_group"):
+            continue  # a group of its own choosing
         if any(f in fixtures for f in WORKFLOW_FIXTURES):
             item.add_marker(pytest.mark.xdist_group(WORKFLOW_GROUP))
             continue
@@ -75,7 +77,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    groups = {item.nodeid: m.args[0] for item in items for m in item.iter_markers("xdist_group")}
+    groups = {item.nodeid: item.get_closest_marker("xdist_group").args[0] for item in items
+              if item.get_closest_marker("xdist_group")}
     out = Path(config.workerinput[GROUPS_FILE])  # read by GroupScheduling in the controller
     partial = out.with_name(f"{out.name}.{os.environ['PYTEST_XDIST_WORKER']}")
     partial.write_text(json.dumps(groups))
@@ -86,8 +89,8 @@ def pytest_collection_modifyitems(config, items):
     timed = config.cache.get(DURATIONS, {}) if getattr(config, "cache", None) else {}
     unit, first, cost = {}, {}, {}
     for i, item in enumerate(items):
-        marks = [m.args[0] for m in item.iter_markers("xdist_group")]
-        unit[item] = u = marks[0] if marks else i
+        mark = item.get_closest_marker("xdist_group")
+        unit[item] = u = mark.args[0] if mark else i
         first.setdefault(u, i)
         guess = 5.0 if item.get_closest_marker("slow") else 0.0
         cost[u] = cost.get(u, 0.0) + timed.get(item.nodeid, guess)
