@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
+# the whole suite, one pytest-xdist worker per core (tests/conftest.py shares the expensive fixtures)
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(CORES)
 
 # The fair capmodel-vs-PyTorch table and the step profile, pasted into docs/benchmarks.md
 # and the README's speed table.

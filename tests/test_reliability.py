@@ -200,13 +200,6 @@ def test_evaluate_reads_a_csv_with_a_byte_order_mark(tmp_path):
     assert main(["evaluate", "--samples", str(tmp_path / "s.csv"), "--out", str(tmp_path / "m.json"), "--no-java"]) == 0
 
 
-@pytest.fixture(scope="module")
-def tiny_model(shapes_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "m"
-    pipeline.train(shapes_dir, out, TINY, verbose=False)
-    return out
-
-
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["model"].update(dtype="float3"), "the model description is invalid"),
     (lambda m: m["model"].pop("hidden_dim"), "the model description has no key 'hidden_dim'"),

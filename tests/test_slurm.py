@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# with the other readers of the session's workflow run (conftest.py), which runs is one of
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("workflow_run")]
 MODELS = ("tiny_rnn", "tiny_lstm", "tiny_lstm+scst", "tiny_transformer")  # of the .test config
 HARD_TIMEOUT = 900  # seconds; a hung Snakemake ignores SIGTERM, so it is killed with SIGKILL
 
@@ -64,11 +65,11 @@ def _arrays(path):
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
+def runs(cluster, request, tmp_path_factory):
+    """The session's local run of the .test workflow (conftest.py) and one through SLURM."""
     conf, _ = cluster
-    local, remote = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("slurm_run")
-    r = snakemake(local, "--cores", "2")
-    assert r.returncode == 0, r.stderr[-3000:]
+    local = request.getfixturevalue("workflow_run")  # once the cluster is there: a skip runs nothing
+    remote = tmp_path_factory.mktemp("slurm_run")
     r = snakemake(remote, "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--slurm-keep-successful-logs",
                   env={"SLURM_CONF": conf})
     assert r.returncode == 0, (r.stdout + r.stderr)[-5000:]

@@ -249,13 +249,17 @@ def test_snakefmt_check():
     assert f"All {len(files)} file(s) would be left unchanged" in r.stderr, r.stderr
 
 
-def test_killed_training_job_resumes_on_rerun(tmp_path):
+def test_killed_training_job_resumes_on_rerun(test_run, tmp_path):
     """SIGKILL Snakemake in the middle of a training job; the rerun resumes from the checkpoint."""
     import signal
     import time
 
     cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn, num_epochs: 100, checkpoint_every: 20}\n")
     work = tmp_path / "w"
+    # the data set and gradient-check table of the session's run (copies keep their times): only training runs here
+    shutil.copytree(test_run / "resources", work / "resources")
+    (work / "results").mkdir()
+    shutil.copy2(test_run / "results" / "gradcheck.csv", work / "results" / "gradcheck.csv")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(work),
            "--configfile", str(cfg), "--cores", "2", "results/models/tiny_rnn/model.npz"]
