@@ -90,3 +90,14 @@ def check_regions(regions, N, D, dtype, uses):
     if not np.issubdtype(regions.dtype, np.floating):
         raise ValueError(f"regions must be floating point, got dtype {regions.dtype}")
     return regions.astype(dtype, copy=False)
+
+
+def check_attend_inputs(model, features, captions, regions):
+    """The inputs of model.attend checked and cast: (features (N, D), captions (N, T + 1),
+    regions (N, L, C)); a ValueError for a model without attention or a bad shape."""
+    if not model.uses_regions:
+        raise ValueError("this model does not attend over image regions (attention none): it has no "
+                         "attention weights")
+    features = model.check_features(features)
+    N = features.shape[0]
+    return features, model._check_captions(captions, N), model.check_regions(regions, N)

@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 
 from capmodel import decoding
-from capmodel.classifiers.inputs import (check_attention, check_captions, check_features, check_regions,
-                                        check_weights)
+from capmodel.classifiers.inputs import (check_attend_inputs, check_attention, check_captions, check_features,
+                                        check_regions, check_weights)
 from capmodel.kernels import attention as ka
 from capmodel.kernels import recurrent as kr
 from capmodel.kernels import words as kw
@@ -442,12 +442,7 @@ class CaptioningRNN:
         Returns:
         - alphas: Attention weights, of shape (N, T, L); each row sums to 1
         """
-        if not self.uses_regions:
-            raise ValueError("this model does not attend over image regions (attention none): it has no "
-                             "attention weights")
-        features = self.check_features(features)
-        captions = self._check_captions(captions, features.shape[0])
-        regions = self.check_regions(regions, features.shape[0])
+        features, captions, regions = check_attend_inputs(self, features, captions, regions)
         p = self.params
         N, T = captions.shape[0], captions.shape[1] - 1
         h0 = features @ p["W_proj"] + p["b_proj"]

@@ -20,8 +20,8 @@ import numpy as np
 
 from capmodel import decoding
 from capmodel import transformer_layers as tl
-from capmodel.classifiers.inputs import (check_attention, check_captions, check_features, check_regions,
-                                        check_weights)
+from capmodel.classifiers.inputs import (check_attend_inputs, check_attention, check_captions, check_features,
+                                        check_regions, check_weights)
 from capmodel.kernels import words as kw
 from capmodel.layers import dropout_mask
 from capmodel.setting_spec import Setting
@@ -299,12 +299,7 @@ class CaptioningTransformer:
         Returns:
         - alphas: Attention weights, of shape (N, T, L); each row sums to 1
         """
-        if not self.uses_regions:
-            raise ValueError("this model does not attend over image regions (attention none): it has no "
-                             "attention weights over them")
-        features = self.check_features(features)
-        captions = self._check_captions(captions, features.shape[0])
-        regions = self.check_regions(regions, features.shape[0])
+        features, captions, regions = check_attend_inputs(self, features, captions, regions)
         x = self.params["W_embed"][captions[:, :-1]]  # (N, T, W)
         x, _ = tl.positional_encoding_forward(x, self.pe)
         memory = self._memory(features, regions)
