@@ -103,8 +103,8 @@ def train_and_score(name, settings, data, work, decode, use_java):
         return read_json(done)
     s = S.check_train(settings)
     regions = data.get("train_regions")
-    model = models.build(data["word_to_idx"], data["train_features"].shape[1], s,
-                         region_dim=None if regions is None else regions.shape[2])
+    L, C = (None, None) if regions is None else regions.shape[1:]
+    model = models.build(data["word_to_idx"], data["train_features"].shape[1], s, region_dim=C, num_regions=L)
     validator = Validator(data, metric=s["val_metric"], val_size=s["val_size"], metric_images=s["val_metric_images"])
     solver_kwargs = {k: s[k] for k in pipeline.solver_keys() if s[k] is not None}
     solver_kwargs["print_every"] = 10**9

@@ -87,9 +87,17 @@ class Loads:
 
 def test_an_attention_model_is_built_with_the_data_sets_region_width(att_model):
     desc = json.loads((att_model / "model.json").read_text())["model"]
-    assert (desc["attention"], desc["region_dim"]) == ("soft", 32)
+    assert (desc["attention"], desc["region_dim"], desc["num_regions"]) == ("soft", 32, 16)  # places on by default
     model, _ = checkpoints.load_model(checkpoints.model_base(att_model))
-    assert model.uses_regions and model.params["att.Wr"].shape[0] == model.params["Wc"].shape[0] == 32
+    assert model.uses_regions and model.params["att.Wr"].shape[0] == model.params["Wc"].shape[0] == 32 + 16
+
+
+def test_a_model_without_region_positions_reads_the_regions_as_a_set(grid_data, tmp_path, capsys):
+    code, _, err = cli(capsys, "train", "--data", grid_data, "--out-dir", tmp_path / "m", "--cell-type", "lstm",
+                       "--attention", "soft", "--no-region-positions", "--max-iterations", "2", *SMALL)
+    assert code == 0, err
+    desc = json.loads((tmp_path / "m" / "model.json").read_text())["model"]
+    assert "num_regions" not in desc and desc["region_dim"] == 32
 
 
 @pytest.mark.parametrize("attention, cell", [("none", "lstm"), ("soft", "lstm"), ("soft", "transformer")])

@@ -8,7 +8,6 @@ import os
 import re
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from bs4 import BeautifulSoup
@@ -102,23 +101,10 @@ def test_maps_html_has_one_figure_per_word_with_the_word_under_it():
 
 # ------------------------------------------------------------------ a run with an attention model
 
-def region_dim(data_dir):
-    with h5py.File(Path(data_dir) / fmt.grid_file("train"), "r") as f:
-        return f[fmt.FEATURES_KEY].shape[2]
-
-
 def train(data_dir, out_dir, settings):
-    """pipeline.train, giving models.build the data set's region width (which `capmodel
-    train` does not pass yet)."""
-    from capmodel import models
     from capmodel.app import pipeline
 
-    build = models.build
-    width = region_dim(data_dir)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models, "build", lambda w, d, s, dtype=None, region_dim=None: build(
-            w, d, s, dtype, region_dim=region_dim or width))
-        pipeline.train(data_dir, out_dir, settings, verbose=False)
+    pipeline.train(data_dir, out_dir, settings, verbose=False)
     return out_dir
 
 

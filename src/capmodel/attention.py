@@ -31,6 +31,13 @@ Parameters of an attention cell (a dict, keys as in CaptioningRNN's params):
 - att.Wr [D, A], att.b [A], att.Wh [H, A], att.w [A]: the attention scores
 - att.Wg [H, D], att.bg [D]: the gate
 
+Where the regions are cells of a grid, the weighted sum above keeps what the model looked
+at but loses where it was: the regions of a CNN's map carry little of their place. A model
+that knows its grid appends to each region its place as L one-hot channels
+(``with_positions``), so that the rows of Wr, Wc, Wg that read them are learned position
+embeddings: the scores can prefer a place, and the context says where the model looked
+("to the left of"). The layers below see D = C + L channels then.
+
 The step and sequence functions reuse capmodel.rnn_layers' cells on the concatenated
 input. The models train with the fast versions in ``capmodel.kernels.attention``
 (packed sequences, blocked and threaded over the batch); tests hold them equal to these.
@@ -46,7 +53,7 @@ __all__ = [
     "region_projection_forward", "region_projection_backward", "attention_step_forward", "attention_step_backward",
     "soft_attention_forward", "soft_attention_backward", "gate_forward", "gate_backward",
     "doubly_stochastic_penalty", "attention_cell_step_forward", "attention_cell_step_backward",
-    "attention_cell_forward", "attention_cell_backward",
+    "attention_cell_forward", "attention_cell_backward", "with_positions",
     # the parameter keys and cell types, from capmodel.kernels.attention
     "ATTENTION_KEYS", "GATE_KEYS", "PARAM_KEYS", "CELLS",
 ]
@@ -60,6 +67,27 @@ def _check_regions(name, regions, h=None):
 
 
 # -------------------------------------------------------------- attention layer
+
+
+def with_positions(regions):
+    """Each region with its place in the grid appended as L one-hot channels.
+
+    The regions are inputs, not parameters, so there is no backward: the weights that
+    read the one-hot channels (a model's rows of Wr, Wc, ... for them) are the learned
+    position embeddings.
+
+    Inputs:
+    - regions: Region features of shape (N, L, C), region l always the same cell
+
+    Returns:
+    - out: Of shape (N, L, C + L), out[:, l, C + l] = 1 and 0 in the other new channels
+    """
+    _check_regions("with_positions", regions)
+    N, L, C = regions.shape
+    out = np.zeros((N, L, C + L), dtype=regions.dtype)
+    out[:, :, :C] = regions
+    out[:, np.arange(L), C + np.arange(L)] = 1
+    return out
 
 
 def region_projection_forward(regions, Wr, b):

@@ -52,14 +52,15 @@ def family_of(cell_type):
     raise ValueError(f'unknown cell_type "{cell_type}"; choose one of {", ".join(cell_types())}')
 
 
-def build(word_to_idx, input_dim, settings, dtype=None, region_dim=None):
-    """A new model for a full training settings dict (region_dim: channels of the data
-    set's regions, needed by a model with attention)."""
+def build(word_to_idx, input_dim, settings, dtype=None, region_dim=None, num_regions=None):
+    """A new model for a full training settings dict (region_dim, num_regions: channels C
+    and number L of the data set's regions, needed by a model with attention; L is kept
+    when the region_positions setting is on)."""
     import numpy as np
 
     return family_of(settings["cell_type"]).from_settings(word_to_idx, input_dim, settings,
                                                           np.float32 if dtype is None else dtype,
-                                                          region_dim=region_dim)
+                                                          region_dim=region_dim, num_regions=num_regions)
 
 
 def from_description(desc):

@@ -262,7 +262,8 @@ def _rnn_attention(rng):
             ("x", "h0", *at.PARAM_KEYS), rng), LAYER_TOLERANCE
     for cell in RNN_STEP_INPUTS:  # ragged captions and the penalty
         model = CaptioningRNN(VOCAB, input_dim=4, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
-                              seed=0, attention="soft", region_dim=C, attention_dim=A, attention_penalty=0.7)
+                              seed=0, attention="soft", region_dim=C, attention_dim=A, attention_penalty=0.7,
+                              num_regions=3)  # the regions' places too, as trained by default
         yield "CaptioningRNN.loss (attention)", cell, model_loss_errors(
             model, rng, N=4, T=6, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
     # SCST weights scale each caption's word losses alike in every cell (the unweighted
@@ -312,7 +313,8 @@ def _transformer_family(rng):
         model, _spawned(rng), N=4, T=6, D=4, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
     arng = _spawned(rng)  # the memory of the global feature and 3 regions
     model = CaptioningTransformer(VOCAB, input_dim=4, wordvec_dim=W, num_heads=nh, num_layers=2, hidden_dim=F,
-                                  max_length=8, dtype=np.float64, seed=0, attention="soft", region_dim=5)
+                                  max_length=8, dtype=np.float64, seed=0, attention="soft", region_dim=5,
+                                  num_regions=3)
     yield "CaptioningTransformer.loss (attention)", "transformer", model_loss_errors(
         model, arng, N=4, T=6, D=4, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
     yield "CaptioningTransformer.loss (attention, SCST weights)", "transformer", model_loss_errors(

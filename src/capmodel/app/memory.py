@@ -61,7 +61,7 @@ def bytes_per_row(model, T, num_regions=0):
     per_step = 3 * V + 16 * (W + H) * layers + 3 * attention * layers
     per_row = 0
     if getattr(model, "uses_regions", False):
-        R, C = num_regions, desc.get("region_dim", 0)
+        R, C = num_regions, desc.get("region_dim", 0) + desc.get("num_regions", 0)  # with their places
         if heads:  # cross-attention over the global vector and the R regions, in every layer
             per_step += 3 * heads * (R + 1) * layers
             per_row = R * C + 4 * (R + 1) * W * layers  # the regions; keys, values and their gradients

@@ -201,8 +201,8 @@ def train(data_dir, out_dir, settings, checkpoint_dir=None, keep_checkpoints=Fal
                           regions=attends)
     record = feat.snapshot_record(data_dir)  # the encoder the model's features came from, kept beside it
     encoder = None if record is None else feat.identity(record[0])
-    model = models.build(data["word_to_idx"], data["train_features"].shape[1], s,
-                         region_dim=data["train_regions"].shape[2] if attends else None)
+    L, C = data["train_regions"].shape[1:] if attends else (None, None)
+    model = models.build(data["word_to_idx"], data["train_features"].shape[1], s, region_dim=C, num_regions=L)
     start_sha = None if start is None else load_start(model, start, init_from, encoder)
     objective = OBJECTIVES[s["objective"]](data, s)
     memory.check_training(model, data, s, objective)

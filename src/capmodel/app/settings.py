@@ -38,6 +38,8 @@ TRAIN = (
             "a data set with a grid of regions", choices=ATTENTION_CHOICES),
     Setting("attention_penalty", float, 0.1, "weight lambda of the doubly stochastic attention penalty "
             "lambda * sum_l (1 - sum_t alpha_tl)^2 (rnn/lstm/gru with attention soft)", minimum=0),
+    Setting("region_positions", bool, True, "give each region a learned embedding of its place in the grid "
+            "(attention soft): the model can say where it looked, and takes only the grid it was trained on"),
     Setting("update_rule", str, "adam", "optimizer", choices=UPDATE_RULES),
     Setting("learning_rate", float, 5e-3, "initial learning rate", exclusive_minimum=0, maximum=10),
     Setting("lr_decay", float, 0.95, "per-epoch learning rate factor (CS231n)", exclusive_minimum=0, maximum=1),

@@ -65,7 +65,21 @@ def check_attention(attention, region_dim):
     return int(region_dim)
 
 
-def check_regions(regions, N, D, dtype, uses):
+def check_num_regions(num_regions, attention):
+    """num_regions of a model's constructor (L when its regions carry their place in the
+    grid, None when they are a set) as an int or None; ValueError naming the problem."""
+    if num_regions is None:
+        return None
+    if attention == "none":
+        raise ValueError(f"num_regions={num_regions} is given but attention is none: a model without attention "
+                         "takes no regions")
+    if isinstance(num_regions, bool) or int(num_regions) != num_regions or num_regions < 1:
+        raise ValueError(f"num_regions must be a positive integer (the regions of the grid) or None, "
+                         f"got {num_regions}")
+    return int(num_regions)
+
+
+def check_regions(regions, N, D, dtype, uses, L=None):
     """regions as an (N, L, D) array of dtype when the model uses them (uses), None when
     it does not; ValueError naming the shape or what is missing otherwise.
 
@@ -75,6 +89,7 @@ def check_regions(regions, N, D, dtype, uses):
     - D: Channels the model's regions have (its region_dim); None when it takes none
     - dtype: The model's dtype
     - uses: Whether the model attends over regions
+    - L: The number of regions the model takes (the grid it knows), or None for any
     """
     if not uses:
         if regions is not None:
@@ -87,6 +102,9 @@ def check_regions(regions, N, D, dtype, uses):
     regions = np.asarray(regions)
     if regions.ndim != 3 or regions.shape[0] != N or regions.shape[2] != D or regions.shape[1] < 1:
         raise ValueError(f"regions must have shape (N={N}, L, {D}) with L >= 1, got {regions.shape}")
+    if L is not None and regions.shape[1] != L:
+        raise ValueError(f"regions must have shape (N={N}, L={L}, {D}): the model learned the places of a grid "
+                         f"of {L} regions, got {regions.shape[1]} regions")
     if not np.issubdtype(regions.dtype, np.floating):
         raise ValueError(f"regions must be floating point, got dtype {regions.dtype}")
     return regions.astype(dtype, copy=False)

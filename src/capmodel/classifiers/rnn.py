@@ -13,8 +13,9 @@ from typing import Callable
 import numpy as np
 
 from capmodel import decoding
+from capmodel.attention import with_positions
 from capmodel.classifiers.inputs import (check_attend_inputs, check_attention, check_captions, check_features,
-                                        check_regions, check_weights)
+                                        check_num_regions, check_regions, check_weights)
 from capmodel.kernels import attention as ka
 from capmodel.kernels import recurrent as kr
 from capmodel.kernels import words as kw
@@ -109,7 +110,9 @@ class CaptioningRNN:
     attention_penalty * sum_l (1 - sum_t alpha_tl)^2 per caption, the sum over t running
     over the caption's scored positions, divided by N like the word loss. The initial
     hidden state still comes from the global features. The regions are projected once
-    per image batch. ``attend`` returns the attention weights of given captions.
+    per image batch. With num_regions L the regions carry their places in the grid
+    (L one-hot channels appended, so the attention layers read C + L channels).
+    ``attend`` returns the attention weights of given captions.
     """
 
     FAMILY = "rnn"
@@ -118,7 +121,7 @@ class CaptioningRNN:
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None,
-                 attention_dim=None, attention_penalty=0.1):
+                 attention_dim=None, attention_penalty=0.1, num_regions=None):
         """Construct a new CaptioningRNN instance.
 
         Inputs:
@@ -137,6 +140,10 @@ class CaptioningRNN:
         - region_dim: Channels C of the regions; required with attention 'soft'.
         - attention_dim: Attention width A (default: hidden_dim).
         - attention_penalty: Weight lambda >= 0 of the doubly stochastic penalty.
+        - num_regions: L, with attention 'soft': each region also carries its place in
+          the grid (capmodel.attention.with_positions: L more channels read by learned
+          weights), and the model takes exactly L regions. None: the regions are a set
+          of any size, their places unknown to the model.
         """
         if cell_type not in CELLS:
             raise ValueError(f'Invalid cell_type "{cell_type}"; choose one of {sorted(CELLS)}')
@@ -149,6 +156,7 @@ class CaptioningRNN:
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.region_dim = check_attention(attention, region_dim)
+        self.num_regions = check_num_regions(num_regions, attention)
         self.attention = attention
         if attention_dim is None:
             attention_dim = hidden_dim
@@ -183,7 +191,7 @@ class CaptioningRNN:
             "b_vocab": np.zeros(V),
         }
         if attention == "soft":  # drawn after the others, which stay those of a model without attention
-            C, A = self.region_dim, self.attention_dim
+            C, A = self._width, self.attention_dim
             self.params.update({
                 "Wc": r.standard_normal((C, k * H)) / np.sqrt(C),
                 "att.Wr": r.standard_normal((C, A)) / np.sqrt(C),
@@ -199,20 +207,27 @@ class CaptioningRNN:
     # ------------------------------------------------------- model interface
 
     @classmethod
-    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32, region_dim=None):
+    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32, region_dim=None, num_regions=None):
         """A new model from a training settings dict (capmodel.app.settings.train_settings());
-        region_dim: the channels C of the data set's regions (needed with attention soft)."""
+        region_dim, num_regions: the channels C and the number L of the data set's regions
+        (needed with attention soft; L kept with the region_positions setting)."""
         attention = settings.get("attention", "none")
         return cls(word_to_idx, input_dim=input_dim, wordvec_dim=settings["wordvec_dim"],
                    hidden_dim=settings["hidden_dim"], cell_type=settings["cell_type"], dtype=dtype,
                    dropout=settings["dropout"], seed=settings["seed"], attention=attention,
                    region_dim=region_dim if attention != "none" else None,
-                   attention_penalty=settings.get("attention_penalty", 0.1))
+                   attention_penalty=settings.get("attention_penalty", 0.1),
+                   num_regions=num_regions if attention != "none" and settings.get("region_positions") else None)
 
     @property
     def uses_regions(self):
         """True when the model attends over image regions (loss, decoder and sample need them)."""
         return self.attention == "soft"
+
+    @property
+    def _width(self):
+        """Channels of the regions the attention layers read: C, plus L with positions."""
+        return self.region_dim + (self.num_regions or 0)
 
     def describe(self):
         """JSON-able description that rebuilds this model's shapes (from_description)."""
@@ -222,6 +237,8 @@ class CaptioningRNN:
         if self.uses_regions:  # a model without attention is described as before attention existed
             desc.update({"attention": self.attention, "region_dim": self.region_dim,
                          "attention_dim": self.attention_dim, "attention_penalty": self.attention_penalty})
+            if self.num_regions is not None:
+                desc["num_regions"] = self.num_regions
         return desc
 
     @classmethod
@@ -231,7 +248,7 @@ class CaptioningRNN:
                    hidden_dim=desc["hidden_dim"], cell_type=desc["cell_type"], dtype=np.dtype(desc["dtype"]),
                    dropout=desc.get("dropout", 0.0), seed=0, attention=desc.get("attention", "none"),
                    region_dim=desc.get("region_dim"), attention_dim=desc.get("attention_dim"),
-                   attention_penalty=desc.get("attention_penalty", 1.0))
+                   attention_penalty=desc.get("attention_penalty", 1.0), num_regions=desc.get("num_regions"))
 
     # ------------------------------------------------------------------ checks
 
@@ -245,7 +262,12 @@ class CaptioningRNN:
     def check_regions(self, regions, N):
         """regions (N, L, C) as an array of this model's dtype, None for a model without
         attention; a ValueError naming the shape or what is missing otherwise."""
-        return check_regions(regions, N, self.region_dim, self.dtype, self.uses_regions)
+        return check_regions(regions, N, self.region_dim, self.dtype, self.uses_regions, self.num_regions)
+
+    def _placed(self, regions):
+        """Checked regions as the attention layers read them: with their places appended
+        (with_positions) when the model knows its grid."""
+        return regions if regions is None or self.num_regions is None else with_positions(regions)
 
     # -------------------------------------------------------------------- loss
 
@@ -283,7 +305,7 @@ class CaptioningRNN:
         features = self.check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         weights = check_weights(weights, features.shape[0], self.dtype)
-        regions = self.check_regions(regions, features.shape[0])
+        regions = self._placed(self.check_regions(regions, features.shape[0]))
         p = self.params
         cell = CELLS[self.cell_type]
         rng = self.rng if dropout_rng is None else dropout_rng
@@ -380,7 +402,7 @@ class CaptioningRNN:
         costs one gather instead of two matmuls.
         """
         features = self.check_features(features)
-        regions = self.check_regions(regions, features.shape[0])
+        regions = self._placed(self.check_regions(regions, features.shape[0]))
         p = self.params
         h0 = features @ p["W_proj"] + p["b_proj"]  # (N, H)
         table = p["W_embed"] @ p["Wx"] + p["b"]  # (V, kH)
@@ -415,7 +437,7 @@ class CaptioningRNN:
             h, regions, proj = state[0], state[k], state[k + 1]
             M = len(h)
             hag = h @ Wag  # (M, A + C)
-            alpha, context = np.empty((M, L), self.dtype), np.empty((M, self.region_dim), self.dtype)
+            alpha, context = np.empty((M, L), self.dtype), np.empty((M, self._width), self.dtype)
             ka.attend_rows(proj, hag[:, :A], w, regions, alpha, context, work)
             beta = sigmoid(hag[:, A:] + bg)
             context *= beta
@@ -443,6 +465,7 @@ class CaptioningRNN:
         - alphas: Attention weights, of shape (N, T, L); each row sums to 1
         """
         features, captions, regions = check_attend_inputs(self, features, captions, regions)
+        regions = self._placed(regions)
         p = self.params
         N, T = captions.shape[0], captions.shape[1] - 1
         h0 = features @ p["W_proj"] + p["b_proj"]

@@ -8,7 +8,8 @@ regions), C channels of a region (region_dim).
 Parameter keys (shapes in brackets):
 - W_proj [D, W], b_proj [W]: image feature -> the first memory position
 - W_proj_regions [C, W], b_proj_regions [W]: with attention "soft" only, each region ->
-  one more memory position
+  one more memory position ([C + L, W] with num_regions L: its last L rows are the
+  learned embeddings of the regions' places)
 - W_embed [V, W]: word embeddings
 - layers.{i}.{key} for i in 0 .. num_layers-1, with key one of
   capmodel.transformer_layers.LAYER_PARAM_KEYS (self_attn.Wq, ..., cross_attn.Wq, ...,
@@ -20,8 +21,9 @@ import numpy as np
 
 from capmodel import decoding
 from capmodel import transformer_layers as tl
+from capmodel.attention import with_positions
 from capmodel.classifiers.inputs import (check_attend_inputs, check_attention, check_captions, check_features,
-                                        check_regions, check_weights)
+                                        check_num_regions, check_regions, check_weights)
 from capmodel.kernels import words as kw
 from capmodel.layers import dropout_mask
 from capmodel.setting_spec import Setting
@@ -67,18 +69,21 @@ class CaptioningTransformer:
     )
 
     @classmethod
-    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32, region_dim=None):
+    def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32, region_dim=None, num_regions=None):
         """A new model from a training settings dict (capmodel.app.settings.train_settings());
-        region_dim: the channels C of the data set's regions (needed with attention soft).
-        The attention_penalty setting concerns recurrent models only."""
+        region_dim, num_regions: the channels C and the number L of the data set's regions
+        (needed with attention soft; L kept with the region_positions setting). The
+        attention_penalty setting concerns recurrent models only."""
         attention = settings.get("attention", "none")
         return cls(word_to_idx, input_dim=input_dim, wordvec_dim=settings["wordvec_dim"],
                    num_heads=settings["num_heads"], num_layers=settings["num_layers"],
                    hidden_dim=settings["hidden_dim"], dtype=dtype, dropout=settings["dropout"],
-                   seed=settings["seed"], attention=attention, region_dim=region_dim if attention != "none" else None)
+                   seed=settings["seed"], attention=attention, region_dim=region_dim if attention != "none" else None,
+                   num_regions=num_regions if attention != "none" and settings.get("region_positions") else None)
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=256, num_heads=4, num_layers=2, max_length=50,
-                 hidden_dim=None, dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None):
+                 hidden_dim=None, dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None,
+                 num_regions=None):
         """Construct a new CaptioningTransformer instance.
 
         Inputs:
@@ -100,6 +105,10 @@ class CaptioningTransformer:
         - attention: 'none' (a memory of one position, the global feature) or 'soft'
           (the global feature and the L regions, see the class docstring).
         - region_dim: Channels C of the regions; required with attention 'soft'.
+        - num_regions: L, with attention 'soft': each region also carries its place in
+          the grid (capmodel.attention.with_positions; the rows of W_proj_regions that
+          read it are learned position embeddings of the memory), and the model takes
+          exactly L regions. None: the regions are a set of any size.
         """
         if NULL not in word_to_idx:
             raise ValueError(f"word_to_idx must contain {NULL}")
@@ -115,6 +124,7 @@ class CaptioningTransformer:
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.region_dim = check_attention(attention, region_dim)
+        self.num_regions = check_num_regions(num_regions, attention)
         self.attention = attention
         self.dtype = np.dtype(dtype)
         self.dropout = float(dropout)
@@ -143,7 +153,7 @@ class CaptioningTransformer:
             params.update({f"layers.{i}.{k}": layer[k] for k in tl.LAYER_PARAM_KEYS})
         params.update({"W_vocab": normal(W, V), "b_vocab": np.zeros(V)})
         if attention == "soft":  # drawn after the others, which stay those of a model without attention
-            params.update({"W_proj_regions": normal(self.region_dim, W), "b_proj_regions": np.zeros(W)})
+            params.update({"W_proj_regions": normal(self.region_dim + (self.num_regions or 0), W), "b_proj_regions": np.zeros(W)})
         self.params = {k: v.astype(self.dtype) for k, v in params.items()}
 
     # ------------------------------------------------------------ description
@@ -169,6 +179,8 @@ class CaptioningTransformer:
         }
         if self.uses_regions:  # a model without attention is described as before attention existed
             desc.update({"attention": self.attention, "region_dim": self.region_dim})
+            if self.num_regions is not None:
+                desc["num_regions"] = self.num_regions
         return desc
 
     @classmethod
@@ -183,7 +195,7 @@ class CaptioningTransformer:
                    wordvec_dim=desc["wordvec_dim"], num_heads=desc["num_heads"], num_layers=desc["num_layers"],
                    max_length=desc["max_length"], hidden_dim=desc["hidden_dim"], dtype=np.dtype(desc["dtype"]),
                    dropout=desc["dropout"], seed=0, attention=desc.get("attention", "none"),
-                   region_dim=desc.get("region_dim"))
+                   region_dim=desc.get("region_dim"), num_regions=desc.get("num_regions"))
 
     # ------------------------------------------------------------------ checks
 
@@ -197,7 +209,12 @@ class CaptioningTransformer:
     def check_regions(self, regions, N):
         """regions (N, L, C) as an array of this model's dtype, None for a model without
         attention; a ValueError naming the shape or what is missing otherwise."""
-        return check_regions(regions, N, self.region_dim, self.dtype, self.uses_regions)
+        return check_regions(regions, N, self.region_dim, self.dtype, self.uses_regions, self.num_regions)
+
+    def _placed(self, regions):
+        """Checked regions as the memory reads them: with their places appended
+        (with_positions) when the model knows its grid."""
+        return regions if regions is None or self.num_regions is None else with_positions(regions)
 
     def _memory(self, features, regions):
         """The memory the decoder layers cross-attend to: the projected features, then the
@@ -237,7 +254,7 @@ class CaptioningTransformer:
         features = self.check_features(features)
         captions = self._check_captions(captions, features.shape[0])
         weights = check_weights(weights, features.shape[0], self.dtype)
-        regions = self.check_regions(regions, features.shape[0])
+        regions = self._placed(self.check_regions(regions, features.shape[0]))
         p = self.params
         rng = self.rng if dropout_rng is None else dropout_rng
         drop = self.dropout if training else 0.0
@@ -300,6 +317,7 @@ class CaptioningTransformer:
         - alphas: Attention weights, of shape (N, T, L); each row sums to 1
         """
         features, captions, regions = check_attend_inputs(self, features, captions, regions)
+        regions = self._placed(regions)
         x = self.params["W_embed"][captions[:, :-1]]  # (N, T, W)
         x, _ = tl.positional_encoding_forward(x, self.pe)
         memory = self._memory(features, regions)
@@ -324,7 +342,7 @@ class CaptioningTransformer:
         cached keys and values, and equals row t of the full forward pass.
         """
         features = self.check_features(features)
-        regions = self.check_regions(regions, features.shape[0])
+        regions = self._placed(self.check_regions(regions, features.shape[0]))
         p = self.params
         memory = self._memory(features, regions)  # (N, 1 + L, W)
         layers = [self._layer_params(i) for i in range(self.num_layers)]
