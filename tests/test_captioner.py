@@ -116,7 +116,8 @@ def test_csv_html_and_beam(trained, capsys, tmp_path):
     assert code == 0 and out == f"12 captions -> {tmp_path / 'c.csv'}, {tmp_path / 'g.html'}\n"
     with open(tmp_path / "c.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["image", "caption"] and len(rows) == 12
+    assert list(rows[0]) == ["image", "caption", "model"] and len(rows) == 12
+    assert {r["model"] for r in rows} == {str(trained / "model")}
     page = (tmp_path / "g.html").read_text()
     uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
     assert len(uris) == 12 and base64.b64decode(uris[0])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -304,6 +305,8 @@ def no_encoding(monkeypatch):
     ("--out", "notes.csv", "exists and is not a file capmodel wrote there"),
     ("--html", "page.html", "exists and is not a page capmodel caption wrote"),
     ("--out", "file/c.csv", "is a file, not a directory"),
+    # a user's captions file (capmodel data from-folder's input) has the columns image,caption
+    ("--out", "captions.csv", "exists and is not a file capmodel wrote there"),
 ])
 def test_outputs_are_checked_before_encoding_and_never_replace_other_files(trained, capsys, tmp_path, no_encoding,
                                                                           flag, target, message):
@@ -313,6 +316,7 @@ def test_outputs_are_checked_before_encoding_and_never_replace_other_files(train
     shutil.copytree(trained / "model", work / "model")
     shutil.copytree(trained / "photos", work / "photos")
     (work / "notes.csv").write_text("name,remark\nx,mine\n")
+    (work / "captions.csv").write_text("image,caption\nred_circle_0.png,a red circle\n")
     (work / "page.html").write_text("<!DOCTYPE html><html><body>my page</body></html>\n")
     (work / "file").write_text("")
     before = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}

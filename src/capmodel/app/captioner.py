@@ -40,7 +40,10 @@ from capmodel.safety.jsonfile import read_json
 from capmodel.safety.outputs import check_outputs
 from capmodel.safety.staging import write_texts
 
-CSV_COLUMNS = ("image", "caption")
+# The model column says which model wrote a caption, and makes the header differ from a
+# captions file of the user's (image,caption[,split], capmodel.datasets.folder), which
+# caption --out must never replace.
+CSV_COLUMNS = ("image", "caption", "model")
 # How the outputs say that capmodel wrote them (capmodel.safety.outputs.kind_of): the CSV's
 # header, the gallery's <meta name="generator">. Only such files are replaced.
 CSV_KIND = ",".join(CSV_COLUMNS)
@@ -255,7 +258,8 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, decoding
       out take the defaults `capmodel sample` has, so both give a model's one caption
     - weights: Weights file of the model's pretrained CNN encoder (see capmodel.encoders)
 
-    Returns a list of {'image': path, 'caption': text} in the order of the images; for a
+    Returns a list of {'image': path, 'caption': text, 'model': the model's directory} in
+    the order of the images; for a
     model that attends over regions, the first MAP_PICTURES also hold 'alphas' (add_attention).
     """
     decoded = S.decode_record(S.check_all(decoding or {}, S.CAPTION_DECODE, "caption"))
@@ -296,7 +300,7 @@ def caption_files(model_path, paths, data_dir=None, features_file=None, decoding
             for s in range(0, len(x), batch_size)]
     idx_to_word = {i: w for w, i in model.word_to_idx.items()}
     texts = decode_captions(np.concatenate(caps), idx_to_word, strip_special=True)
-    rows = [{"image": str(p), "caption": t} for p, t in zip(images, texts)]
+    rows = [{"image": str(p), "caption": t, "model": str(base.parent)} for p, t in zip(images, texts)]
     if regions is not None:  # where the model looked, for the gallery (gallery_html)
         add_attention(rows, model, x, regions)
     return rows
@@ -314,7 +318,7 @@ def check_output_files(out, html, model_path, paths, features_file=None):
 
 
 def write_outputs(rows, csv_path=None, html_path=None, title="capmodel captions"):
-    """Write the rows as CSV (columns image, caption) and as a gallery (gallery_html),
+    """Write the rows as CSV (CSV_COLUMNS: image, caption, model) and as a gallery (gallery_html),
     either path may be None. Every picture is read first, and the files are renamed into
     place together, so a failure leaves neither."""
     files = {}
