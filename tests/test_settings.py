@@ -2,6 +2,7 @@
 config/README.md are generated from them, and all agree."""
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,22 @@ def test_check_all_fills_defaults_and_converts():
     s = S.check_all({"hidden_dim": 64.0, "learning_rate": 1}, S.train_settings())
     assert s["hidden_dim"] == 64 and isinstance(s["hidden_dim"], int) and isinstance(s["learning_rate"], float)
     assert s["cell_type"] == "lstm" and s["grad_clip"] is None
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"warmup_iterations": 100}, "warmup_iterations 100 does nothing with no lr_schedule (CS231n's decay)"),
+    ({"min_lr": 0.001, "lr_schedule": "step"}, "min_lr 0.001 does nothing with lr_schedule step: it is read by "
+                                               "lr_schedule cosine only"),
+    ({"lr_step_size": 3}, "lr_step_size 3 does nothing with no lr_schedule"),
+    ({"lr_gamma": 0.5, "lr_schedule": "cosine"}, "lr_gamma 0.5 does nothing with lr_schedule cosine"),
+])
+def test_a_schedule_setting_without_its_schedule_is_refused_not_ignored(given, message):
+    """A warm-up given without a schedule used to be dropped silently: the run trained as if unset."""
+    from capmodel.app import settings as S
+
+    with pytest.raises(S.SettingError, match=re.escape(message)):
+        S.check_train(given)
+    for key, schedules in S.SCHEDULE_ONLY.items():  # each with a schedule that reads it is accepted
+        value = {k: v for k, v in given.items() if k != "lr_schedule"}
+        if key in value:
+            assert S.check_train({**value, "lr_schedule": schedules[-1]})[key] == value[key]

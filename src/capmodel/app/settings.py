@@ -169,11 +169,26 @@ def check_all(values, settings, where="settings"):
     return out
 
 
+# Settings read by some learning-rate schedules only (capmodel.schedules); given for
+# another schedule, or with none (CS231n's per-epoch decay), they would change nothing.
+SCHEDULE_ONLY = {"warmup_iterations": LR_SCHEDULES, "min_lr": ("cosine",), "lr_step_size": ("step",),
+                 "lr_gamma": ("step",)}
+
+
 def check_train(values, where="settings"):
     """check_all over train_settings(), with the objective's own defaults
     (OBJECTIVE_DEFAULTS) for the settings values leaves out, plus what one setting alone
-    cannot say: the mean baseline needs at least two samples per image."""
+    cannot say: the mean baseline needs at least two samples per image, and a setting of
+    a learning-rate schedule needs that schedule (SCHEDULE_ONLY)."""
     s = check_all(values, train_settings(), where)
+    defaults = {t.name: t.default for t in TRAIN}
+    for key, schedules in SCHEDULE_ONLY.items():
+        if s[key] != defaults[key] and s["lr_schedule"] not in schedules:
+            used = "any lr_schedule" if schedules == LR_SCHEDULES else f"lr_schedule {' or '.join(schedules)}"
+            now = f"lr_schedule {s['lr_schedule']}" if s["lr_schedule"] else "no lr_schedule (CS231n's decay)"
+            raise SettingError(f"{where}.{key} {s[key]} does nothing with {now}: it is read by {used} only"
+                               + (" (exponential is CS231n's decay, with a warm-up)" if key == "warmup_iterations"
+                                  else ""))
     s.update({k: v for k, v in OBJECTIVE_DEFAULTS[s["objective"]].items() if k not in values})
     if s["scst_baseline"] == "mean" and s["scst_samples"] < 2:
         raise SettingError(f"{where}.scst_samples must be >= 2 with scst_baseline mean, got {s['scst_samples']}")
