@@ -89,3 +89,14 @@ def random_resnet50_file(path, seed):
             sd[k] = sd[k].abs() + 1
     torch.save(sd, path)
     return path
+
+
+class WithRegions:
+    """A model with its regions bound, driven by capmodel.decoding's decoders the way
+    decoding.decode(..., regions=) drives it (decoder(features, regions))."""
+
+    def __init__(self, model, regions):
+        self.model, self.regions, self.word_to_idx = model, regions, model.word_to_idx
+
+    def decoder(self, features):
+        return self.model.decoder(features, self.regions)

@@ -5,6 +5,7 @@ import pytest
 
 from capmodel.classifiers.rnn import CaptioningRNN
 from capmodel.gradient_check import eval_numerical_gradient, rel_error
+from synthetic import WithRegions
 
 CS231N_VOCAB = {"<NULL>": 0, "cat": 2, "dog": 3}  # no <START>/<END>: loss must still work
 
@@ -222,17 +223,6 @@ def test_threads_may_run_one_models_loss_at_once():
 # ------------------------------------------------------------------ attention
 
 ATT_VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, 14)}}
-
-
-class WithRegions:
-    """A model with its regions bound, driven by capmodel.decoding's decoders the way
-    decoding.decode(..., regions=) drives it (decoder(features, regions))."""
-
-    def __init__(self, model, regions):
-        self.model, self.regions, self.word_to_idx = model, regions, model.word_to_idx
-
-    def decoder(self, features):
-        return self.model.decoder(features, self.regions)
 
 
 def attention_model(cell_type="lstm", dtype=np.float64, seed=0, C=5, **kwargs):

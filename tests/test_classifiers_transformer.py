@@ -10,7 +10,7 @@ from capmodel import transformer_layers as tl
 from capmodel.captioning_solver import CaptioningSolver
 from capmodel.classifiers.transformer import CaptioningTransformer
 from capmodel.coco_utils import decode_captions
-from synthetic import random_data
+from synthetic import WithRegions, random_data
 from capmodel.gradient_check import eval_numerical_gradient, rel_error
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, 9)}}
@@ -318,17 +318,6 @@ def test_overfits_50_examples_and_samples_them_back():
 
 
 # ------------------------------------------------------------------ attention
-
-
-class WithRegions:
-    """A model with its regions bound, driven by capmodel.decoding's decoders the way
-    decoding.decode(..., regions=) drives it (decoder(features, regions))."""
-
-    def __init__(self, model, regions):
-        self.model, self.regions, self.word_to_idx = model, regions, model.word_to_idx
-
-    def decoder(self, features):
-        return self.model.decoder(features, self.regions)
 
 
 def attention_model(dtype=np.float64, seed=0, C=3, **kwargs):

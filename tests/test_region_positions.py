@@ -8,6 +8,7 @@ from capmodel import decoding, models, optim
 from capmodel.attention import with_positions
 from capmodel.classifiers.rnn import CaptioningRNN
 from capmodel.classifiers.transformer import CaptioningTransformer
+from synthetic import WithRegions
 
 VOCAB = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": i for i in range(4, 10)}}
 L, C = 4, 6
@@ -30,16 +31,6 @@ def make(family, positions, seed=0, dtype=np.float32):
         return CaptioningRNN(VOCAB, input_dim=3, wordvec_dim=16, hidden_dim=32, cell_type="lstm", **place)
     return CaptioningTransformer(VOCAB, input_dim=3, wordvec_dim=16, num_heads=2, num_layers=1, hidden_dim=32,
                                  max_length=4, **place)
-
-
-class WithRegions:
-    """A model with its regions bound, driven by capmodel.decoding's decoders."""
-
-    def __init__(self, model, regions):
-        self.model, self.regions, self.word_to_idx = model, regions, model.word_to_idx
-
-    def decoder(self, features):
-        return self.model.decoder(features, self.regions)
 
 
 def where_data(rng, N):
