@@ -166,6 +166,19 @@ def tiny_data():
     return random_data()
 
 
+@pytest.fixture
+def one_blas_thread():
+    """BLAS on one thread for the whole test, set once (capmodel.kernels.parallel.one_blas_thread),
+    for a test that evaluates an attention model's loss thousands of times (numeric gradients):
+    each evaluation would otherwise ask threadpoolctl for the thread count, a scan of the loaded
+    libraries that costs more than the loss itself. The kernels take the same path (their
+    thread count is the one saved when the limit was set); only the scans are saved."""
+    from capmodel.kernels import parallel
+
+    with parallel.one_blas_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     """A small shapes dataset on disk (60 train / 12 val images, seed 3; made once per session).
