@@ -254,7 +254,8 @@ def test_killed_training_job_resumes_on_rerun(test_run, tmp_path):
     import signal
     import time
 
-    cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn, num_epochs: 100, checkpoint_every: 20}\n")
+    # 600 iterations: killed at the first checkpoint (20), the rest leaves seconds to see it; the rerun trains them
+    cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn, num_epochs: 30, checkpoint_every: 20}\n")
     work = tmp_path / "w"
     # the data set and gradient-check table of the session's run (copies keep their times): only training runs here
     shutil.copytree(test_run / "resources", work / "resources")
@@ -277,8 +278,8 @@ def test_killed_training_job_resumes_on_rerun(test_run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     log = (work / "logs" / "train" / "tiny_rnn.log").read_text()
     resumed_at = int(re.search(r"Resumed from .* at iteration (\d+)", log).group(1))
-    assert 0 < resumed_at < 2000  # 400 captions / batch 20 * 100 epochs
-    assert json.loads((work / "results" / "models" / "tiny_rnn" / "model.json").read_text())["iterations"] == 2000
+    assert 0 < resumed_at < 600  # 400 captions / batch 20 * 30 epochs
+    assert json.loads((work / "results" / "models" / "tiny_rnn" / "model.json").read_text())["iterations"] == 600
 
 
 def test_run_says_where_the_reports_are_and_training_logs_eta(test_run):
