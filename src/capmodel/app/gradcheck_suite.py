@@ -310,6 +310,9 @@ def _transformer_family(rng):
         functools.partial(tl.decoder_layer_forward, params=layer, num_heads=nh, attn_mask=causal),
         lambda dout, cache: tl.decoder_layer_backward(dout, cache)[:2],
         [r((N, T, W)), r((N, S, W))], ("x", "memory"), rng), LAYER_TOLERANCE
+    # The models' losses are checked at every coordinate of every parameter (one loss per side of
+    # each): width 4 (2 heads of 2) and feed-forward 3 keep every part of the 2 layers at half the cost.
+    W, F = 4, 3
     model = CaptioningTransformer(VOCAB, input_dim=4, wordvec_dim=W, num_heads=nh, num_layers=2, hidden_dim=F,
                                   max_length=8, dtype=np.float64, seed=0)
     yield "CaptioningTransformer.loss", "transformer", lambda: model_loss_errors(model, rng, D=4), MODEL_TOLERANCE
