@@ -102,9 +102,21 @@ def pytest_collection_modifyitems(config, items):
 pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)
 
 
+BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # as Snakemake sets them
+
+
 def pytest_configure(config):
-    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+    workers = getattr(config.option, "numprocesses", None)
+    if workers and not os.environ.get("PYTEST_XDIST_WORKER"):
         config.stash[_GROUPS_DIR] = Path(tempfile.mkdtemp(prefix="capmodel-xdist-"))
+        # The cores shared out among the workers (which inherit this environment, as do the
+        # processes they start): one worker per core gets one BLAS (and torch) thread, where
+        # each worker's default of one per core oversubscribes them, and the waiting threads
+        # spin on the cores the other workers need. A value set in the environment wins;
+        # tests of threads set their own (threadpoolctl, workers=, Snakemake's threads).
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        for name in BLAS_VARIABLES:
+            os.environ.setdefault(name, str(threads))
 
 
 def pytest_unconfigure(config):
@@ -164,6 +176,19 @@ def pytest_collection_finish(session):
 def tiny_data():
     """20 train / 6 val images with two random captions each, 16-d features."""
     return random_data()
+
+
+@pytest.fixture
+def one_blas_thread():
+    """BLAS on one thread for the whole test, set once (capmodel.kernels.parallel.one_blas_thread),
+    for a test that evaluates an attention model's loss thousands of times (numeric gradients):
+    each evaluation would otherwise ask threadpoolctl for the thread count, a scan of the loaded
+    libraries that costs more than the loss itself. The kernels take the same path (their
+    thread count is the one saved when the limit was set); only the scans are saved."""
+    from capmodel.kernels import parallel
+
+    with parallel.one_blas_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -261,6 +261,7 @@ def _readable_attention_loss(model, features, captions, regions, dropout_rng=Non
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.usefixtures("one_blas_thread")  # ~1,700 losses: threadpoolctl asked once, not each time
 def test_attention_loss_is_the_readable_computation_and_its_gradients_numeric(cell_type, dropout):
     rng = np.random.default_rng(30)
     model = attention_model(cell_type, dropout=dropout, attention_penalty=0.7)

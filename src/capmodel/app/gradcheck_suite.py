@@ -4,7 +4,10 @@ Used by ``capmodel gradcheck`` (the workflow's gradcheck stage). Everything runs
 float64 on small random inputs drawn from a seed. The layers shared by every model
 (embedding, temporal affine, softmax loss) are checked by ``_shared_layers``; each model
 family registered in capmodel.models has its checks here, in ``FAMILY_CHECKS`` (its
-layers and its loss): a new family adds its entry. Each row: layer, cell, param,
+layers and its loss): a new family adds its entry. A family's checks (a generator of rng)
+yield (layer, cell, check, tolerance), where check() computes {param: (measure, error)};
+``run`` calls it before asking for the next one, so it may read the generator's current
+values, and skips the checks of layers not selected. Each row: layer, cell, param,
 measure, error, tolerance, ok, where measure says how the error is taken:
 - rel: CS231n's rel_error, the maximum over entries of |num - ana| / (|num| + |ana|)
 - scaled: max |num - ana| / max |ana|, for a model loss: the loss is ~10, so centred
@@ -18,6 +21,7 @@ replaces one (monkeypatch) sees the replacement checked.
 """
 
 import functools
+import itertools
 
 import numpy as np
 
@@ -29,6 +33,7 @@ from capmodel.classifiers.rnn import CaptioningRNN
 from capmodel.classifiers.transformer import CaptioningTransformer
 from capmodel.gradient_check import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
 from capmodel.kernels import attention as ka
+from capmodel.kernels import parallel
 from capmodel.kernels import recurrent as kr
 from capmodel.kernels import words as kw
 
@@ -105,8 +110,8 @@ def _shared_layers(rng):
     out, cache = rl.word_embedding_forward(x, W)
     dout = rng.standard_normal(out.shape)
     num = eval_numerical_gradient_array(lambda W: rl.word_embedding_forward(x, W)[0], W, dout)
-    yield "word_embedding", "", {"W": ("rel", rel_error(num, rl.word_embedding_backward(dout, cache)))}, LAYER_TOLERANCE
-    yield "temporal_affine", "", check_array_function(
+    yield "word_embedding", "", lambda: {"W": ("rel", rel_error(num, rl.word_embedding_backward(dout, cache)))}, LAYER_TOLERANCE
+    yield "temporal_affine", "", lambda: check_array_function(
         rl.temporal_affine_forward, rl.temporal_affine_backward,
         [rng.standard_normal((N, T, D)), rng.standard_normal((D, V)), rng.standard_normal(V)], ("x", "w", "b"),
         rng), LAYER_TOLERANCE
@@ -115,12 +120,12 @@ def _shared_layers(rng):
     mask = rng.random((N, T)) > 0.3
     _, dx = rl.temporal_softmax_loss(scores, y, mask)
     num = eval_numerical_gradient(lambda s: rl.temporal_softmax_loss(s, y, mask)[0], scores, verbose=False)
-    yield "temporal_softmax_loss", "", {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
+    yield "temporal_softmax_loss", "", lambda: {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
     wrng = _spawned(rng)
     scores, y, w = wrng.standard_normal((N * T, V)), wrng.integers(V, size=N * T), wrng.standard_normal(N * T)
     _, dx = kw.weighted_softmax_loss(scores, y, w)
     num = eval_numerical_gradient(lambda s: kw.weighted_softmax_loss(s, y, w)[0], scores, verbose=False)
-    yield "weighted_softmax_loss", "", {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
+    yield "weighted_softmax_loss", "", lambda: {"x": ("rel", rel_error(num, dx))}, LAYER_TOLERANCE
 
 
 # The inputs of each recurrent cell's step function, and its gates per hidden unit
@@ -142,33 +147,33 @@ def _rnn_family(rng):
     for cell, (names, k) in RNN_STEP_INPUTS.items():
         shapes = {"x": (N, D), "prev_h": (N, H), "prev_c": (N, H), "Wx": (D, k * H), "Wh": (H, k * H),
                   "b": (k * H,)}
-        yield f"{cell}_step", cell, check_array_function(
+        yield f"{cell}_step", cell, lambda: check_array_function(
             getattr(rl, f"{cell}_step_forward"), getattr(rl, f"{cell}_step_backward"),
             [rng.standard_normal(shapes[n]) for n in names], names, rng), LAYER_TOLERANCE
         seq = [(N, T, D), (N, H), (D, k * H), (H, k * H), (k * H,)]
-        yield f"{cell}_sequence", cell, check_array_function(
+        yield f"{cell}_sequence", cell, lambda: check_array_function(
             getattr(rl, f"{cell}_forward"), getattr(rl, f"{cell}_backward"), [rng.standard_normal(s) for s in seq],
             ("x", "h0", "Wx", "Wh", "b"), rng), LAYER_TOLERANCE
         # ragged: sequences of 4, 3, 1 and 0 steps (the last only has an initial state)
         sizes, prng = (3, 2, 2, 1), _spawned(rng)
         packed = [(sum(sizes), D), (4, H)] + seq[2:]
-        yield f"{cell}_packed", cell, check_array_function(
+        yield f"{cell}_packed", cell, lambda: check_array_function(
             functools.partial(getattr(kr, f"{cell}_packed_forward"), sizes=sizes),
             getattr(kr, f"{cell}_packed_backward"), [prng.standard_normal(s) for s in packed],
             ("x", "h0", "Wx", "Wh", "b"), prng), LAYER_TOLERANCE
     for cell in RNN_STEP_INPUTS:
         model = CaptioningRNN(VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
                               seed=0)
-        yield "CaptioningRNN.loss", cell, model_loss_errors(model, rng, D=D), MODEL_TOLERANCE
+        yield "CaptioningRNN.loss", cell, lambda: model_loss_errors(model, rng, D=D), MODEL_TOLERANCE
     for cell in RNN_STEP_INPUTS:  # captions of different lengths: the loss packs them
         model = CaptioningRNN(VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
                               seed=0)
-        yield "CaptioningRNN.loss (ragged captions)", cell, model_loss_errors(
+        yield "CaptioningRNN.loss (ragged captions)", cell, lambda: model_loss_errors(
             model, _spawned(rng), N=4, T=6, D=D, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
     for cell in RNN_STEP_INPUTS:  # self-critical training: ragged sampled captions, weighted
         model = CaptioningRNN(VOCAB, input_dim=D, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
                               seed=0)
-        yield "CaptioningRNN.loss (SCST weights)", cell, model_loss_errors(
+        yield "CaptioningRNN.loss (SCST weights)", cell, lambda: model_loss_errors(
             model, _spawned(rng), N=4, T=6, D=D, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
     yield from _rnn_attention(_spawned(rng))
 
@@ -212,16 +217,16 @@ def _rnn_attention(rng):
                             lambda dcontext, dalpha, cache: at.soft_attention_backward(dcontext, cache, dalpha), 2,
                             keys)
     shapes = _attention_shapes(1, W, H, C, A)
-    yield "soft_attention", "", check_array_function(
+    yield "soft_attention", "", lambda: check_array_function(
         fwd, bwd, [r((N, H)), r((N, L, C)), *(r(shapes[k]) for k in keys)], ("h", "regions", *keys),
         rng), LAYER_TOLERANCE
-    yield "attention_gate", "", check_array_function(
+    yield "attention_gate", "", lambda: check_array_function(
         at.gate_forward, at.gate_backward, [r((N, H)), r((N, C)), r((H, C)), r(C)], ("h", "context", "Wg", "bg"),
         rng), LAYER_TOLERANCE
     alphas, mask = rng.random((N, T, L)), rng.random((N, T)) > 0.3
     _, dalphas = at.doubly_stochastic_penalty(alphas, mask, 0.7)
     num = eval_numerical_gradient(lambda a: at.doubly_stochastic_penalty(a, mask, 0.7)[0], alphas, verbose=False)
-    yield "doubly_stochastic_penalty", "", {"alphas": ("rel", rel_error(num, dalphas))}, LAYER_TOLERANCE
+    yield "doubly_stochastic_penalty", "", lambda: {"alphas": ("rel", rel_error(num, dalphas))}, LAYER_TOLERANCE
     for cell, (_, k) in RNN_STEP_INPUTS.items():
         p = _params(rng, _attention_shapes(k, W, H, C, A))
         step_keys = tuple(key for key in at.PARAM_KEYS if key not in ("att.Wr", "att.b"))  # they reach it via proj
@@ -243,12 +248,12 @@ def _rnn_attention(rng):
         fwd, bwd = _with_params(step_forward, step_backward, n_in, step_keys)
         inputs = [r((N, W)), r((N, H)), *((r((N, H)),) if lstm else ()), r((N, L, C)), 0.5 * r((N, L, A))]
         names = ("x", "prev_h", *(("prev_c",) if lstm else ()), "regions", "proj")
-        yield (f"{cell}_attention_step", cell, check_array_function(
+        yield (f"{cell}_attention_step", cell, lambda: check_array_function(
             fwd, bwd, [*inputs, *(p[key] for key in step_keys)], (*names, *step_keys), rng, scaled=("proj",)),
             LAYER_TOLERANCE)
         fwd, bwd = _with_params(functools.partial(at.attention_cell_forward, cell), at.attention_cell_backward, 3,
                                 at.PARAM_KEYS)
-        yield f"{cell}_attention_sequence", cell, check_array_function(
+        yield f"{cell}_attention_sequence", cell, lambda: check_array_function(
             fwd, bwd, [r((N, T, W)), r((N, H)), r((N, L, C)), *(p[key] for key in at.PARAM_KEYS)],
             ("x", "h0", "regions", *at.PARAM_KEYS), rng), LAYER_TOLERANCE
         # ragged: sequences of 4, 3, 1 and 0 steps, in 2 groups (threads)
@@ -257,18 +262,18 @@ def _rnn_attention(rng):
                                 3, at.PARAM_KEYS)  # regions are an input without a gradient here
         regions = r((4, L, C))
         fwd_regions = lambda x, h0, *params, fwd=fwd, regions=regions: fwd(x, h0, regions, *params)
-        yield f"{cell}_attention_packed", cell, check_array_function(
+        yield f"{cell}_attention_packed", cell, lambda: check_array_function(
             fwd_regions, bwd, [r((sum(sizes), W)), r((4, H)), *(p[key] for key in at.PARAM_KEYS)],
             ("x", "h0", *at.PARAM_KEYS), rng), LAYER_TOLERANCE
     for cell in RNN_STEP_INPUTS:  # ragged captions and the penalty
         model = CaptioningRNN(VOCAB, input_dim=4, wordvec_dim=3, hidden_dim=H, cell_type=cell, dtype=np.float64,
                               seed=0, attention="soft", region_dim=C, attention_dim=A, attention_penalty=0.7,
                               num_regions=3)  # the regions' places too, as trained by default
-        yield "CaptioningRNN.loss (attention)", cell, model_loss_errors(
+        yield "CaptioningRNN.loss (attention)", cell, lambda: model_loss_errors(
             model, rng, N=4, T=6, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
     # SCST weights scale each caption's word losses alike in every cell (the unweighted
     # penalty included): one cell checks them
-    yield "CaptioningRNN.loss (attention, SCST weights)", "lstm", model_loss_errors(
+    yield "CaptioningRNN.loss (attention, SCST weights)", "lstm", lambda: model_loss_errors(
         CaptioningRNN(VOCAB, input_dim=4, wordvec_dim=3, hidden_dim=H, cell_type="lstm", dtype=np.float64, seed=0,
                       attention="soft", region_dim=C, attention_dim=A), rng, N=4, T=6, lengths=(6, 4, 2, 1),
         weighted=True), MODEL_TOLERANCE
@@ -283,7 +288,7 @@ def _transformer_family(rng):
     feed-forward block, a decoder layer and CaptioningTransformer's loss."""
     N, T, S, W, nh, F = 2, 4, 3, 6, 2, 5
     r = rng.standard_normal
-    yield "layer_norm", "transformer", check_array_function(
+    yield "layer_norm", "transformer", lambda: check_array_function(
         tl.layer_norm_forward, tl.layer_norm_backward, [r((N, T, W)), 1 + 0.3 * r(W), r(W)],
         ("x", "gamma", "beta"), rng), LAYER_TOLERANCE
     causal = np.tril(np.ones((T, T), dtype=bool))
@@ -292,9 +297,9 @@ def _transformer_family(rng):
         x, m = r((N, T, W)), r((N, kv_len, W))
         weights = [r((W, W)) if i % 2 == 0 else r(W) for i in range(8)]
         forward = functools.partial(_attention_forward, num_heads=nh, mask=mask)
-        yield kind, "transformer", check_array_function(
+        yield kind, "transformer", lambda: check_array_function(
             forward, tl.multihead_attention_backward, [x, m, m.copy(), *weights], names, rng), LAYER_TOLERANCE
-    yield "feedforward", "transformer", check_array_function(
+    yield "feedforward", "transformer", lambda: check_array_function(
         tl.feedforward_forward, tl.feedforward_backward, [r((N, T, W)), r((W, F)), r(F), r((F, W)), r(W)],
         ("x", "W1", "b1", "W2", "b2"), rng), LAYER_TOLERANCE
     layer = {}
@@ -302,22 +307,25 @@ def _transformer_family(rng):
         shape = ((W, F) if key == "ffn.W1" else (F, W) if key == "ffn.W2" else (F,) if key == "ffn.b1"
                  else (W, W) if ".W" in key else (W,))
         layer[key] = 1 + 0.3 * r(W) if key.endswith("gamma") else r(shape)
-    yield "decoder_layer", "transformer", check_array_function(
+    yield "decoder_layer", "transformer", lambda: check_array_function(
         functools.partial(tl.decoder_layer_forward, params=layer, num_heads=nh, attn_mask=causal),
         lambda dout, cache: tl.decoder_layer_backward(dout, cache)[:2],
         [r((N, T, W)), r((N, S, W))], ("x", "memory"), rng), LAYER_TOLERANCE
+    # The models' losses are checked at every coordinate of every parameter (one loss per side of
+    # each): width 4 (2 heads of 2) and feed-forward 3 keep every part of the 2 layers at half the cost.
+    W, F = 4, 3
     model = CaptioningTransformer(VOCAB, input_dim=4, wordvec_dim=W, num_heads=nh, num_layers=2, hidden_dim=F,
                                   max_length=8, dtype=np.float64, seed=0)
-    yield "CaptioningTransformer.loss", "transformer", model_loss_errors(model, rng, D=4), MODEL_TOLERANCE
-    yield "CaptioningTransformer.loss (SCST weights)", "transformer", model_loss_errors(
+    yield "CaptioningTransformer.loss", "transformer", lambda: model_loss_errors(model, rng, D=4), MODEL_TOLERANCE
+    yield "CaptioningTransformer.loss (SCST weights)", "transformer", lambda: model_loss_errors(
         model, _spawned(rng), N=4, T=6, D=4, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
     arng = _spawned(rng)  # the memory of the global feature and 3 regions
     model = CaptioningTransformer(VOCAB, input_dim=4, wordvec_dim=W, num_heads=nh, num_layers=2, hidden_dim=F,
                                   max_length=8, dtype=np.float64, seed=0, attention="soft", region_dim=5,
                                   num_regions=3)
-    yield "CaptioningTransformer.loss (attention)", "transformer", model_loss_errors(
+    yield "CaptioningTransformer.loss (attention)", "transformer", lambda: model_loss_errors(
         model, arng, N=4, T=6, D=4, lengths=(6, 4, 2, 1)), MODEL_TOLERANCE
-    yield "CaptioningTransformer.loss (attention, SCST weights)", "transformer", model_loss_errors(
+    yield "CaptioningTransformer.loss (attention, SCST weights)", "transformer", lambda: model_loss_errors(
         model, arng, N=4, T=6, D=4, lengths=(6, 4, 2, 1), weighted=True), MODEL_TOLERANCE
 
 
@@ -329,17 +337,25 @@ def _attention_forward(query, key, value, *weights, num_heads, mask):
 FAMILY_CHECKS = {CaptioningRNN.FAMILY: _rnn_family, CaptioningTransformer.FAMILY: _transformer_family}
 
 
-def run(seed=0):
-    """All checks; returns a list of row dicts."""
+def run(seed=0, layers=None):
+    """All checks, or with layers (a collection of layer names) only theirs; returns a list of
+    row dicts. The skipped checks draw no inputs, so a selection's checks draw other random
+    inputs than they do in the whole suite, and their errors differ from the table's."""
     missing = [fam.FAMILY for fam in models.FAMILIES if fam.FAMILY not in FAMILY_CHECKS]
     if missing:
         raise ValueError(f"no gradient checks for the model families {', '.join(missing)}; add them to "
                          "capmodel.app.gradcheck_suite.FAMILY_CHECKS")
     rng = np.random.default_rng(seed)
     rows = []
-    checks = [*(c for fam in models.FAMILIES for c in FAMILY_CHECKS[fam.FAMILY](rng)), *_shared_layers(rng)]
-    for layer, cell, errors, tol in checks:
-        for param, (measure, err) in errors.items():
-            rows.append({"layer": layer, "cell": cell, "param": param, "measure": measure, "error": err,
-                         "tolerance": tol, "ok": bool(err < tol)})
+    # BLAS on one thread for the whole run, as the kernels' threaded groups set it anyway: the
+    # kernels then ask threadpoolctl neither for the thread count nor for the limit on each of
+    # the thousands of loss evaluations (a scan of the loaded libraries each, a third of the run)
+    with parallel.one_blas_thread():
+        checks = itertools.chain(*(FAMILY_CHECKS[fam.FAMILY](rng) for fam in models.FAMILIES), _shared_layers(rng))
+        for layer, cell, check, tol in checks:
+            if layers is not None and layer not in layers:
+                continue
+            for param, (measure, err) in check().items():  # before the next check: it reads the loop's values
+                rows.append({"layer": layer, "cell": cell, "param": param, "measure": measure, "error": err,
+                             "tolerance": tol, "ok": bool(err < tol)})
     return rows
