@@ -119,3 +119,22 @@ def test_num_regions_must_be_a_positive_integer(bad):
         CaptioningRNN(VOCAB, input_dim=3, attention="soft", region_dim=C, num_regions=bad)
     with pytest.raises(ValueError, match="num_regions=4 is given but attention is none"):
         CaptioningTransformer(VOCAB, input_dim=3, wordvec_dim=8, num_heads=2, num_regions=4)
+
+
+def test_fine_tuning_a_model_without_places_says_which_setting_matches(tmp_path, capsys):
+    from capmodel.app.cli import main
+    from capmodel.datasets import shapes
+
+    data = tmp_path / "shapes"
+    shapes.generate(data, num_train=20, num_val=4, seed=2, grid=2, grid_pca=8)
+    small = ["--hidden-dim", "8", "--wordvec-dim", "8", "--batch-size", "20", "--max-iterations", "1",
+             "--attention", "soft"]
+    assert main(["train", "--data", str(data), "--out-dir", str(tmp_path / "set"), "--no-region-positions",
+                 *small]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--out-dir", str(tmp_path / "o"), "--init-from",
+                 str(tmp_path / "set"), *small]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "num_regions None (settings: 4) (region_positions false matches the model)" in err
+    assert main(["train", "--data", str(data), "--out-dir", str(tmp_path / "o"), "--init-from",
+                 str(tmp_path / "set"), "--no-region-positions", *small]) == 0

@@ -90,6 +90,8 @@ def load_start(model, start, init_from, encoder):
     if differ:
         shown = ", ".join(f"{k} {given.get(k)!r} (settings: {built.get(k)!r})" if k != "word_to_idx"
                           else "vocabulary (another data set's)" for k in differ)
+        if differ == ["num_regions"]:  # both attend; one knows the regions' places, the other not
+            shown += f" (region_positions {'true' if given.get('num_regions') else 'false'} matches the model)"
         raise ValueError(f"--init-from {init_from}: the model does not match the training settings: {shown}")
     for k in sorted(model.params):
         bad = np.count_nonzero(~np.isfinite(given_model.params[k]))
