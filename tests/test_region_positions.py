@@ -138,3 +138,42 @@ def test_fine_tuning_a_model_without_places_says_which_setting_matches(tmp_path,
     assert err.count("\n") == 1 and "num_regions None (settings: 4) (region_positions false matches the model)" in err
     assert main(["train", "--data", str(data), "--out-dir", str(tmp_path / "o"), "--init-from",
                  str(tmp_path / "set"), "--no-region-positions", *small]) == 0
+
+
+def test_a_model_that_knows_its_grid_refuses_another_grid_by_name_before_decoding(tmp_path, capsys):
+    from capmodel.app.cli import main
+    from capmodel.datasets import shapes
+
+    for g in (2, 3):  # without their encoder records, so that --init-from compares the models themselves
+        shapes.generate(tmp_path / f"g{g}", num_train=20, num_val=4, seed=2, grid=g, grid_pca=8)
+        for record in (tmp_path / f"g{g}").glob("feature_extractor*"):
+            record.unlink()
+    small = ["--hidden-dim", "8", "--wordvec-dim", "8", "--batch-size", "20", "--max-iterations", "1",
+             "--attention", "soft"]
+    assert main(["train", "--data", str(tmp_path / "g2"), "--out-dir", str(tmp_path / "m"), *small]) == 0
+    capsys.readouterr()
+    out = tmp_path / "s.csv"
+    assert main(["sample", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "g3"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "9 regions (3 x 3)" in err and "4 regions (2 x 2)" in err
+    assert str(tmp_path / "g3") in err and str(tmp_path / "m") in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert main(["train", "--data", str(tmp_path / "g3"), "--out-dir", str(tmp_path / "o"), "--init-from",
+                 str(tmp_path / "m"), *small]) == 2
+    err = capsys.readouterr().err
+    assert "num_regions 4 (settings: 9)" in err and "another grid" in err and "matches the model" not in err
+
+
+def test_a_run_fingerprint_names_region_positions_only_when_the_regions_carry_their_places():
+    # a run checkpointed before the setting existed has no region_positions in its
+    # run_config.json; the runs that read regions as before (none, or as a set) still match it
+    from capmodel.app import settings as S
+    from capmodel.app.pipeline import run_fingerprint
+
+    def settings(**values):
+        return S.check_train(values)
+
+    data = {"sha256": "0" * 64, "encoder": None}
+    for s in (settings(), settings(region_positions=False), settings(attention="soft", region_positions=False)):
+        assert "region_positions" not in run_fingerprint(data, s, None)["settings"]
+    assert run_fingerprint(data, settings(attention="soft"), None)["settings"]["region_positions"] is True

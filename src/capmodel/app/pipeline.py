@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from capmodel import checkpoints, metrics, models
@@ -90,8 +91,11 @@ def load_start(model, start, init_from, encoder):
     if differ:
         shown = ", ".join(f"{k} {given.get(k)!r} (settings: {built.get(k)!r})" if k != "word_to_idx"
                           else "vocabulary (another data set's)" for k in differ)
-        if differ == ["num_regions"]:  # both attend; one knows the regions' places, the other not
+        if differ == ["num_regions"] and None in (given.get("num_regions"), built.get("num_regions")):
+            # both attend; one knows the regions' places, the other not
             shown += f" (region_positions {'true' if given.get('num_regions') else 'false'} matches the model)"
+        elif differ == ["num_regions"]:  # both know places, of grids of different sizes
+            shown += " (the model learned the places of another grid: fine-tune on a data set of its grid)"
         raise ValueError(f"--init-from {init_from}: the model does not match the training settings: {shown}")
     for k in sorted(model.params):
         bad = np.count_nonzero(~np.isfinite(given_model.params[k]))
@@ -108,10 +112,11 @@ def uses_regions(settings):
     return settings["attention"] != "none"
 
 
-def check_grid(data_dir, needed_by):
+def check_grid(data_dir, needed_by, num_regions=None):
     """Refuse, before reading it, a data set without the grid of regions that an attention
     model needs (needed_by names it: "a model with --attention soft", "model M"): one line naming the data
-    set, the missing file and how to make one."""
+    set, the missing file and how to make one. With num_regions L (a model that learned the
+    places of its grid), also one whose grid has another number of regions, naming both."""
     base = Path(data_dir)
     if not base.is_dir():
         return  # the data set's own check names it
@@ -120,6 +125,22 @@ def check_grid(data_dir, needed_by):
             raise ValueError(f"--data {data_dir}: {needed_by} attends over image regions, but the data set has no "
                              f"{fmt.grid_file(split)}; make the data set with a grid (--grid G of capmodel data "
                              "shapes, data from-folder or data features)")
+        if num_regions is not None:
+            try:
+                with h5py.File(base / fmt.grid_file(split), "r") as f:
+                    shape = f[fmt.FEATURES_KEY].shape
+            except (OSError, KeyError):
+                continue  # the data set's own check names it
+            if len(shape) == 3 and shape[1] != num_regions:
+                raise ValueError(f"--data {data_dir}: its {fmt.grid_file(split)} has a grid of {_grid(shape[1])}, "
+                                 f"but {needed_by} learned the places of a grid of {_grid(num_regions)} "
+                                 "(region_positions); use a data set made with the model's grid")
+
+
+def _grid(L):
+    """L regions as a reader says them: '16 regions (4 x 4)' for a square grid."""
+    side = round(L ** 0.5)
+    return f"{L} regions ({side} x {side})" if side * side == L else f"{L} regions"
 
 
 def read_settings_file(path, what="settings file"):
@@ -150,8 +171,12 @@ def data_sha256(data):
 def run_fingerprint(data, s, start_sha):
     """What a resumed run must share with the checkpoints' run: the data (by content:
     {'sha256': data_sha256, 'encoder': the record's identity}), the settings that matter (a
-    cross-entropy run's does not include the unused self-critical settings) and the start model."""
+    cross-entropy run's does not include the unused self-critical settings, nor a run's
+    region_positions unless it gives the regions their places, so that a run checkpointed
+    before the setting existed resumes) and the start model."""
     unused = ("objective", "scst_samples", "scst_baseline") if s["objective"] == "xe" else ()
+    if s["attention"] == "none" or not s["region_positions"]:
+        unused += ("region_positions",)
     record = {"data": data, "settings": {k: v for k, v in s.items() if k not in unused}}
     if start_sha is not None:
         record["init_from_sha256"] = start_sha

@@ -98,7 +98,7 @@ def sample(model, data_dir, out_csv, settings=None, batch_size=500):
     model, meta = checkpoints.load_model(base)
     attends = bool(getattr(model, "uses_regions", False))  # the regions are read only for a model that needs them
     if attends:
-        check_grid(data_dir, f"model {base}")
+        check_grid(data_dir, f"model {base}", getattr(model, "num_regions", None))
         memory.check_regions(data_dir)
     pca = meta.get("settings", {}).get("pca_features", True)
     data = load_coco_data(data_dir, pca_features=pca, regions=attends)
