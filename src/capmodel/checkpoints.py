@@ -225,7 +225,7 @@ def load_model(base):
         model = models.from_description(m)
     except KeyError as e:
         raise CheckpointError(f"{where}: the model description has no key {e}")
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{where}: the model description is invalid ({e})")
     check_model_fits(model, meta, arrays, Path(base).with_suffix(".npz"))
     for k in model.params:

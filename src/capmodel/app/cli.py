@@ -340,7 +340,7 @@ def build_parser():
     cp.add_argument("--weights", type=Path, default=None,
                     help="weights file of the model's pretrained CNN encoder (the one given to from-folder; "
                          "its SHA-256 must be the recorded one)")
-    cp.add_argument("--out", help="write a CSV (image, caption) instead of printing image<TAB>caption lines")
+    cp.add_argument("--out", help="write a CSV (image, caption, model) instead of printing image<TAB>caption lines")
     cp.add_argument("--html", help="also write a self-contained HTML gallery of the images and captions")
     S.add_arguments(cp, S.CAPTION_DECODE)  # as `sample` decodes, with its defaults
     cp.set_defaults(func=cmd_caption)

@@ -75,7 +75,7 @@ def check_num_regions(num_regions, attention):
                          "takes no regions")
     if isinstance(num_regions, bool) or int(num_regions) != num_regions or num_regions < 1:
         raise ValueError(f"num_regions must be a positive integer (the regions of the grid) or None, "
-                         f"got {num_regions}")
+                         f"got {num_regions!r}")
     return int(num_regions)
 
 
