@@ -5,6 +5,8 @@ For tests and debugging: nothing is learnable beyond memorising, use the shapes 
 (capmodel.datasets.shapes) for a real task.
 """
 
+import sys
+
 import numpy as np
 
 from capmodel.vocab import CAPTION_LENGTH, SPECIAL_TOKENS
@@ -100,3 +102,16 @@ class WithRegions:
 
     def decoder(self, features):
         return self.model.decoder(features, self.regions)
+
+
+def resumable_train_cmd(data, out, ckpt, flags):
+    """The `capmodel train` command line, in a fresh Python, of a run with checkpoints in
+    ckpt and the given flags: what the kill-and-resume tests start, kill and start again."""
+    return [sys.executable, "-m", "capmodel.app.cli", "train", "--data", str(data), "--out-dir", str(out),
+            "--checkpoint-dir", str(ckpt), *flags]
+
+
+def model_params(out):
+    """The parameter arrays of the model.npz in the directory out, by name."""
+    with np.load(out / "model.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

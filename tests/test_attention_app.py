@@ -28,6 +28,7 @@ from capmodel.datasets import format as fmt
 from capmodel.datasets import shapes
 from capmodel.models import image_inputs
 from capmodel.objectives import CrossEntropy
+from synthetic import model_params, resumable_train_cmd
 
 SMALL = ["--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "20", "--print-every", "1000"]
 
@@ -335,13 +336,7 @@ RESUME = ["--cell-type", "lstm", "--attention", "soft", "--hidden-dim", "32", "-
 
 
 def _train_cmd(data, out, ckpt):
-    return [sys.executable, "-m", "capmodel.app.cli", "train", "--data", str(data), "--out-dir", str(out),
-            "--checkpoint-dir", str(ckpt), *RESUME]
-
-
-def _params(out):
-    with np.load(out / "model.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return resumable_train_cmd(data, out, ckpt, RESUME)
 
 
 @pytest.mark.slow
@@ -369,7 +364,7 @@ def test_an_attention_model_killed_twice_resumes_to_identical_parameters(grid_da
     done = subprocess.run(_train_cmd(grid_data, out, ckpt), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "Resumed from" in done.stdout
-    expected, got = _params(ref), _params(out)
+    expected, got = model_params(ref), model_params(out)
     assert sorted(expected) == sorted(got) and "params/att.Wr" in got
     assert all(np.array_equal(expected[k], got[k]) for k in expected)
     assert (ref / "history.csv").read_text() == (out / "history.csv").read_text()

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from capmodel import checkpoints
 from capmodel.captioning_solver import CaptioningSolver, TrainingError
 from capmodel.classifiers.rnn import CaptioningRNN
-from synthetic import random_data
+from synthetic import model_params, random_data, resumable_train_cmd
 
 # About 4 s of training (1200 iterations) so that kills land at many different points.
 TRAIN = ["--cell-type", "lstm", "--hidden-dim", "128", "--wordvec-dim", "32", "--batch-size", "10",
@@ -25,13 +24,7 @@ TRAIN = ["--cell-type", "lstm", "--hidden-dim", "128", "--wordvec-dim", "32", "-
 
 
 def _train_cmd(data, out, ckpt):
-    return [sys.executable, "-m", "capmodel.app.cli", "train", "--data", str(data), "--out-dir", str(out),
-            "--checkpoint-dir", str(ckpt), *TRAIN]
-
-
-def _params(out):
-    with np.load(out / "model.npz", allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return resumable_train_cmd(data, out, ckpt, TRAIN)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def test_kill_9_and_resume_is_bit_identical(shapes_dir, tmp_path, reference_run,
     done = subprocess.run(_train_cmd(shapes_dir, out, ckpt), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert kills >= 1
-    ref, got = _params(reference_run), _params(out)
+    ref, got = model_params(reference_run), model_params(out)
     assert all(np.array_equal(ref[k], got[k]) for k in ref)
     assert (reference_run / "history.csv").read_text() == (out / "history.csv").read_text()
     assert not ckpt.exists()  # removed after success
@@ -207,7 +200,7 @@ def test_a_cross_entropy_run_from_a_model_keeps_it_when_no_epoch_beats_it(shapes
     val = (out / "val.csv").read_text().splitlines()
     assert val[1].startswith("0,0,") and val[1].endswith(",1")  # the start, validated before any update
     assert [line[-1] for line in val[2:]] == ["0", "0"]  # both epochs worse
-    start, got = _params(start_model), _params(out)
+    start, got = model_params(start_model), model_params(out)
     assert all(np.array_equal(start[k], got[k]) for k in start)
     said = [line for line in capsys.readouterr().out.splitlines() if "no epoch beat the start" in line]
     assert len(said) == 1 and said[0].startswith("no epoch beat the start (validation val_loss ") and \
