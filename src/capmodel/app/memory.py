@@ -17,9 +17,8 @@ H hidden size, K layers, R regions per image (the data set's L), C region channe
 A attention width.
 """
 
+import math
 from pathlib import Path
-
-import h5py
 
 from capmodel.datasets import format as fmt
 from capmodel.vocab import CAPTION_LENGTH
@@ -126,16 +125,9 @@ def check_regions(data_dir, available=None):
     available = available_bytes() if available is None else available
     if available is None:
         return
-    need, files = 0, []
-    for split in fmt.splits_of(data_dir):
-        path = Path(data_dir) / fmt.grid_file(split)
-        try:
-            with h5py.File(path, "r") as f:
-                d = f[fmt.FEATURES_KEY]
-                need += d.size * d.dtype.itemsize
-        except (OSError, KeyError):
-            continue  # the data set's check names it
-        files.append(path.name)
+    layouts = fmt.grid_layouts(data_dir)  # a grid file missing or unreadable: the data set's check names it
+    need = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layouts.values())
+    files = [fmt.grid_file(split) for split in layouts]
     if need > available:
         raise ValueError(f"data set {data_dir}: its regions ({', '.join(files)}) need about {_shown(need)} in memory, "
                          f"more than the {_shown(available)} available; make it with a smaller --grid or "

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from capmodel import checkpoints, metrics, models
@@ -125,16 +124,13 @@ def check_grid(data_dir, needed_by, num_regions=None):
             raise ValueError(f"--data {data_dir}: {needed_by} attends over image regions, but the data set has no "
                              f"{fmt.grid_file(split)}; make the data set with a grid (--grid G of capmodel data "
                              "shapes, data from-folder or data features)")
-        if num_regions is not None:
-            try:
-                with h5py.File(base / fmt.grid_file(split), "r") as f:
-                    shape = f[fmt.FEATURES_KEY].shape
-            except (OSError, KeyError):
-                continue  # the data set's own check names it
-            if len(shape) == 3 and shape[1] != num_regions:
-                raise ValueError(f"--data {data_dir}: its {fmt.grid_file(split)} has a grid of {_grid(shape[1])}, "
-                                 f"but {needed_by} learned the places of a grid of {_grid(num_regions)} "
-                                 "(region_positions); use a data set made with the model's grid")
+    if num_regions is None:
+        return
+    for split, (shape, _) in fmt.grid_layouts(base).items():  # an unreadable one: the data set's check names it
+        if len(shape) == 3 and shape[1] != num_regions:
+            raise ValueError(f"--data {data_dir}: its {fmt.grid_file(split)} has a grid of {_grid(shape[1])}, "
+                             f"but {needed_by} learned the places of a grid of {_grid(num_regions)} "
+                             "(region_positions); use a data set made with the model's grid")
 
 
 def _grid(L):

@@ -557,6 +557,21 @@ def _read_grid(base, split, load=True):
     return values if load else np.broadcast_to(np.zeros((), GRID_DTYPE), (n, L, C))
 
 
+def grid_layouts(base_dir):
+    """{split: (shape, dtype)} of the grid files of a data set's splits, read without
+    loading their regions (for checks made before loading); a split whose grid file is
+    missing or unreadable is left out: problems() and load() name it."""
+    out = {}
+    for split in splits_of(base_dir):
+        try:
+            with h5py.File(Path(base_dir) / grid_file(split), "r") as f:
+                d = f[FEATURES_KEY]
+                out[split] = (d.shape, d.dtype)
+        except (OSError, KeyError):
+            continue
+    return out
+
+
 def _read_json(path, what):
     try:
         return read_json(path, what)
