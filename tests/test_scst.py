@@ -442,7 +442,7 @@ def test_self_critical_training_has_its_own_defaults(shapes_dir, xe_model, tmp_p
     parser = build_parser()
     train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions
                  if a.dest == "learning_rate")
-    assert train.help.endswith("default 0.005, 0.0005 with --objective scst)")
+    assert train.help.endswith("default 0.005, 0.002 with --cell-type transformer, 0.0005 with --objective scst)")
     out = tmp_path / "o"
     done = subprocess.run(_cli("train", "--data", shapes_dir, "--out-dir", out, "--init-from", xe_model, *SMALL,
                                "--objective", "scst", "--val-metric-images", "12"), capture_output=True, text=True)

@@ -65,9 +65,9 @@ def test_every_setting_is_a_flag_with_its_default_in_the_help(command, group):
                                text=True, env={"COLUMNS": "1000", "PATH": ""}).stdout
     for s in GROUPS[group]:
         shown = "null (off)" if s.default is None else s.default
-        for objective, values in S.OBJECTIVE_DEFAULTS.items() if group == "train" else ():
+        for (key, choice), values in S.CHOICE_DEFAULTS.items() if group == "train" else ():
             if s.name in values and values[s.name] != s.default:  # e.g. SCST's learning rate
-                shown = f"{shown}, {values[s.name]} with --objective {objective}"
+                shown = f"{shown}, {values[s.name]} with --{key.replace('_', '-')} {choice}"
         assert s.flag in help_text and f"default {shown})" in help_text, s.name
 
 
@@ -139,3 +139,10 @@ def test_a_schedule_setting_without_its_schedule_is_refused_not_ignored(given, m
         value = {k: v for k, v in given.items() if k != "lr_schedule"}
         if key in value:
             assert S.check_train({**value, "lr_schedule": schedules[-1]})[key] == value[key]
+
+
+def test_a_model_familys_defaults_apply_unless_given_and_the_objectives_win():
+    assert S.check_train({"cell_type": "lstm"})["learning_rate"] == 5e-3
+    assert S.check_train({"cell_type": "transformer"})["learning_rate"] == 2e-3  # the family's own default
+    assert S.check_train({"cell_type": "transformer", "learning_rate": 0.01})["learning_rate"] == 0.01
+    assert S.check_train({"cell_type": "transformer", "objective": "scst"})["learning_rate"] == 5e-4

@@ -4,6 +4,7 @@ A model family is a class with:
 - ``FAMILY``: its name in model descriptions (and in capmodel.app.gradcheck_suite.FAMILY_CHECKS)
 - ``CELL_TYPES``: the values of the ``cell_type`` setting it serves (e.g. rnn, lstm, gru)
 - ``SETTINGS``: its own training settings (capmodel.setting_spec.Setting), besides the common ones
+- ``DEFAULTS``: {name: value} of common settings whose default differs for it (e.g. a learning rate)
 - ``from_settings(word_to_idx, input_dim, settings, dtype)``: a new model from a full
   training settings dict (capmodel.app.settings.train_settings())
 - ``describe()``: a JSON-able dict that rebuilds the model's shapes, with ``family`` and

@@ -313,7 +313,7 @@ def build_parser():
                    "--objective scst")
     t.add_argument("--settings", help="JSON file of training settings (the workflow writes one per model); "
                    "flags given here override it")
-    S.add_arguments(t, S.train_settings(), by_objective=S.OBJECTIVE_DEFAULTS)
+    S.add_arguments(t, S.train_settings(), by_choice=S.CHOICE_DEFAULTS)
     t.set_defaults(func=cmd_train)
 
     sm = sub.add_parser("sample", help="caption the images of a split with a trained model")

@@ -89,6 +89,12 @@ SCST_VAL_METRIC = SelfCritical.metric
 # The defaults that depend on the objective: `capmodel train --objective scst` without
 # --learning-rate or --num-epochs takes those of the workflow's `scst:` section (SCST above).
 OBJECTIVE_DEFAULTS = {"xe": {}, "scst": {SCST_TRAIN_KEYS[s.name]: s.default for s in SCST}}
+# Defaults that depend on another setting's value, for the settings a user leaves out, in
+# this order (a later one wins): a model family's own (its DEFAULTS), then the objective's.
+CHOICE_DEFAULTS = {
+    **{("cell_type", cell): fam.DEFAULTS for fam in models.FAMILIES for cell in fam.CELL_TYPES if fam.DEFAULTS},
+    **{("objective", objective): values for objective, values in OBJECTIVE_DEFAULTS.items() if values},
+}
 
 # How captions are decoded and which images (capmodel sample, config `sample:`).
 DECODE = (
@@ -177,7 +183,7 @@ SCHEDULE_ONLY = {"warmup_iterations": LR_SCHEDULES, "min_lr": ("cosine",), "lr_s
 
 def check_train(values, where="settings"):
     """check_all over train_settings(), with the objective's own defaults
-    (OBJECTIVE_DEFAULTS) for the settings values leaves out, plus what one setting alone
+    and the family's (CHOICE_DEFAULTS) for the settings values leaves out, plus what one setting alone
     cannot say: the mean baseline needs at least two samples per image, and a setting of
     a learning-rate schedule needs that schedule (SCHEDULE_ONLY)."""
     s = check_all(values, train_settings(), where)
@@ -189,7 +195,9 @@ def check_train(values, where="settings"):
             raise SettingError(f"{where}.{key} {s[key]} does nothing with {now}: it is read by {used} only"
                                + (" (exponential is CS231n's decay, with a warm-up)" if key == "warmup_iterations"
                                   else ""))
-    s.update({k: v for k, v in OBJECTIVE_DEFAULTS[s["objective"]].items() if k not in values})
+    for (key, choice), chosen in CHOICE_DEFAULTS.items():
+        if s[key] == choice:
+            s.update({k: v for k, v in chosen.items() if k not in values})
     if s["scst_baseline"] == "mean" and s["scst_samples"] < 2:
         raise SettingError(f"{where}.scst_samples must be >= 2 with scst_baseline mean, got {s['scst_samples']}")
     if s["objective"] == "scst":  # validated by the metric it trains for
@@ -236,18 +244,18 @@ def decode_label(record):
     return method
 
 
-def add_arguments(parser, settings, by_objective=None):
+def add_arguments(parser, settings, by_choice=None):
     """Add one flag per setting to an argparse parser, with its range and default in the help.
 
     The flags default to None, so that only the flags a user gave override a settings
-    file; the help still shows the setting's default, and with by_objective
-    (OBJECTIVE_DEFAULTS) the default each objective gives it.
+    file; the help still shows the setting's default, and with by_choice (CHOICE_DEFAULTS)
+    the default each model family or objective gives it.
     """
     for s in settings:
         shown = "null (off)" if s.default is None else s.default
-        for objective, values in (by_objective or {}).items():
+        for (key, choice), values in (by_choice or {}).items():
             if s.name in values and values[s.name] != s.default:
-                shown = f"{shown}, {values[s.name]} with --objective {objective}"
+                shown = f"{shown}, {values[s.name]} with --{key.replace('_', '-')} {choice}"
         help_text = f"{s.help} ({s.allowed()}; default {shown})"
         if s.kind is bool:
             parser.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,

@@ -118,6 +118,7 @@ class CaptioningRNN:
     FAMILY = "rnn"
     CELL_TYPES = tuple(CELLS)
     SETTINGS = ()  # wordvec_dim, hidden_dim and dropout are common training settings
+    DEFAULTS = {}  # the common settings' defaults (CS231n's learning rate) suit it
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None,

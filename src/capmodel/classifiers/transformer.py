@@ -67,6 +67,9 @@ class CaptioningTransformer:
                 minimum=1),
         Setting("num_layers", int, 2, "decoder layers of the transformer", minimum=1),
     )
+    # Its defaults of common settings: Adam at the recurrent models' 5e-3 is too fast for it,
+    # with or without attention (docs/library.md, "Does attention pay on the shapes data?").
+    DEFAULTS = {"learning_rate": 2e-3}
 
     @classmethod
     def from_settings(cls, word_to_idx, input_dim, settings, dtype=np.float32, region_dim=None, num_regions=None):
