@@ -36,8 +36,9 @@ TRAIN = (
     Setting("attention", str, "none", "attend over image regions: none (the global feature vector only) or soft "
             "(Show, Attend and Tell for rnn/lstm/gru; the transformer cross-attends over the regions); soft needs "
             "a data set with a grid of regions", choices=ATTENTION_CHOICES),
-    Setting("attention_penalty", float, 0.1, "weight lambda of the doubly stochastic attention penalty "
-            "lambda * sum_l (1 - sum_t alpha_tl)^2 (rnn/lstm/gru with attention soft)", minimum=0),
+    Setting("attention_penalty", float, 0.0, "weight lambda of the doubly stochastic attention penalty "
+            "lambda * sum_l (1 - sum_t alpha_tl)^2 (rnn/lstm/gru with attention soft; Show, Attend and Tell "
+            "used 1)", minimum=0),
     Setting("region_positions", bool, True, "give each region a learned embedding of its place in the grid "
             "(attention soft): the model can say where it looked, and takes only the grid it was trained on"),
     Setting("update_rule", str, "adam", "optimizer", choices=UPDATE_RULES),

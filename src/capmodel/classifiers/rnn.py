@@ -122,7 +122,7 @@ class CaptioningRNN:
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None,
-                 attention_dim=None, attention_penalty=0.1, num_regions=None):
+                 attention_dim=None, attention_penalty=0.0, num_regions=None):
         """Construct a new CaptioningRNN instance.
 
         Inputs:
@@ -140,7 +140,7 @@ class CaptioningRNN:
           (attention over image regions, see the class docstring).
         - region_dim: Channels C of the regions; required with attention 'soft'.
         - attention_dim: Attention width A (default: hidden_dim).
-        - attention_penalty: Weight lambda >= 0 of the doubly stochastic penalty.
+        - attention_penalty: Weight lambda >= 0 of the doubly stochastic penalty (0: none).
         - num_regions: L, with attention 'soft': each region also carries its place in
           the grid (capmodel.attention.with_positions: L more channels read by learned
           weights), and the model takes exactly L regions. None: the regions are a set
@@ -217,7 +217,7 @@ class CaptioningRNN:
                    hidden_dim=settings["hidden_dim"], cell_type=settings["cell_type"], dtype=dtype,
                    dropout=settings["dropout"], seed=settings["seed"], attention=attention,
                    region_dim=region_dim if attention != "none" else None,
-                   attention_penalty=settings.get("attention_penalty", 0.1),
+                   attention_penalty=settings.get("attention_penalty", 0.0),
                    num_regions=num_regions if attention != "none" and settings.get("region_positions") else None)
 
     @property
