@@ -167,6 +167,15 @@ def test_lint_finds_nothing_but_the_environments_the_workflow_does_not_claim(tmp
         p.read_text() for p in (ROOT / "workflow").rglob("*.smk"))
 
 
+def test_every_rule_runs_a_shell_command():
+    # Thin rules over the capmodel CLI: Snakemake runs a `run:` block in a new Snakemake process,
+    # which parses the whole workflow again (seconds per job), and a shell command in a thread.
+    rules = {p.name: re.findall(r"^(?:use )?rule (\w+)", p.read_text(), re.M) for p in (ROOT / "workflow").rglob("*.smk")}
+    assert sum(map(len, rules.values())) >= 15, rules
+    for path in (ROOT / "workflow").rglob("*.smk"):
+        assert not re.search(r"^    (run|script|wrapper):", path.read_text(), re.M), path.name
+
+
 def test_full_run_outputs(test_run):
     with open(test_run / "results" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
