@@ -26,9 +26,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
-# the whole suite, one pytest-xdist worker per core (tests/conftest.py shares the expensive fixtures)
+# the whole suite, one pytest-xdist worker per core (tests/conftest.py shares the expensive fixtures).
+# PYTHONDONTWRITEBYTECODE emptied: each worker would otherwise rewrite the assertions of every test
+# module again (about 3 s), and each of the many processes the tests start compile capmodel again;
+# the compiled files go to the git-ignored __pycache__ folders and are reused by the next run.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(CORES)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(CORES)
 
 # The fair capmodel-vs-PyTorch table and the step profile, pasted into docs/benchmarks.md
 # and the README's speed table.

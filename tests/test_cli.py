@@ -74,15 +74,22 @@ def test_stages_by_hand(shapes_dir, tmp_path):
     (["data", "shapes", "{tmp}/d", "--num-train", "0"], "--num-train: must be integer >= 1"),
     (["data", "check", "{tmp}/empty.csv"], "is a file, not a dataset directory"),
     (["evaluate", "--samples", "{tmp}/none.csv", "--out", "{tmp}/m.json"], "samples file"),
+    (["settings", "{{hidden_dim: 8}}", "--out", "{tmp}/m.json"], "settings '{hidden_dim: 8}' is not valid JSON"),
+    (["settings", "[8]", "--out", "{tmp}/m.json"], "must be a JSON object of setting -> value"),
+    (["settings", "{{}}", "--out", "{tmp}/m.txt"], "must end in .json"),
+    (["settings", "{{}}", "--out", "{tmp}/mine.json"], "mine.json exists; capmodel writes this file only where"),
+    (["source-revision", "{tmp}", "--out", "{tmp}/mine.json"], "mine.json exists; capmodel writes this file only"),
 ])
 def test_bad_input_one_clear_error(shapes_dir, tmp_path, args, message):
     (tmp_path / "empty.csv").write_text("image_idx,url,generated,references\n")
+    (tmp_path / "mine.json").write_text('{"mine": 1}\n')
     args = [a.format(tmp=tmp_path, shapes=shapes_dir) for a in args]
     r = run(*args)
     assert r.returncode == (1 if args[:2] == ["data", "check"] else 2)  # 1: the check ran and found problems
     assert message in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1 or "invalid dataset" in r.stderr, r.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "m.json").exists() and not (tmp_path / "s.csv").exists()
+    assert (tmp_path / "mine.json").read_text() == '{"mine": 1}\n'
 
 
 def test_gradcheck_writes_table(gradcheck_table):

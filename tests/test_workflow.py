@@ -33,23 +33,20 @@ def test_run(workflow_run):
     return workflow_run
 
 
-def test_dry_run_lists_every_stage(tmp_path):
-    r = snakemake(tmp_path, "-n")
-    assert r.returncode == 0, r.stderr
+def test_dry_run_lists_every_stage(dry_run):
+    assert dry_run.returncode == 0, dry_run.stderr
     for rule in ("make_shapes_data", "gradcheck", "train_model", "sample_captions", "baseline_captions",
                  "evaluate_captions", "summarize", "report_model", "report_summary"):
-        assert rule in r.stdout
+        assert rule in dry_run.stdout
 
 
-def test_snakemake_finds_the_workflow_from_the_repository_root(tmp_path):
+def test_snakemake_finds_the_workflow_from_the_repository_root(dry_run):
     # The catalog's layout: workflow/Snakefile, which plain `snakemake` (and `make run`) finds
-    # when started in the repository root.
+    # when started in the repository root, as the dry run is (without -s).
     assert (ROOT / "workflow" / "Snakefile").is_file() and not (ROOT / "Snakefile").exists()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path),
-                        "--configfile", str(TEST_CONFIG)], cwd=ROOT, capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "report_summary" in r.stdout
+    assert "-s" not in dry_run.args and "--snakefile" not in dry_run.args
+    assert dry_run.returncode == 0, dry_run.stderr[-2000:]
+    assert "report_summary" in dry_run.stdout
 
 
 def test_every_job_asks_for_the_resources_of_its_kind(tmp_path):
@@ -109,16 +106,24 @@ main()
 """
 
 
-def test_parsing_the_workflow_starts_no_process(tmp_path):
-    script = tmp_path / "audited_snakemake.py"
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """One dry run of the .test config, as a user starts Snakemake in the repository root
+    (`snakemake -n`, which finds workflow/Snakefile), under the audit hook above: the
+    tests of what parsing does and of the jobs planned read it."""
+    tmp = tmp_path_factory.mktemp("dry_run")
+    script = tmp / "audited_snakemake.py"
     script.write_text(_AUDITED_SNAKEMAKE)
     own = ",".join(str(ROOT / d) + os.sep for d in ("workflow", "src"))
-    r = subprocess.run([sys.executable, str(script), own, "-n", "-s",
-                        str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path / "w"),
-                        "--configfile", str(TEST_CONFIG)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "source_revision" in r.stdout  # the revision is read by a job instead
-    assert "PROCESS FROM THE WORKFLOW" not in r.stderr, r.stderr[-2000:]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, str(script), own, "-n", "--directory", str(tmp / "w"),
+                           "--configfile", str(TEST_CONFIG)], cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+def test_parsing_the_workflow_starts_no_process(dry_run):
+    assert dry_run.returncode == 0, dry_run.stderr[-2000:]
+    assert "source_revision" in dry_run.stdout  # the revision is read by a job instead
+    assert "PROCESS FROM THE WORKFLOW" not in dry_run.stderr, dry_run.stderr[-2000:]
 
 
 def test_summary_report_shows_the_source_revision(test_run):
@@ -165,6 +170,15 @@ def test_lint_finds_nothing_but_the_environments_the_workflow_does_not_claim(tmp
     rules = {h.split()[1] for h in headers}
     assert {"make_shapes_data", "train_model", "report_summary"} <= rules and "conda:" not in "".join(
         p.read_text() for p in (ROOT / "workflow").rglob("*.smk"))
+
+
+def test_every_rule_runs_a_shell_command():
+    # Thin rules over the capmodel CLI: Snakemake runs a `run:` block in a new Snakemake process,
+    # which parses the whole workflow again (seconds per job), and a shell command in a thread.
+    rules = {p.name: re.findall(r"^(?:use )?rule (\w+)", p.read_text(), re.M) for p in (ROOT / "workflow").rglob("*.smk")}
+    assert sum(map(len, rules.values())) >= 15, rules
+    for path in (ROOT / "workflow").rglob("*.smk"):
+        assert not re.search(r"^    (run|script|wrapper):", path.read_text(), re.M), path.name
 
 
 def test_full_run_outputs(test_run):
@@ -229,7 +243,7 @@ def test_config_errors_fail_at_start_with_one_short_message(tmp_path, extra, mes
 
 def test_failing_stage_leaves_no_partial_outputs(test_run, tmp_path):
     work = tmp_path / "w"
-    shutil.copytree(test_run, work, ignore=shutil.ignore_patterns(".snakemake", "reports", "notebooks"))
+    shutil.copytree(test_run, work, ignore=shutil.ignore_patterns(".snakemake"))  # up to date: only boom runs
     # A model whose training diverges: plain SGD with a learning rate of 10.
     cfg = _config_with(tmp_path, "models:\n  tiny_rnn: {cell_type: rnn}\n  boom: {cell_type: rnn, update_rule: sgd,"
                                  " learning_rate: 10.0, grad_clip: null}\n")

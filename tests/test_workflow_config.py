@@ -84,10 +84,14 @@ def test_job_resources_per_kind():
 
 
 def test_settings_files_round_trip(tmp_path):
+    from capmodel.app.cli import main
     from capmodel.app.pipeline import read_settings_file
 
     settings = wc.expand_models({"models": {"a": {"cell_type": "rnn"}}})["a"]
-    write_json(tmp_path / "s.json", settings)  # what rule model_settings writes
+    # what rule model_settings runs: the settings as JSON on the command line, written indented
+    assert main(["settings", json.dumps(settings), "--out", str(tmp_path / "s.json")]) == 0
+    write_json(tmp_path / "direct.json", settings)
+    assert (tmp_path / "s.json").read_bytes() == (tmp_path / "direct.json").read_bytes()
     assert S.check_all(read_settings_file(tmp_path / "s.json"), S.train_settings()) == settings
 
 
@@ -108,7 +112,9 @@ def test_source_revision_of_a_checkout(tmp_path):
     assert wc.source_revision(repo / "workflow") == head
     (repo / "workflow" / "Snakefile").write_text("rule all:\n    input: []\n")
     assert wc.source_revision(repo / "workflow") == head + "+uncommitted-changes"
-    wc.write_source_revision(tmp_path / "rev.json", repo / "workflow")
+    from capmodel.app.cli import main
+
+    assert main(["source-revision", str(repo / "workflow"), "--out", str(tmp_path / "rev.json")]) == 0  # the rule's
     assert json.loads((tmp_path / "rev.json").read_text()) == {"git_commit": head + "+uncommitted-changes"}
 
 

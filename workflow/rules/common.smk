@@ -9,7 +9,6 @@ from snakemake.utils import validate
 
 from capmodel.app import settings as S
 from capmodel.app import workflow_config as wc
-from capmodel.safety.atomic import write_json
 
 SCHEMA = "../schemas/config.schema.yaml"
 try:

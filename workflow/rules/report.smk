@@ -20,8 +20,8 @@ rule source_revision:
     localrule: True
     params:
         source=workflow.basedir,
-    run:
-        wc.write_source_revision(output[0], params.source)
+    shell:
+        "capmodel source-revision {params.source:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report_model:

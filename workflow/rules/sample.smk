@@ -10,9 +10,9 @@ rule sample_settings:
         "logs/settings/sample.log",
     localrule: True
     params:
-        settings=SAMPLE,
-    run:
-        write_json(output[0], params.settings)
+        settings=json.dumps(SAMPLE),
+    shell:
+        "capmodel settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule sample_captions:

@@ -1,5 +1,5 @@
 # Stage 3: one training job per model. Its settings reach `capmodel train` as a JSON file
-# that the workflow writes (rule model_settings). Resume state lives in
+# that the workflow writes (rule model_settings, `capmodel settings`). Resume state lives in
 # results/resume/<model>, outside the declared outputs, so Snakemake's cleanup of a failed
 # job keeps it and the rerun continues from the last checkpoint; after a change of the
 # model's settings (or its data or start) the rerun starts over (--restart-on-change).
@@ -12,9 +12,9 @@ rule model_settings:
         "logs/settings/{model}.log",
     localrule: True
     params:
-        settings=lambda wildcards: MODELS[wildcards.model],
-    run:
-        write_json(output[0], params.settings)
+        settings=lambda wildcards: json.dumps(MODELS[wildcards.model]),
+    shell:
+        "capmodel settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_model:

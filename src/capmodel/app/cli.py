@@ -1,5 +1,5 @@
 """The capmodel command line: data shapes|fetch|check|from-folder|features, gradcheck, train, sample,
-caption, baseline, evaluate, summarize.
+caption, baseline, evaluate, summarize, and the workflow's records: settings, source-revision.
 
 Each command parses its flags and calls one library function; on bad input (argparse
 errors included) it prints one line 'capmodel <command>: error: <message>' to stderr and
@@ -211,6 +211,40 @@ def cmd_summarize(args):
     return 0
 
 
+def _check_new_json(path):
+    """A record without a kind (a settings file, a papermill parameters file) is written as a new
+    file only: nothing tells which existing JSON file capmodel wrote for it, and the workflow
+    removes a job's old outputs before the job runs."""
+    from capmodel.safety.outputs import check_output
+
+    check_output(path, ".json")
+    if Path(path).exists():
+        raise ValueError(f"output file {path} exists; capmodel writes this file only where none is: move it away "
+                         "or choose another name")
+
+
+def cmd_settings(args):
+    from capmodel.safety.atomic import write_json
+    from capmodel.safety.jsonfile import parse_json
+
+    _check_new_json(args.out)
+    values = parse_json(args.values, f"settings {args.values[:80]!r}")
+    if not isinstance(values, dict):
+        raise ValueError(f"settings {args.values[:80]!r} must be a JSON object of setting -> value")
+    write_json(args.out, values)
+    print(f"{len(values)} settings -> {args.out}")
+    return 0
+
+
+def cmd_source_revision(args):
+    from capmodel.app import workflow_config
+
+    _check_new_json(args.out)
+    workflow_config.write_source_revision(args.out, args.source)
+    print(f"source revision of {args.source} -> {args.out}")
+    return 0
+
+
 # -------------------------------------------------------------------- parser
 
 
@@ -368,6 +402,20 @@ def build_parser():
     su.add_argument("--out", required=True, help="CSV table to write")
     su.add_argument("--markdown", required=True, help="also write the table as Markdown to this file")
     su.set_defaults(func=cmd_summarize)
+
+    # The workflow's local rules write these records with them (workflow/rules/*.smk).
+    st = sub.add_parser("settings", help="write a settings file (a JSON object), as 'train --settings' and "
+                        "'sample --settings' read it")
+    st.add_argument("values", help="the settings as a JSON object of setting -> value")
+    st.add_argument("--out", required=True, help="JSON file to write (indented, one setting a line)")
+    st.set_defaults(func=cmd_settings)
+
+    sr = sub.add_parser("source-revision", help="write the git commit of a source directory as JSON "
+                        "({\"git_commit\": ...}, a papermill parameters file)")
+    sr.add_argument("source", help="a directory in a git checkout; outside one (or without git) the commit "
+                    "is 'unknown', and '+uncommitted-changes' follows it when the checkout has changes")
+    sr.add_argument("--out", required=True, help="JSON file to write")
+    sr.set_defaults(func=cmd_source_revision)
     return p
 
 

@@ -1,6 +1,7 @@
 """Reading a JSON file, with one error that names the file and what is wrong with it.
 
-Every JSON file capmodel reads goes through ``read_json``. A missing file, one that
+Every JSON file capmodel reads goes through ``read_json``, and JSON given as text
+(a command-line argument) through ``parse_json``. A missing file, one that
 cannot be read, text that is not UTF-8 and text that is not JSON each raise
 ``JSONFileError`` (a ValueError), whose message is one line: what the file is, its path
 and the problem. A caller with an error class of its own catches JSONFileError in one
@@ -36,12 +37,19 @@ def read_json(path, what="JSON file"):
         raise JSONFileError(f"{what} {path} is not valid JSON (not UTF-8 text: {e})") from None
     except OSError as e:
         raise JSONFileError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    return parse_json(text, f"{what} {path}")
+
+
+def parse_json(text, what="JSON text"):
+    """The value of JSON text (a file's, or one given on a command line).
+
+    Raises JSONFileError: "<what> is not valid JSON (<reason>)"."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise JSONFileError(f"{what} {path} is not valid JSON ({e})") from None
+        raise JSONFileError(f"{what} is not valid JSON ({e})") from None
     except RecursionError:  # nesting deeper than Python's stack: not a file capmodel wrote
-        raise JSONFileError(f"{what} {path} is not valid JSON (nested too deeply)") from None
+        raise JSONFileError(f"{what} is not valid JSON (nested too deeply)") from None
 
 
 def as_read_back(value):
