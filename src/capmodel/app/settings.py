@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from capmodel import models
-from capmodel.classifiers.inputs import ATTENTION_CHOICES
+from capmodel.classifiers.inputs import ATTENTION_CHOICES, ATTENTION_PENALTY
 from capmodel.datasets import shapes
 from capmodel.datasets.format import ALL_SPLITS, GRID_PCA_DIM
 from capmodel.decoding import METHODS as DECODING_METHODS
@@ -36,7 +36,7 @@ TRAIN = (
     Setting("attention", str, "none", "attend over image regions: none (the global feature vector only) or soft "
             "(Show, Attend and Tell for rnn/lstm/gru; the transformer cross-attends over the regions); soft needs "
             "a data set with a grid of regions", choices=ATTENTION_CHOICES),
-    Setting("attention_penalty", float, 0.0, "weight lambda of the doubly stochastic attention penalty "
+    Setting("attention_penalty", float, ATTENTION_PENALTY, "weight lambda of the doubly stochastic attention penalty "
             "lambda * sum_l (1 - sum_t alpha_tl)^2 (rnn/lstm/gru with attention soft; Show, Attend and Tell "
             "used 1)", minimum=0),
     Setting("region_positions", bool, True, "give each region a learned embedding of its place in the grid "

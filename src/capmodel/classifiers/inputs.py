@@ -47,6 +47,9 @@ def check_weights(weights, N, dtype):
 
 
 ATTENTION_CHOICES = ("none", "soft")
+# Weight of the doubly stochastic attention penalty when none is given: off (docs/library.md,
+# "Does attention pay": any weight above 0 measured worse on the shapes data).
+ATTENTION_PENALTY = 0.0
 
 
 def check_attention(attention, region_dim):

@@ -14,8 +14,8 @@ import numpy as np
 
 from capmodel import decoding
 from capmodel.attention import with_positions
-from capmodel.classifiers.inputs import (check_attend_inputs, check_attention, check_captions, check_features,
-                                        check_num_regions, check_regions, check_weights)
+from capmodel.classifiers.inputs import (ATTENTION_PENALTY, check_attend_inputs, check_attention, check_captions,
+                                        check_features, check_num_regions, check_regions, check_weights)
 from capmodel.kernels import attention as ka
 from capmodel.kernels import recurrent as kr
 from capmodel.kernels import words as kw
@@ -122,7 +122,7 @@ class CaptioningRNN:
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=128, hidden_dim=128,
                  cell_type="rnn", dtype=np.float32, dropout=0.0, seed=None, attention="none", region_dim=None,
-                 attention_dim=None, attention_penalty=0.0, num_regions=None):
+                 attention_dim=None, attention_penalty=ATTENTION_PENALTY, num_regions=None):
         """Construct a new CaptioningRNN instance.
 
         Inputs:
@@ -217,7 +217,7 @@ class CaptioningRNN:
                    hidden_dim=settings["hidden_dim"], cell_type=settings["cell_type"], dtype=dtype,
                    dropout=settings["dropout"], seed=settings["seed"], attention=attention,
                    region_dim=region_dim if attention != "none" else None,
-                   attention_penalty=settings.get("attention_penalty", 0.0),
+                   attention_penalty=settings.get("attention_penalty", ATTENTION_PENALTY),
                    num_regions=num_regions if attention != "none" and settings.get("region_positions") else None)
 
     @property
